@@ -1,0 +1,165 @@
+"""`kscli check-data`: does a download hold every clip the annotations name, and do they decode?"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from kscli.data.layout import Benchmark, Layout
+from kscli.data.manifest import load_manifest
+
+PROBLEMS = ("missing", "empty", "corrupt")  # a clip with any of these cannot be used
+
+
+@dataclass
+class ClipCheck:
+    name: str
+    split: str
+    role: str
+    status: str  # ok | missing | empty | corrupt
+    frames: int = 0
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    error: str = ""
+
+
+def probe_clip(path: str | Path, decode: bool = True) -> dict:
+    """Open a clip with decord and read its first frame; a dict with status, frames, fps, size, error."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return {"status": "missing"}
+    if size == 0:
+        return {"status": "empty", "error": "zero-byte file"}
+    if not decode:
+        return {"status": "ok"}
+    try:
+        import decord
+
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        n = len(vr)
+        if n == 0:
+            return {"status": "corrupt", "error": "no frames"}
+        frame = vr[0].asnumpy()
+        return {"status": "ok", "frames": n, "fps": float(vr.get_avg_fps()),
+                "height": int(frame.shape[0]), "width": int(frame.shape[1])}
+    except Exception as e:  # decord raises its own DECORDError and RuntimeErrors
+        return {"status": "corrupt", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+
+
+def _probe_job(job):
+    path, decode = job
+    return probe_clip(path, decode)
+
+
+@dataclass
+class CheckReport:
+    clips_root: str
+    annotations_dir: str
+    splits: dict = field(default_factory=dict)  # split -> {role -> counts}
+    problems: list = field(default_factory=list)  # ClipCheck dicts with a problem
+    short_clips: int = 0
+    min_frames: int = 0
+    notes: list = field(default_factory=list)
+    ok: bool = True
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def check_data(layout: Layout, splits: list[str], view: str = "all", min_frames: int = 16,
+               decode: bool = True, jobs: int | None = None, progress: bool = True) -> CheckReport:
+    """Check every clip of the given splits and views; `ok` is False if any is missing or unreadable.
+
+    `min_frames` is what a backbone samples: shorter clips are counted (they still work, frames
+    are repeated) but are no error.
+    """
+    bench = Benchmark(layout)
+    report = CheckReport(str(layout.clips_root), str(layout.annotations_dir), min_frames=min_frames)
+    manifest = load_manifest()
+    if bench.labels.num_classes != manifest["labels"]["num_classes"]:
+        report.notes.append(f"label mapping has {bench.labels.num_classes} keysteps; the full benchmark "
+                            f"has {manifest['labels']['num_classes']}")
+    roles = ("ego", "exo") if view == "all" else (view,)
+    checks: list[ClipCheck] = []
+    for split in splits:
+        segments = bench.segments(split)
+        expected = manifest["splits"][split].get("segments")
+        if expected is not None and len(segments) != expected:
+            report.notes.append(f"{split}: {len(segments)} segments; the full benchmark has {expected}")
+        for seg in segments:
+            checks.extend(ClipCheck(c.name, split, c.role, "pending") for c in seg.clips if c.role in roles)
+    jobs = jobs or max(1, min(8, os.cpu_count() or 1))
+    work = [(str(layout.clip_path(c.name)), decode) for c in checks]
+    bar = tqdm(total=len(work), desc="check-data", unit="clip", disable=not progress)
+    if jobs == 1 or len(work) < 64:
+        results = map(_probe_job, work)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=jobs)
+        results = pool.map(_probe_job, work, chunksize=16)
+    try:
+        for check, res in zip(checks, results):
+            for k, v in res.items():
+                setattr(check, k, v)
+            bar.update(1)
+            if check.status in PROBLEMS:
+                bar.set_postfix(problems=sum(c.status in PROBLEMS for c in checks if c.status != "pending"))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    for split in splits:
+        per_role = {}
+        for role in roles:
+            cs = [c for c in checks if c.split == split and c.role == role]
+            counts = Counter(c.status for c in cs)
+            short = sum(1 for c in cs if c.status == "ok" and decode and c.frames < min_frames)
+            per_role[role] = {"expected": len(cs), "ok": counts["ok"],
+                              **{p: counts[p] for p in PROBLEMS}, "short": short}
+            report.short_clips += short
+        per_role["segments"] = len(bench.segments(split))
+        report.splits[split] = per_role
+    report.problems = [asdict(c) for c in checks if c.status in PROBLEMS]
+    report.ok = not report.problems
+    return report
+
+
+def format_report(report: CheckReport) -> str:
+    """A short table: one row per split and view."""
+    head = f"{'split':<6} {'view':<4} {'segments':>8} {'clips':>7} {'ok':>7} " \
+           f"{'missing':>7} {'empty':>6} {'corrupt':>7} {'short':>6}"
+    lines = [f"clips root: {report.clips_root}", head, "-" * len(head)]
+    for split, per_role in report.splits.items():
+        for role, c in per_role.items():
+            if role == "segments":
+                continue
+            lines.append(f"{split:<6} {role:<4} {per_role['segments']:>8} {c['expected']:>7} {c['ok']:>7} "
+                         f"{c['missing']:>7} {c['empty']:>6} {c['corrupt']:>7} {c['short']:>6}")
+    for p in report.problems[:10]:
+        lines.append(f"  {p['status']:<8} {p['name']}" + (f"  ({p['error']})" if p["error"] else ""))
+    if len(report.problems) > 10:
+        lines.append(f"  ... and {len(report.problems) - 10} more (see the JSON report)")
+    if report.short_clips:
+        lines.append(f"note: {report.short_clips} clips have fewer than {report.min_frames} frames "
+                     "(usable: sampling repeats frames)")
+    lines.extend(f"note: {n}" for n in report.notes)
+    lines.append("OK: every clip checked is present and decodes" if report.ok
+                 else f"PROBLEMS: {len(report.problems)} clips are missing or unreadable")
+    return "\n".join(lines)
+
+
+def write_report(report: CheckReport, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report.to_json(), indent=1))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,124 @@
+"""Where things are: the user's download (annotations, clips) and kscli's own work folder.
+
+One setting names the download (`--data-root` / KSCLI_DATA_ROOT); the annotation folder and the
+clips root follow the `egoexo` downloader's layout and can each be overridden. One setting names
+where kscli writes (`--work-dir` / KSCLI_WORK_DIR, default ./kscli-work): feature stores, runs,
+submissions and reports live under it, so each command finds what the previous one made.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from kscli.data.labels import LabelMap, read_label_map
+from kscli.data.segments import ANNOTATION_FILES, SPLITS, Segment, read_segments
+from kscli.errors import KscliError
+
+ENV_DATA_ROOT = "KSCLI_DATA_ROOT"
+ENV_ANNOTATIONS = "KSCLI_ANNOTATIONS_DIR"
+ENV_CLIPS_ROOT = "KSCLI_CLIPS_ROOT"
+ENV_WORK_DIR = "KSCLI_WORK_DIR"
+DEFAULT_PART = "clips_448p"
+DEFAULT_WORK_DIR = "kscli-work"
+
+
+def _setting(value, env: str) -> Path | None:
+    value = value if value not in (None, "") else os.environ.get(env) or None
+    return Path(value).expanduser() if value else None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Resolved paths of one download and one work folder."""
+
+    annotations_dir: Path
+    clips_root: Path
+    work_dir: Path
+    data_root: Path | None = None
+    part: str = DEFAULT_PART
+
+    @classmethod
+    def resolve(cls, data_root=None, annotations_dir=None, clips_root=None, work_dir=None,
+                part: str = DEFAULT_PART) -> "Layout":
+        """Options win over environment variables; the download's layout fills in the rest."""
+        root = _setting(data_root, ENV_DATA_ROOT)
+        ann = _setting(annotations_dir, ENV_ANNOTATIONS)
+        clips = _setting(clips_root, ENV_CLIPS_ROOT)
+        part = part.strip("/")
+        if part.startswith("keystep_benchmark/"):
+            part = part.split("/", 1)[1]
+        if "/" in part or part in ("", ".", ".."):
+            raise KscliError(f"--parts {part!r}: expected a clips part such as 'clips_448p' "
+                             "(or 'keystep_benchmark/clips_448p')")
+        if ann is None or clips is None:
+            if root is None:
+                missing = "--annotations-dir" if ann is None else "--clips-root"
+                raise KscliError(f"where is the download? pass --data-root OUT (the folder given to "
+                                 f"`egoexo -o OUT`) or set {ENV_DATA_ROOT}, or pass {missing}")
+            ann = ann or root / "annotations" / "keystep_benchmark"
+            clips = clips or root / "keystep_benchmark" / part
+        work = _setting(work_dir, ENV_WORK_DIR) or Path(DEFAULT_WORK_DIR)
+        return cls(annotations_dir=ann, clips_root=clips, work_dir=work, data_root=root, part=part)
+
+    @property
+    def label_mapping_path(self) -> Path:
+        return self.annotations_dir / "label_mapping.csv"
+
+    def annotation_path(self, split: str) -> Path:
+        return self.annotations_dir / ANNOTATION_FILES[split]
+
+    def clip_path(self, clip_name: str) -> Path:
+        return self.clips_root / clip_name
+
+    # Where each stage writes, all under the work folder.
+    def features_dir(self, backbone: str, split: str) -> Path:
+        return self.work_dir / "features" / backbone / split
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.work_dir / "runs"
+
+    @property
+    def submissions_dir(self) -> Path:
+        return self.work_dir / "submissions"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.work_dir / "reports"
+
+
+class Benchmark:
+    """The benchmark of one download: label map and segments per split, read once and validated."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self._splits: dict[str, list[Segment]] = {}
+
+    @cached_property
+    def labels(self) -> LabelMap:
+        return read_label_map(self.layout.label_mapping_path)
+
+    def segments(self, split: str) -> list[Segment]:
+        if split not in self._splits:
+            labels = self.labels if split != "test" else None
+            self._splits[split] = read_segments(self.layout.annotation_path(split), split, labels).segments
+        return self._splits[split]
+
+
+def parse_splits(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """`"train,val"` -> ["train", "val"], checked against the benchmark's splits."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for s in (x.strip() for x in items):
+        if not s:
+            continue
+        if s not in SPLITS:
+            raise KscliError(f"--split: unknown split {s!r}; choose from {', '.join(SPLITS)}")
+        if s not in out:
+            out.append(s)
+    if not out:
+        raise KscliError("--split: no split given; e.g. --split train,val,test")
+    return out

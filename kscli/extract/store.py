@@ -1,0 +1,291 @@
+"""The HDF5 feature store: one folder per backbone and split, written as crash-safe part files.
+
+Layout of a store folder (`<work>/features/<tag>/<split>/`):
+
+    part-r000-s000000.h5   one finished batch: names, roles, features, frame times (+ attrs)
+    part-r001-s000000.h5   ... each rank writes its own parts, so ranks never share a file
+    failures-r000.jsonl    clips that were missing or did not decode, one JSON line each
+
+A part is written to `*.h5.tmp`, closed, fsynced and renamed, so a `kill -9` at any moment
+leaves only whole parts (a stray `.tmp` is ignored and removed by the next writer of that rank).
+Appending to one big HDF5 file in place is what this avoids: a killed append can corrupt rows
+that were already there. At the end of a run each rank merges its parts into one file the same
+way. Readers see the union of all parts as one store; a clip in several parts (a merge cut off
+between its rename and its clean-up) reads from the newest part, and all copies are identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from kscli.errors import KscliError
+
+PART_RE = re.compile(r"^part-r(?P<rank>\d{3,})-s(?P<seq>\d{6,})\.h5$")
+STR = h5py.string_dtype("utf-8")
+# Config keys that must agree between parts of one store: features made otherwise don't mix.
+CONFIG_KEYS_MUST_MATCH = ("backbone", "sampling", "dtype")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: Path, path: Path) -> Path:
+    """Make a closed tmp file durable, then give it its final name in one atomic step."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _strings(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else v for v in values]
+
+
+def _part_key(path: Path) -> tuple[int, int]:
+    m = PART_RE.match(path.name)
+    return int(m.group("seq")), int(m.group("rank"))
+
+
+@dataclass
+class StoreRows:
+    """What one part holds (also what a writer buffers before writing a part)."""
+
+    names: list[str]
+    roles: list[str]
+    features: np.ndarray  # (n, D) or (n, W, D)
+    frame_times: np.ndarray  # (n, W*F) seconds from the clip's first frame
+    num_frames: np.ndarray  # (n,) frames in the clip
+    fps: np.ndarray  # (n,)
+
+
+def write_part(path: Path, rows: StoreRows, config: dict) -> Path:
+    """Write one part atomically: tmp file, close, fsync, rename, fsync the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("names", data=np.array(rows.names, dtype=object), dtype=STR)
+        f.create_dataset("roles", data=np.array(rows.roles, dtype=object), dtype=STR)
+        f.create_dataset("features", data=rows.features)
+        f.create_dataset("frame_times", data=rows.frame_times.astype(np.float32))
+        f.create_dataset("num_frames", data=rows.num_frames.astype(np.int64))
+        f.create_dataset("fps", data=rows.fps.astype(np.float32))
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
+        f.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return _commit(tmp, path)
+
+
+def read_part(path: Path) -> tuple[StoreRows, dict]:
+    with h5py.File(path, "r") as f:
+        rows = StoreRows(
+            names=_strings(f["names"][()]), roles=_strings(f["roles"][()]),
+            features=f["features"][()], frame_times=f["frame_times"][()],
+            num_frames=f["num_frames"][()], fps=f["fps"][()])
+        return rows, json.loads(f.attrs["config"])
+
+
+def config_mismatch(old: dict, new: dict) -> str | None:
+    """The first key that differs between two store configs, as a readable phrase, or None."""
+    for key in CONFIG_KEYS_MUST_MATCH:
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict):
+                diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+                k = diff[0]
+                return f"{key}.{k} is {a.get(k)!r} in the store but {b.get(k)!r} now"
+            return f"{key} is {a!r} in the store but {b!r} now"
+    return None
+
+
+class FeatureStore:
+    """Read side: every finished part of one store folder seen as one table keyed by clip name."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.parts = sorted((p for p in self.path.glob("part-r*-s*.h5") if PART_RE.match(p.name)),
+                            key=_part_key) if self.path.is_dir() else []
+        self._index: dict[str, tuple[int, int]] = {}
+        self._roles: dict[str, str] = {}
+        self._config: dict | None = None
+        self._shapes: list[tuple] = []
+        for i, part in enumerate(self.parts):
+            try:
+                with h5py.File(part, "r") as f:
+                    names = _strings(f["names"][()])
+                    roles = _strings(f["roles"][()])
+                    self._shapes.append(f["features"].shape)
+                    if self._config is None:
+                        self._config = json.loads(f.attrs["config"])
+            except (OSError, KeyError) as e:
+                raise KscliError(f"{part}: unreadable feature part ({e}); move it away and rerun "
+                                 "`kscli extract` to recompute its clips") from None
+            for row, (n, r) in enumerate(zip(names, roles)):
+                self._index[n] = (i, row)  # later parts win: they are the newest copy
+                self._roles[n] = r
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.parts)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._index)
+
+    @property
+    def config(self) -> dict:
+        if self._config is None:
+            raise KscliError(f"{self.path}: no feature store here; run `kscli extract` first")
+        return self._config
+
+    @property
+    def feature_shape(self) -> tuple:
+        """Per-clip feature shape: (D,) or (W, D)."""
+        return tuple(self._shapes[0][1:]) if self._shapes else ()
+
+    def role(self, name: str) -> str:
+        return self._roles[name]
+
+    def get(self, names: list[str], field: str = "features") -> np.ndarray:
+        """Rows for `names` in that order; a name not in the store raises KeyError."""
+        out = None
+        by_part: dict[int, list[tuple[int, int]]] = {}
+        for pos, n in enumerate(names):
+            part, row = self._index[n]
+            by_part.setdefault(part, []).append((row, pos))
+        for part, pairs in by_part.items():
+            pairs.sort()
+            rows = [r for r, _ in pairs]
+            with h5py.File(self.parts[part], "r") as f:
+                ds = f[field]
+                # one contiguous read per part, then pick: h5py fancy indexing is slow
+                block = ds[rows[0]:rows[-1] + 1]
+                data = block[np.asarray(rows) - rows[0]]
+            if out is None:
+                out = np.empty((len(names), *data.shape[1:]), dtype=data.dtype)
+            out[[p for _, p in pairs]] = data
+        if out is None:
+            out = np.empty((0, *self.feature_shape), dtype=np.float32)
+        return out
+
+    def failures(self) -> dict[str, str]:
+        """clip -> last recorded error, for clips that are still not in the store."""
+        failed: dict[str, str] = {}
+        for log in sorted(self.path.glob("failures-r*.jsonl")):
+            for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                failed[rec["clip"]] = rec["error"]
+        return {k: v for k, v in failed.items() if k not in self._index}
+
+    def info(self) -> dict:
+        """A summary for `kscli features info`."""
+        cfg = self.config
+        roles: dict[str, int] = {}
+        for r in self._roles.values():
+            roles[r] = roles.get(r, 0) + 1
+        return {"path": str(self.path), "clips": len(self), "by_view": roles, "parts": len(self.parts),
+                "feature_shape": list(self.feature_shape), "failures": len(self.failures()),
+                "size_mb": round(sum(p.stat().st_size for p in self.parts) / 2**20, 2), "config": cfg}
+
+
+class StoreWriter:
+    """Write side for one rank: buffers finished clips and writes each batch as a new part."""
+
+    def __init__(self, path: str | Path, rank: int, config: dict):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.rank = rank
+        self.config = config
+        for stale in self.path.glob(f"part-r{rank:03d}-s*.h5.tmp"):
+            stale.unlink()  # a part that never finished: its clips are not in the store
+        seqs = [_part_key(p)[0] for p in self.path.glob(f"part-r{rank:03d}-s*.h5") if PART_RE.match(p.name)]
+        self.seq = max(seqs, default=-1) + 1
+        self.written: list[Path] = []
+        self.failure_log = self.path / f"failures-r{rank:03d}.jsonl"
+
+    def _next_path(self) -> Path:
+        p = self.path / f"part-r{self.rank:03d}-s{self.seq:06d}.h5"
+        self.seq += 1
+        return p
+
+    def write(self, rows: StoreRows) -> Path:
+        part = write_part(self._next_path(), rows, self.config)
+        self.written.append(part)
+        return part
+
+    def record_failure(self, clip: str, error: str) -> None:
+        with open(self.failure_log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"clip": clip, "error": error,
+                                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+            f.flush()
+
+    def merge_parts(self) -> Path | None:
+        """Merge this rank's parts into one new part (written atomically), then remove the merged.
+
+        Safe at any kill point: until the rename, the old parts are the store; after it, the new
+        part holds the same rows and wins over any old part not yet removed.
+        """
+        parts = sorted((p for p in self.path.glob(f"part-r{self.rank:03d}-s*.h5") if PART_RE.match(p.name)),
+                       key=_part_key)
+        if len(parts) < 2:
+            return parts[0] if parts else None
+        # Stream part by part, so memory stays at one part however big the store is.
+        # The newest copy of a clip wins (parts sorted oldest first).
+        owner: dict[str, tuple[int, int]] = {}
+        for i, p in enumerate(parts):
+            with h5py.File(p, "r") as f:
+                for row, n in enumerate(_strings(f["names"][()])):
+                    owner[n] = (i, row)
+        total = len(owner)
+        out = self._next_path()
+        tmp = out.with_name(out.name + ".tmp")
+        with h5py.File(parts[0], "r") as f0, h5py.File(tmp, "w") as g:
+            for key in ("names", "roles"):
+                g.create_dataset(key, shape=(total,), dtype=STR)
+            for key in ("features", "frame_times", "num_frames", "fps"):
+                g.create_dataset(key, shape=(total, *f0[key].shape[1:]), dtype=f0[key].dtype)
+            for k, v in f0.attrs.items():
+                g.attrs[k] = v
+            at = 0
+            for i, p in enumerate(parts):
+                rows, _ = read_part(p)
+                keep = [r for r, n in enumerate(rows.names) if owner[n] == (i, r)]
+                if not keep:
+                    continue
+                sl = slice(at, at + len(keep))
+                g["names"][sl] = np.array([rows.names[r] for r in keep], dtype=object)
+                g["roles"][sl] = np.array([rows.roles[r] for r in keep], dtype=object)
+                for key in ("features", "frame_times", "num_frames", "fps"):
+                    g[key][sl] = getattr(rows, key)[keep]
+                at += len(keep)
+        _commit(tmp, out)
+        for p in parts:
+            p.unlink(missing_ok=True)
+        _fsync_dir(self.path)
+        return out
