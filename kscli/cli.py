@@ -1,0 +1,188 @@
+"""The `kscli` command line: parses options and calls one library function per command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from kscli.errors import KscliError
+
+
+class KscliGroup(TyperGroup):
+    """Turns a KscliError into one line on stderr and exit code 2, Ctrl-C into exit code 130."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KscliError as e:
+            typer.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+app = typer.Typer(cls=KscliGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Ego-Exo4D fine-grained keystep recognition: extract features, train heads, submit.")
+features_app = typer.Typer(cls=KscliGroup, no_args_is_help=True, help="Inspect feature stores.")
+app.add_typer(features_app, name="features")
+
+DataRoot = typer.Option(None, "--data-root", envvar="KSCLI_DATA_ROOT",
+                        help="The folder given to `egoexo -o` (annotations and clips are found under it).")
+AnnotationsDir = typer.Option(None, "--annotations-dir", envvar="KSCLI_ANNOTATIONS_DIR",
+                              help="Override: folder holding label_mapping.csv and keystep_segment_*.json.")
+ClipsRoot = typer.Option(None, "--clips-root", envvar="KSCLI_CLIPS_ROOT",
+                         help="Override: folder the clip names are relative to (.../keystep_benchmark/clips_448p).")
+WorkDir = typer.Option(None, "--work-dir", envvar="KSCLI_WORK_DIR",
+                       help="Where kscli writes stores, runs, submissions [default: ./kscli-work].")
+Parts = typer.Option("clips_448p", "--parts", help="The clips part of the download (keystep_benchmark/<part>).")
+
+
+def _layout(data_root, annotations_dir, clips_root, work_dir, part="clips_448p"):
+    from kscli.data.layout import Layout
+
+    return Layout.resolve(data_root, annotations_dir, clips_root, work_dir, part)
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=1, default=str))
+
+
+@app.command("sample")
+def sample_cmd(out: Path = typer.Argument(..., help="Folder to write the sample benchmark into."),
+               seed: int = typer.Option(0, help="Random seed (same seed, same files)."),
+               tiny: bool = typer.Option(False, "--tiny", help="The tiny version the tests use (64 px, seconds)."),
+               overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder.")):
+    """Write a small synthetic benchmark in exactly the download's layout (real mp4 clips)."""
+    from kscli.data.sample import tiny_sample_kwargs, write_sample_benchmark
+
+    kw = tiny_sample_kwargs() if tiny else {}
+    summary = write_sample_benchmark(out, seed=seed, overwrite=overwrite, **kw)
+    typer.echo(str(summary))
+    typer.echo(f"use it with: --data-root {out}")
+
+
+@app.command("check-data")
+def check_data_cmd(split: str = typer.Option("train,val,test", help="Comma-separated splits."),
+                   view: str = typer.Option("all", help="ego, exo or all."),
+                   min_frames: int = typer.Option(16, help="Frames a backbone samples; shorter clips are counted."),
+                   decode: bool = typer.Option(True, help="Open each clip and read a frame (--no-decode: existence only)."),
+                   jobs: Optional[int] = typer.Option(None, help="Parallel processes [default: cores]."),
+                   report: Optional[Path] = typer.Option(None, help="JSON report path [default: <work>/reports/check-data.json]."),
+                   parts: str = Parts, data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
+                   clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
+    """Check a download against its annotations: counts, missing, empty, undecodable and short clips."""
+    from kscli.data.check import check_data, format_report, write_report
+    from kscli.data.layout import parse_splits
+
+    layout = _layout(data_root, annotations_dir, clips_root, work_dir, parts)
+    if view not in ("ego", "exo", "all"):
+        raise KscliError(f"--view {view!r}: choose from ego, exo, all")
+    rep = check_data(layout, parse_splits(split), view=view, min_frames=min_frames, decode=decode, jobs=jobs)
+    path = write_report(rep, report or layout.reports_dir / "check-data.json")
+    typer.echo(format_report(rep))
+    typer.echo(f"report: {path}")
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@app.command("backbones")
+def backbones_cmd():
+    """List the registered backbones (name, kind, frames, size, feature dim, default weights)."""
+    from kscli.extract.backbones import list_backbones
+
+    rows = list_backbones()
+    typer.echo(f"{'name':<20} {'kind':<6} {'frames':>6} {'size':>5} {'dim':>6}  weights / description")
+    for r in rows:
+        typer.echo(f"{r['name']:<20} {r['kind']:<6} {r['num_frames']:>6} {r['size']:>5} {r['feature_dim']:>6}  "
+                   f"{r['weights']}  - {r['description']}")
+
+
+@app.command("extract")
+def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered backbone name (see `kscli backbones`)."),
+                weights: Optional[str] = typer.Option(None, help="HF hub id or local folder [default: the backbone's]."),
+                split: str = typer.Option("train,val,test", help="Comma-separated splits."),
+                view: str = typer.Option("all", help="ego, exo or all."),
+                num_frames: Optional[int] = typer.Option(None, help="Frames per window [default: the backbone's]."),
+                windows: int = typer.Option(1, help="Temporal windows per clip (>1 stores a W x D sequence)."),
+                batch_size: int = typer.Option(8, help="Clips per model batch (one store part per batch)."),
+                workers: Optional[int] = typer.Option(None, help="Decoding processes [default: one per core]."),
+                device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+                precision: str = typer.Option("auto", help="auto (bf16 on CUDA), fp32 or bf16."),
+                resize_on: str = typer.Option("auto", help="auto, worker or device: where frames are resized."),
+                dtype: str = typer.Option("float32", help="Stored feature dtype: float32 or float16."),
+                tag: Optional[str] = typer.Option(None, help="Store name under <work>/features [default: backbone(-wN)]."),
+                shard: Optional[int] = typer.Option(None, help="This shard (0-based) [default: RANK or SLURM array]."),
+                num_shards: Optional[int] = typer.Option(None, help="Number of shards [default: WORLD_SIZE or array size]."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Redo a store (the old one is moved aside)."),
+                limit: Optional[int] = typer.Option(None, help="Only the first N clips per split (smoke test)."),
+                progress: bool = typer.Option(True, help="Show a progress bar."),
+                parts: str = Parts, data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
+                clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
+    """Decode every clip, run a frozen backbone, cache features in HDF5 (resumable, shardable)."""
+    from kscli.data.layout import parse_splits
+    from kscli.extract.run import ExtractConfig, extract
+
+    for name, value, allowed in (("--precision", precision, ("auto", "fp32", "bf16")),
+                                 ("--resize-on", resize_on, ("auto", "worker", "device")),
+                                 ("--dtype", dtype, ("float32", "float16"))):
+        if value not in allowed:
+            raise KscliError(f"{name} {value!r}: choose from {', '.join(allowed)}")
+    if windows < 1 or batch_size < 1:
+        raise KscliError("--windows and --batch-size must be at least 1")
+    layout = _layout(data_root, annotations_dir, clips_root, work_dir, parts)
+    cfg = ExtractConfig(backbone=backbone, weights=weights, splits=tuple(parse_splits(split)), view=view,
+                        num_frames=num_frames, windows=windows, batch_size=batch_size, workers=workers,
+                        device=device, precision=precision, resize_on=resize_on, dtype=dtype, tag=tag,
+                        shard=shard, num_shards=num_shards, overwrite=overwrite, limit=limit)
+    summaries = extract(layout, cfg, progress=progress)
+    failed = 0
+    for s in summaries:
+        typer.echo(f"{s.split}: extracted {s.extracted}, skipped {s.skipped} (already done), failed {s.failed}"
+                   f" of {s.total} clips in {s.seconds:.1f}s ({s.clips_per_s:.1f} clips/s) -> {s.store}")
+        for name, err in s.failures[:5]:
+            typer.echo(f"  failed: {name}: {err}")
+        if s.failed > 5:
+            typer.echo(f"  ... {s.failed - 5} more in {s.store}/failures-r*.jsonl")
+        failed += s.failed
+    if failed:
+        typer.echo(f"{failed} clips failed (recorded next to the store); fix or re-download them and rerun "
+                   "the same command to extract just those")
+
+
+@features_app.command("info")
+def features_info_cmd(tag: str = typer.Argument(..., help="Store name (the backbone, or --tag of extract)."),
+                      split: str = typer.Option("train,val,test", help="Comma-separated splits."),
+                      as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+                      work_dir: Optional[Path] = WorkDir):
+    """Summarise feature stores: clips per view, shape, failures, size, config."""
+    from kscli.data.layout import DEFAULT_WORK_DIR, parse_splits
+    from kscli.extract.store import FeatureStore
+
+    root = Path(work_dir or DEFAULT_WORK_DIR) / "features" / tag
+    infos = []
+    for s in parse_splits(split):
+        store = FeatureStore(root / s)
+        if store.exists:
+            infos.append(store.info())
+    if not infos:
+        raise KscliError(f"{root}: no feature store for {split}; run `kscli extract --backbone {tag}` first")
+    if as_json:
+        _echo_json(infos)
+        return
+    for info in infos:
+        cfg = info["config"]
+        typer.echo(f"{info['path']}: {info['clips']} clips {info['by_view']}, features {info['feature_shape']} "
+                   f"{cfg.get('dtype')}, {info['parts']} part(s), {info['size_mb']} MB, "
+                   f"{info['failures']} failed clip(s)")
+        typer.echo(f"  backbone {cfg['backbone'].get('name')} ({cfg['backbone'].get('weights')}), "
+                   f"sampling {cfg['sampling']}, precision {cfg.get('precision')}")
+
+
+if __name__ == "__main__":
+    app()

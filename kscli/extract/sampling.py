@@ -1,0 +1,57 @@
+"""Which frames of a clip a backbone sees, and decoding just those frames with decord."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """`num_frames` per window, `windows` temporal windows per clip (1: one vector per clip)."""
+
+    num_frames: int = 16
+    windows: int = 1
+    mode: str = "uniform"
+
+    def to_attrs(self) -> dict:
+        return asdict(self)
+
+
+def sample_frame_indices(clip_frames: int, num_frames: int, windows: int = 1) -> np.ndarray:
+    """Frame indices, shape (windows, num_frames): each window is an equal slice of the clip,
+    sampled at the centres of `num_frames` equal bins.
+
+    A clip shorter than the sample repeats frames (nearest earlier frame), so a 0.16 s clip
+    (5 frames at 30 fps) still fills 16 slots in time order; a clip never needs more frames
+    decoded than the sample asks for, however long it is.
+    """
+    if clip_frames < 1:
+        raise ValueError("clip has no frames")
+    if num_frames < 1 or windows < 1:
+        raise ValueError("num_frames and windows must be >= 1")
+    slots = windows * num_frames
+    # bin centres over the whole clip, window after window: window w covers [w/W, (w+1)/W)
+    centres = (np.arange(slots, dtype=np.float64) + 0.5) * clip_frames / slots
+    idx = np.floor(centres).astype(np.int64)
+    return np.clip(idx, 0, clip_frames - 1).reshape(windows, num_frames)
+
+
+def decode_frames(path: str, sampling: SamplingConfig) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Decode the sampled frames of one clip.
+
+    Returns uint8 frames (W*F, H, W, 3), their times in seconds from the clip's first frame,
+    the clip's frame count and its frame rate (probed, not assumed).
+    """
+    import decord
+
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    n = len(vr)
+    if n < 1:
+        raise RuntimeError("clip has no frames")
+    fps = float(vr.get_avg_fps()) or 30.0
+    idx = sample_frame_indices(n, sampling.num_frames, sampling.windows).reshape(-1)
+    unique, inverse = np.unique(idx, return_inverse=True)
+    frames = vr.get_batch(unique.tolist()).asnumpy()[inverse]
+    return frames, (idx / fps).astype(np.float32), n, fps
