@@ -1,0 +1,113 @@
+"""Per-segment features from the stores: the ego feature, the exo features with a mask, the label.
+
+A segment whose ego clip has no feature (missing or undecodable clip) cannot be used for
+training; it is left out and counted, never dropped silently. Several backbones' stores can
+be joined: their features are concatenated along the feature axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kscli.data.layout import Benchmark
+from kscli.errors import KscliError
+from kscli.extract.store import FeatureStore
+from kscli.heads.featureset import FeatureSet
+
+
+@dataclass
+class Assembly:
+    """What went into a FeatureSet and what was left out."""
+
+    split: str
+    tags: list[str]
+    segments: int = 0
+    used: int = 0
+    missing_ego: list[str] = field(default_factory=list)
+    exo_views: int = 0  # exo clips with features
+    exo_missing: int = 0  # exo clips named but without features
+    store_configs: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        s = (f"{self.split}: {self.used} of {self.segments} segments have ego features "
+             f"({'+'.join(self.tags)})")
+        if self.missing_ego:
+            s += f"; {len(self.missing_ego)} left out without ego features (e.g. {self.missing_ego[0]})"
+        if self.exo_views or self.exo_missing:
+            s += f"; {self.exo_views} exo views, {self.exo_missing} exo clips without features"
+        return s
+
+
+def open_stores(bench: Benchmark, tags: list[str], split: str) -> list[FeatureStore]:
+    stores = []
+    for tag in tags:
+        store = FeatureStore(bench.layout.features_dir(tag, split))
+        if not store.exists:
+            raise KscliError(f"{store.path}: no features for split '{split}' of backbone '{tag}'; run "
+                             f"`kscli extract --backbone {tag} --split {split}` first")
+        stores.append(store)
+    shapes = {s.feature_shape[:-1] for s in stores}
+    if len(shapes) > 1:
+        raise KscliError(f"backbones {', '.join(tags)} store different windows per clip "
+                         f"({sorted(shapes)}); join stores with the same --windows")
+    return stores
+
+
+def _read(stores: list[FeatureStore], names: list[str]) -> np.ndarray:
+    return np.concatenate([s.get(names).astype(np.float32, copy=False) for s in stores], axis=-1)
+
+
+def load_feature_set(bench: Benchmark, split: str, tags: list[str], with_exo: bool = True,
+                     keep_missing: bool = False) -> tuple[FeatureSet, Assembly]:
+    """The FeatureSet of one split from the stores `tags` (joined along features).
+
+    `keep_missing=False` leaves out segments without an ego feature (training, scoring);
+    the names left out are in the Assembly. Exo views fill slots in camera order with a mask.
+    """
+    stores = open_stores(bench, tags, split)
+    segments = bench.segments(split)
+    asm = Assembly(split, list(tags), segments=len(segments),
+                   store_configs={t: s.config for t, s in zip(tags, stores)})
+    has = [all(seg.ego.name in s for s in stores) for seg in segments]
+    asm.missing_ego = [seg.name for seg, ok in zip(segments, has) if not ok]
+    rows = [seg for seg, ok in zip(segments, has) if ok or keep_missing]
+    asm.used = sum(has)
+    if not rows:
+        raise KscliError(f"{stores[0].path}: none of the {len(segments)} {split} segments has an ego "
+                         "feature; did extraction run with --view ego or all?")
+    shape = (sum(s.feature_shape[-1] for s in stores),)
+    shape = tuple(stores[0].feature_shape[:-1]) + shape
+    ego = np.zeros((len(rows), *shape), np.float32)
+    present = [i for i, seg in enumerate(rows) if all(seg.ego.name in s for s in stores)]
+    if present:
+        ego[present] = _read(stores, [rows[i].ego.name for i in present])
+    num_views = max((len(seg.exo) for seg in rows), default=0) if with_exo else 0
+    exo = np.zeros((len(rows), num_views, *shape), np.float32)
+    mask = np.zeros((len(rows), num_views), bool)
+    if num_views:
+        slots, names = [], []
+        for i, seg in enumerate(rows):
+            for v, clip in enumerate(sorted(seg.exo, key=lambda c: c.camera)):
+                if all(clip.name in s for s in stores):
+                    slots.append((i, v))
+                    names.append(clip.name)
+                else:
+                    asm.exo_missing += 1
+        if names:
+            unique = list(dict.fromkeys(names))
+            feats = _read(stores, unique)
+            pos = {n: k for k, n in enumerate(unique)}
+            ii, vv = zip(*slots)
+            exo[list(ii), list(vv)] = feats[[pos[n] for n in names]]
+            mask[list(ii), list(vv)] = True
+        asm.exo_views = len(names)
+    labels = np.array([-1 if seg.label is None else seg.label for seg in rows], np.int64)
+    scen = bench.labels.scenarios
+    fs = FeatureSet(
+        names=[seg.name for seg in rows], ego=ego, exo=exo, exo_mask=mask, labels=labels,
+        take=[seg.take_name for seg in rows], start=np.array([seg.start for seg in rows]),
+        end=np.array([seg.end for seg in rows]),
+        scenario=[scen[seg.label] if seg.label is not None else "" for seg in rows])
+    return fs.validate(f"{split} features"), asm
