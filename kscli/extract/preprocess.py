@@ -114,7 +114,8 @@ def preprocess_clips(
     if device is not None:
         device = torch.device(device)
         if frames.device != device:
-            frames = frames.to(device, non_blocking=frames.is_pinned())
+            pinned = frames.device.type == "cpu" and device.type == "cuda" and frames.is_pinned()
+            frames = frames.to(device, non_blocking=pinned)
     b, t = frames.shape[:2]
     size = int(spec.size)
 
@@ -127,8 +128,9 @@ def preprocess_clips(
     std = torch.tensor(spec.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     scale = 1.0 / (255.0 * std)
     shift = mean / std
-    y = x.float().mul_(scale).sub_(shift)  # == (x / 255 - mean) / std
-    y = y.contiguous().view(b, t, 3, size, size)
+    # make the layout dense NCHW on the 1-byte tensor (cheaper than on the float one)
+    y = x.contiguous().float().mul_(scale).sub_(shift)  # == (x / 255 - mean) / std
+    y = y.view(b, t, 3, size, size)
     if dtype != torch.float32:
         y = y.to(dtype)
     return y

@@ -46,7 +46,7 @@ class ExtractConfig:
     weights: str | None = None
     splits: tuple[str, ...] = ("train", "val", "test")
     view: str = "all"
-    num_frames: int | None = None  # None: the backbone's own
+    num_frames: int | None = None  # frames per window; None: the backbone's own
     windows: int = 1
     batch_size: int = 8
     workers: int | None = None  # decoding processes; None: one per core (measured best)
@@ -213,12 +213,13 @@ def extract(layout: Layout, cfg: ExtractConfig, progress: bool = True) -> list[S
     bench = Benchmark(layout)
     jobs_by_split = {s: list_clip_jobs(bench, s, cfg.view) for s in cfg.splits}  # validate all first
     device = _device(cfg.device)
-    backbone = create_backbone(cfg.backbone, weights=cfg.weights)
+    backbone = create_backbone(cfg.backbone, weights=cfg.weights,
+                               **({"num_frames": cfg.num_frames} if cfg.num_frames else {}))
     spec = backbone.spec
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     model_dtype = torch.bfloat16 if use_bf16 else torch.float32
     backbone = backbone.to(device=device, dtype=model_dtype).eval()
-    sampling = SamplingConfig(num_frames=cfg.num_frames or spec.num_frames, windows=cfg.windows)
+    sampling = SamplingConfig(num_frames=spec.num_frames, windows=cfg.windows)
     resize_in_worker = cfg.resize_on == "worker" or (cfg.resize_on == "auto" and device.type != "cuda")
     workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)  # one per core
     store_dtype = np.dtype(cfg.dtype)
