@@ -1,0 +1,164 @@
+"""Extraction throughput: decode-only bound vs `kscli extract` end to end vs a naive loop.
+
+    python bench/extract.py                      # 448p generated clips, tiny backbone, CPU
+    python bench/extract.py --random-model vjepa2-vitl --device cuda   # ViT-L-sized random model on a GPU
+
+All three are measured in this one process on the same clips with the same worker count, and
+printed as clips/s and as ratios (these machines are noisy: compare ratios, not absolutes).
+Peak memory is measured in child runs over N and 2N clips: it should stay flat in N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kscli.data.layout import Benchmark, Layout
+from kscli.data.sample import write_sample_benchmark
+from kscli.extract.backbones import create_backbone
+from kscli.extract.preprocess import preprocess_clips
+from kscli.extract.run import ClipDataset, ExtractConfig, _collate, _worker_init, extract, list_clip_jobs
+from kscli.extract.sampling import SamplingConfig, decode_frames
+from kscli.extract.store import StoreRows, StoreWriter
+
+
+def make_clips(root: Path, takes: int, seconds: tuple[float, float]) -> Layout:
+    if not (root / "annotations").exists():
+        write_sample_benchmark(root, seed=1, takes_per_split={"train": takes, "val": 1, "test": 1},
+                               segments_per_take=(4, 4), clip_seconds=seconds, short_clip_prob=0.0,
+                               workers=os.cpu_count() or 1)
+    return Layout.resolve(data_root=root, work_dir=root / "work")
+
+
+def random_hf_model(family: str, folder: Path) -> str:
+    """A randomly initialised model of the real size, saved so it loads like a pretrained one."""
+    from transformers import VideoMAEConfig, VideoMAEModel, VJEPA2Config, VJEPA2Model
+
+    if family == "vjepa2-vitl":
+        cfg = VJEPA2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                           crop_size=256, frames_per_clip=64)
+        VJEPA2Model(cfg).save_pretrained(folder)
+    elif family == "videomae-base":
+        VideoMAEModel(VideoMAEConfig()).save_pretrained(folder)
+    else:
+        raise SystemExit(f"--random-model {family}: choose vjepa2-vitl or videomae-base")
+    return str(folder)
+
+
+def decode_only(jobs, sampling, resize_to, workers, batch_size) -> float:
+    loader = torch.utils.data.DataLoader(ClipDataset(jobs, sampling, resize_to), batch_size=batch_size,
+                                         num_workers=workers, collate_fn=_collate, worker_init_fn=_worker_init,
+                                         prefetch_factor=4 if workers else None)
+    t0 = time.perf_counter()
+    n = sum(len(b) for b in loader)
+    return n / (time.perf_counter() - t0)
+
+
+def naive_loop(jobs, backbone, sampling, device, dtype, store_dir: Path) -> float:
+    """Decode one clip, run it, write it: no workers, no batching across clips."""
+    writer = StoreWriter(store_dir, 0, {"backbone": backbone.spec.to_attrs()})
+    t0 = time.perf_counter()
+    for job in jobs:
+        frames, times, n, fps = decode_frames(job.path, sampling)
+        pixels = preprocess_clips(torch.from_numpy(frames)[None], backbone.spec, device=device, dtype=dtype)
+        feat = backbone(pixels).float().cpu().numpy()
+        writer.write(StoreRows([job.name], [job.role], feat, times[None], np.array([n]), np.array([fps])))
+    return len(jobs) / (time.perf_counter() - t0)
+
+
+def peak_rss_mb_child(argv: list[str]) -> float:
+    out = subprocess.run([sys.executable, __file__, *argv, "--memory-probe"], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--takes", type=int, default=8, help="train takes (4 segments, ego + 2-4 exo each)")
+    ap.add_argument("--seconds", type=float, nargs=2, default=(2.0, 6.0))
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--backbone", default="tiny-random")
+    ap.add_argument("--random-model", default=None, help="vjepa2-vitl or videomae-base at full size, random weights")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--root", default=None, help="where to generate clips [default: a temp folder]")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    root = Path(args.root or tempfile.mkdtemp(prefix="kscli-bench-"))
+    layout = make_clips(root / "download", args.takes, tuple(args.seconds))
+    weights, backbone_name = None, args.backbone
+    if args.random_model:
+        backbone_name = args.random_model
+        weights = random_hf_model(args.random_model, root / "model")
+    cfg = dict(backbone=backbone_name, weights=weights, splits=("train",), view="all",
+               batch_size=args.batch_size, workers=args.workers, device=args.device)
+
+    if args.memory_probe:  # child: one end-to-end run, print peak RSS of this process + its workers
+        layout = Layout.resolve(data_root=layout.data_root, work_dir=Path(tempfile.mkdtemp()))
+        extract(layout, ExtractConfig(**cfg, limit=args.limit), progress=False)
+        me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        print((me + kids) / 1024)
+        return
+
+    bench = Benchmark(layout)
+    jobs = list_clip_jobs(bench, "train", "all")
+    if args.limit:
+        jobs = jobs[: args.limit]
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    backbone = create_backbone(backbone_name, weights=weights).to(device=device, dtype=dtype)
+    spec = backbone.spec
+    sampling = SamplingConfig(num_frames=spec.num_frames)
+    seconds = sum(j.duration for j in jobs)
+    print(f"{len(jobs)} clips ({seconds:.0f} s of video, {len(bench.segments('train'))} segments), "
+          f"backbone {spec.name} ({spec.num_frames}x{spec.size} -> {spec.feature_dim}) on {device}, "
+          f"{args.workers} decode workers, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+
+    resize_to = spec.size if device.type != "cuda" else None
+    decode_rate = decode_only(jobs, sampling, resize_to, args.workers, args.batch_size)
+    work = Path(tempfile.mkdtemp(prefix="kscli-bench-work-"))
+    e2e_layout = Layout.resolve(data_root=layout.data_root, work_dir=work)
+    [summary] = extract(e2e_layout, ExtractConfig(**cfg, limit=args.limit), progress=False)
+    e2e_rate = summary.clips_per_s
+    naive_rate = naive_loop(jobs, backbone, sampling, device, dtype, work / "naive")
+
+    # model alone on a batch of already-decoded clips: is decode or the model the bound?
+    pixels = torch.randn(args.batch_size, spec.num_frames, 3, spec.size, spec.size, device=device, dtype=dtype)
+    backbone(pixels)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    reps = 5
+    for _ in range(reps):
+        backbone(pixels)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    model_rate = reps * args.batch_size / (time.perf_counter() - t0)
+
+    print(f"decode only (bound)      {decode_rate:8.1f} clips/s")
+    print(f"model only (no decode)   {model_rate:8.1f} clips/s")
+    print(f"kscli extract end to end {e2e_rate:8.1f} clips/s  = {e2e_rate / decode_rate:.2f} x decode bound")
+    print(f"naive loop               {naive_rate:8.1f} clips/s  -> kscli is {e2e_rate / naive_rate:.2f} x naive")
+    print(f"bound: {'decode' if decode_rate < model_rate else 'model'}")
+    half = max(1, len(jobs) // 2)
+    argv = [a for a in sys.argv[1:] if a != "--memory-probe"] + ["--root", str(root)]
+    m1 = peak_rss_mb_child(argv + ["--limit", str(half)])
+    m2 = peak_rss_mb_child(argv + ["--limit", str(2 * half)])
+    print(f"peak memory (main + workers) {half} clips: {m1:.0f} MB, {2 * half} clips: {m2:.0f} MB "
+          f"(ratio {m2 / m1:.2f}, flat is ~1.0)")
+
+
+if __name__ == "__main__":
+    main()
