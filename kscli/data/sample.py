@@ -16,18 +16,23 @@ How the class signal is built (see :func:`_render_clip`): every keystep has its 
 stripe pattern (orientation, spatial frequency, drift speed) and a moving blob (position, path,
 size, colour).  Exo cameras show the pattern cleanly, each from its own fixed viewpoint (rotation,
 zoom, shift) with a class-independent floor band at the bottom.  The ego (Aria) view carries less
-of the signal on purpose: the colour is washed out toward grey, the pattern has lower contrast,
-there is more noise, a fisheye-like vignette, camera shake, a random brightness per clip and a
-large random-coloured distractor ("hands/object") covering 30-50 % of the frame.  So a head that
-learns from exo views in training has something to gain.
+of the signal on purpose: the colours are pulled toward a random grey, the pattern has lower
+contrast, there is more noise, a fisheye-like vignette, camera shake, a random brightness per clip
+and a large random-coloured distractor box ("hands/object") covering 20-40 % of the frame (the
+knobs are in ``_EXO_LOOK`` / ``_EGO_LOOK``).  With features of a small random conv net and a
+logistic-regression head, exo clips are classified almost perfectly and ego clips well above
+chance but clearly worse, so a head that learns from exo views in training has something to gain.
+Every take also gets its own brightness, offset and tint.
 
 Within a take the keysteps follow the take's scenario procedure (a canonical order of that
 scenario's steps), run through mostly in order with occasional skips and repeats, so a context
 model over neighbouring segments has something to exploit.
 
 Everything is drawn from ``numpy.random.default_rng`` seeded from ``seed`` (each clip from its own
-child seed), and clips are encoded single-threaded, so the same seed gives byte-identical JSON
-files and identical decoded frames.  This module does not import torch.
+child seed, so the result does not depend on ``workers``), and clips are encoded single-threaded
+(x264 ``threads=1``), so the same seed gives byte-identical JSON files and, with the same PyAV /
+FFmpeg build, byte-identical mp4 files.  This module does not import torch; PyAV is imported only
+when clips are written.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +170,6 @@ class SampleSummary:
     bytes_written: int = 0
     seconds: float = 0.0
     short_clips: int = 0  # segments shorter than 0.6 s
-    extra: dict = field(default_factory=dict)
 
     def text(self) -> str:
         """A few human-readable lines for the CLI."""
@@ -210,7 +214,7 @@ def tiny_sample_kwargs() -> dict:
         short_side=64,
         fps=30,
         segments_per_take=(3, 5),
-        clip_seconds=(0.3, 1.5),
+        clip_seconds=(0.3, 1.2),
         short_clip_prob=0.1,
     )
 
@@ -300,20 +304,23 @@ def _label_mapping(num_classes: int, rng: np.random.Generator):
 
 
 def _procedure(order: list[int], n_seg: int, rng: np.random.Generator, *, full: bool) -> list[int]:
-    """Walk a scenario's canonical order mostly in order, with some skips and repeats."""
-    pos = 0 if (full or rng.random() < 0.5) else int(rng.integers(0, max(1, len(order) - 1)))
+    """Walk a scenario's canonical order mostly in order, with some skips and repeats.
+
+    A take that reaches the end of the procedure starts it again (a second dish, the other wheel),
+    so short procedures still give takes of ``n_seg`` segments.  ``full``: start at the first step
+    and skip nothing (used once per scenario in train, so every step is seen in training).
+    """
+    pos = 0 if (full or rng.random() < 0.5) else int(rng.integers(0, len(order)))
     seq: list[int] = []
-    while len(seq) < n_seg and pos < len(order):
-        if not full and rng.random() < 0.15 and len(order) - pos > 1:
-            pos += 1  # skip
-            continue
-        seq.append(order[pos])
-        if rng.random() < 0.12 and len(seq) < n_seg:
-            seq.append(order[pos])  # repeat the step (e.g. "Add salt" twice)
+    while len(seq) < n_seg:
+        step = order[pos % len(order)]
         pos += 1
-    if not seq:
-        seq = [order[0]]
-    return seq[:n_seg]
+        if not full and len(order) > 2 and rng.random() < 0.15:
+            continue  # skip
+        seq.append(step)
+        if rng.random() < 0.12 and len(seq) < n_seg:
+            seq.append(step)  # the step again (e.g. "Add salt" twice)
+    return seq
 
 
 def _round_time(t: float) -> float:
@@ -444,89 +451,160 @@ def _take_variation(seed: int, take_key: tuple) -> tuple[float, float, np.ndarra
 def _camera_view(k: int, seed: int) -> tuple[float, float, float, float, float, float]:
     """Fixed viewpoint of exo camera k: rotation, zoom, shift x, shift y, horizon, floor level."""
     r = np.random.default_rng([seed, 5, k])
-    rot = float(r.uniform(-0.5, 0.5)) + k * 0.35
+    rot = float(r.uniform(-0.3, 0.3)) + k * math.pi / 4
     zoom = float(r.uniform(0.75, 1.3))
     return (rot, zoom, float(r.uniform(-0.4, 0.4)), float(r.uniform(-0.3, 0.3)),
             float(r.uniform(0.72, 0.85)), float(r.uniform(60, 160)))
 
 
-def _render_clip(clip: _Clip, look: _ClassLook, *, seed: int, height: int, width: int, fps: int):
-    """Yield the clip's frames as (H, W, 3) uint8 arrays, vectorised per frame."""
+# How each view shows the keystep; the ego view is the harder one.  contrast: stripe contrast;
+# blob: blob opacity; noise: noise sigma (grey levels); wash: how far the class colours are pulled
+# toward a random grey; gain_jitter: random brightness per clip (+-); box_area: range of the frame
+# fraction the distractor box covers; shake: camera shake step (short-side units per frame).
+_EXO_LOOK = dict(contrast=0.6, blob=0.9, noise=5.0)
+_EGO_LOOK = dict(contrast=0.35, blob=0.6, noise=12.0, wash=0.3, gain_jitter=0.2, box_area=(0.2, 0.4), shake=0.012)
+
+
+def _render_clip(clip: _Clip, look: _ClassLook, *, seed: int, height: int, width: int, fps: int, div: int = 1):
+    """Yield the clip's frames as (ceil(height/div), ceil(width/div), 3) uint8 arrays.
+
+    Frames are computed at 1/div resolution; the encoder enlarges them to height x width
+    (bilinear, while converting to yuv420p).  The patterns are smooth, and it makes 448p
+    generation several times faster.
+    Vectorised over pixels and over chunks of frames.  A frame is, per colour channel c::
+
+        gain * vignette * (base_c * L * (1 - m) + blob_c * m) + offset + tint_c + noise
+
+    with L the class stripe pattern at the class contrast and m the class blob; exo frames have a
+    class-independent floor band, ego frames a random-coloured distractor box (see module doc).
+    """
+    f32 = np.float32
     rng = np.random.default_rng(list(clip.clip_seed))
     n = clip_num_frames(clip.start, clip.end, fps)
+    H, W = height, width  # output size; below, height/width/short are the render size
+    height, width = -(-H // div), -(-W // div)
     short = min(height, width)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    X0 = (xs - (width - 1) / 2.0) / short + 0.5  # short-side units, frame centre at (0.5, 0.5)
-    Y0 = (ys - (height - 1) / 2.0) / short + 0.5
+    ys, xs = np.mgrid[0:height, 0:width].astype(f32)
+    # short-side units, frame centre at (0.5, 0.5), from the centres of the output pixels
+    X0 = (xs * div + (div - 1) / 2.0 - (W - 1) / 2.0) / min(H, W) + 0.5
+    Y0 = (ys * div + (div - 1) / 2.0 - (H - 1) / 2.0) / min(H, W) + 0.5
     gain, offset, tint = _take_variation(seed, clip.take_key)
-    base = look.rgb.copy()
-    blob_rgb = look.blob_rgb.copy()
-    cos_t, sin_t = math.cos(look.theta), math.sin(look.theta)
-    block = max(2, short // 16)  # noise is drawn at low resolution: cheap to make and to encode
+    base = look.rgb.astype(np.float64)
+    blob_rgb = look.blob_rgb.astype(np.float64)
+    block = max(2, short // 32)  # noise is drawn at low resolution: cheap to make and to encode
     nh, nw = -(-height // block), -(-width // block)
 
     if clip.ego:
-        grey = float(rng.uniform(90, 160))
-        wash = 0.5  # colour pulled halfway to grey
+        look_e = _EGO_LOOK
+        grey = float(rng.uniform(110, 150))
+        wash = look_e["wash"]  # class colours pulled toward grey
         base = (1 - wash) * base + wash * grey
         blob_rgb = (1 - wash) * blob_rgb + wash * grey
-        contrast, blob_alpha, noise_sigma = 0.22, 0.5, 16.0
-        gain *= float(rng.uniform(0.75, 1.25))
+        contrast, blob_alpha, noise_sigma = look_e["contrast"], look_e["blob"], look_e["noise"]
+        gain *= 1.0 + float(rng.uniform(-1.0, 1.0)) * look_e["gain_jitter"]
         rr = (X0 - 0.5) ** 2 + (Y0 - 0.5) ** 2
-        vignette = np.clip(1.15 - 1.3 * rr, 0.35, 1.0)[..., None].astype(np.float32)
-        # distractor: a random-coloured box ("hands / object") covering 30-50 % of the frame
-        area = float(rng.uniform(0.30, 0.50))
+        vig = np.clip(1.15 - 1.3 * rr, 0.35, 1.0).astype(f32)  # fisheye-like fall-off
+        # distractor: a random-coloured box ("hands / object") covering part of the frame
+        area = float(rng.uniform(*look_e["box_area"]))
         bw = float(rng.uniform(0.45, 0.9)) * width
         bh = min(float(height), area * width * height / bw)
         bx0 = float(rng.uniform(0, width - bw))
         by0 = float(rng.uniform(0, height - bh))
         bvx, bvy = rng.uniform(-0.15, 0.15, size=2) * short  # pixels per second
-        dcol = rng.uniform(20, 235, size=3).astype(np.float32)
-        shake = np.cumsum(rng.normal(0, 0.012, size=(n, 2)), axis=0) + rng.uniform(-0.1, 0.1, 2)
+        dcol = rng.uniform(20, 235, size=3)
+        shake = np.cumsum(rng.normal(0, look_e["shake"], size=(n, 2)), axis=0) + rng.uniform(-0.1, 0.1, 2)
         X, Y = X0, Y0
         floor = None
     else:
         rot, zoom, sx, sy, horizon, floor_level = _camera_view(clip.exo_index, seed)
         cr, sr = math.cos(rot), math.sin(rot)
         Xc, Yc = X0 - 0.5, Y0 - 0.5
-        X = (cr * Xc - sr * Yc) * zoom + 0.5 + sx
+        X = (cr * Xc - sr * Yc) * zoom + 0.5 + sx  # this camera's fixed viewpoint on the pattern
         Y = (sr * Xc + cr * Yc) * zoom + 0.5 + sy
-        contrast, blob_alpha, noise_sigma = 0.6, 0.9, 5.0
-        floor = (ys / max(1, height - 1) > horizon)[..., None]
-        floor_col = np.float32(floor_level) + (np.sin(xs / short * 40.0) * 8.0)[..., None]
-        vignette = None
+        contrast, blob_alpha, noise_sigma = _EXO_LOOK["contrast"], _EXO_LOOK["blob"], _EXO_LOOK["noise"]
+        floor = ys / max(1, height - 1) > horizon  # class-independent floor band
+        floor_col = (floor_level + np.sin(xs / short * 40.0) * 8.0).astype(f32)
+        vig = None
         shake = np.zeros((n, 2))
-    cam_gain = gain * (1.0 + (0.05 * (clip.exo_index - 1.5) if clip.exo_index >= 0 else 0.0))
+    if clip.exo_index >= 0:
+        gain *= 1.0 + 0.05 * (clip.exo_index - 1.5)
 
-    for i in range(n):
-        t = clip.start + i / fps  # take time: ego and exo clips of a segment are in sync
-        dx, dy = shake[i]
-        Xs = X + np.float32(dx)
-        Ys = Y + np.float32(dy)
-        stripes = np.sin(2 * math.pi * look.freq * (Xs * cos_t + Ys * sin_t) - look.drift * t)
-        img = base * (1.0 - contrast + contrast * (0.5 + 0.5 * stripes))[..., None]
-        bx = look.blob_c[0] + look.blob_amp[0] * math.sin(look.blob_omega * t)
-        by = look.blob_c[1] + look.blob_amp[1] * math.cos(look.blob_omega * t)
-        m = np.exp(-((Xs - bx) ** 2 + (Ys - by) ** 2) / (look.blob_r ** 2))[..., None] * blob_alpha
-        img = img * (1 - m) + blob_rgb * m
-        if floor is not None:
-            img = np.where(floor, floor_col, img)
+    # stripes: sin(2 pi f (X cos + Y sin) - phase); shake is a phase shift, so sin/cos of the
+    # spatial part are computed once per clip.  blob: exp(-|(X,Y) - c|^2 / r^2), expanded.
+    two_pi_f = 2 * math.pi * look.freq
+    cos_t, sin_t = math.cos(look.theta), math.sin(look.theta)
+    arg = (two_pi_f * (X * cos_t + Y * sin_t)).astype(f32)
+    sinA, cosA = np.sin(arg), np.cos(arg)
+    inv_r2 = 1.0 / look.blob_r ** 2
+    negR2 = (-(X * X + Y * Y) * inv_r2).astype(f32)
+    X2 = (2 * inv_r2 * X).astype(f32)
+    Y2 = (2 * inv_r2 * Y).astype(f32)
+    gvig = (vig * f32(gain)) if vig is not None else None
+    # noise: a per-clip field plus a smaller per-frame part (all-new noise every frame is costly to encode)
+    static_noise = rng.standard_normal((nh, nw), dtype=f32) * f32(0.8 * noise_sigma)
+
+    k = max(1, min(n, 1_000_000 // (height * width)))  # frames per chunk, ~1 M pixels a chunk
+    for i0 in range(0, n, k):
+        idx = np.arange(i0, min(n, i0 + k))
+        kk = len(idx)
+        t = clip.start + idx / fps  # take time: ego and exo clips of a segment are in sync
+        dx, dy = shake[idx, 0], shake[idx, 1]
+        phase = look.drift * t - two_pi_f * (dx * cos_t + dy * sin_t)
+        c_p = np.cos(phase).astype(f32)[:, None, None]
+        s_p = np.sin(phase).astype(f32)[:, None, None]
+        stripes = sinA * c_p
+        stripes -= cosA * s_p  # = sin(arg - phase)
+        L = stripes
+        L *= f32(0.5 * contrast)
+        L += f32(1.0 - 0.5 * contrast)
+        u = look.blob_c[0] + look.blob_amp[0] * np.sin(look.blob_omega * t) - dx
+        v = look.blob_c[1] + look.blob_amp[1] * np.cos(look.blob_omega * t) - dy
+        m = X2 * u.astype(f32)[:, None, None]
+        m += Y2 * v.astype(f32)[:, None, None]
+        m += negR2
+        m -= ((u * u + v * v) * inv_r2).astype(f32)[:, None, None]
+        np.exp(m, out=m)
+        m *= f32(blob_alpha)
+        A = L * (1 - m)  # weight of the class colour
+        B = m  # weight of the blob colour
+        if gvig is not None:
+            A *= gvig
+            B *= gvig
+        else:
+            A *= f32(gain)
+            B *= f32(gain)
+        noise = rng.standard_normal((kk, nh, nw), dtype=f32) * f32(0.6 * noise_sigma)
+        noise += static_noise
+        N = np.repeat(np.repeat(noise, block, axis=1), block, axis=2)[:, :height, :width]
+        N += f32(offset)
+        out = np.empty((kk, height, width, 3), dtype=np.uint8)
         if clip.ego:
-            x0 = int(round(bx0 + bvx * i / fps)) % max(1, width)
-            y0 = int(round(by0 + bvy * i / fps)) % max(1, height)
-            x1, y1 = min(width, x0 + int(bw)), min(height, y0 + int(bh))
-            img[y0:y1, x0:x1] = dcol
-            img = img * vignette
-        img = img * cam_gain + offset + tint
-        noise = rng.standard_normal((nh, nw, 1), dtype=np.float32) * noise_sigma
-        noise = np.repeat(np.repeat(noise, block, axis=0), block, axis=1)[:height, :width]
-        img = img + noise
-        yield np.clip(img, 0, 255).astype(np.uint8)
+            boxes = []
+            for i in idx:
+                x0 = int(round(bx0 + bvx * i / fps)) % max(1, width)
+                y0 = int(round(by0 + bvy * i / fps)) % max(1, height)
+                boxes.append((x0, y0, min(width, x0 + int(bw)), min(height, y0 + int(bh))))
+        for c in range(3):
+            ch = A * f32(base[c])
+            ch += B * f32(blob_rgb[c])
+            if clip.ego:
+                for j, (x0, y0, x1, y1) in enumerate(boxes):
+                    ch[j, y0:y1, x0:x1] = gvig[y0:y1, x0:x1] * f32(dcol[c])
+            else:
+                np.copyto(ch, floor_col * f32(gain), where=floor[None])
+            ch += N
+            ch += f32(tint[c])
+            np.clip(ch, 0, 255, out=ch)
+            out[..., c] = ch
+        yield from out
 
 
 def _encode_clip(path: Path, frames, *, width: int, height: int, fps: int, crf: int) -> int:
-    """Encode frames to H.264 mp4 at path (via a temp name renamed at the end); return frame count."""
+    """Encode RGB frames to H.264 mp4 at path (via a temp name renamed at the end); return frame count.
+
+    Frames of another size are scaled (bilinear) to width x height."""
     import av  # PyAV; imported here so the rest of kscli.data does not need it
+    from av.video.reformatter import VideoReformatter
 
     tmp = path.with_name(f".{path.stem}.partial.mp4")
     n = 0
@@ -540,8 +618,10 @@ def _encode_clip(path: Path, frames, *, width: int, height: int, fps: int, crf: 
             stream.height = height
             stream.pix_fmt = "yuv420p"
             stream.codec_context.gop_size = fps
+            scaler = VideoReformatter()  # one scaling context for the whole clip
             for arr in frames:
-                frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+                frame = scaler.reformat(frame, width=width, height=height, format="yuv420p", interpolation="BILINEAR")
                 frame.pts = n
                 for packet in stream.encode(frame):
                     container.mux(packet)
@@ -556,10 +636,10 @@ def _encode_clip(path: Path, frames, *, width: int, height: int, fps: int, crf: 
 
 
 def _write_one(job):
-    clip, look, seed, size, fps, crf, root = job
+    clip, look, seed, size, fps, crf, div, root = job
     height, width = size
     path = Path(root) / clip.rel
-    frames = _render_clip(clip, look, seed=seed, height=height, width=width, fps=fps)
+    frames = _render_clip(clip, look, seed=seed, height=height, width=width, fps=fps, div=div)
     n = _encode_clip(path, frames, width=width, height=height, fps=fps, crf=crf)
     return n, path.stat().st_size
 
@@ -597,7 +677,7 @@ def write_sample_benchmark(
     short_clip_prob: float = 0.06,
     integer_time_prob: float = 0.12,
     aria_nonumber_prob: float = 0.2,
-    crf: int = 23,
+    crf: int = 28,
     workers: int = 1,
 ) -> SampleSummary:
     """Write a synthetic keystep benchmark under ``out`` in the real download's layout.
@@ -608,6 +688,8 @@ def write_sample_benchmark(
     ranges; a few segments (``short_clip_prob``, plus one forced 0.16 s segment in train and in
     test) are 0.16-0.5 s long.  Test segments list the ego clip only and only ego clips are written
     for test.  ``workers`` > 1 encodes clips in that many processes (output is identical).
+    Frames are drawn at ``1 / max(1, short_side // 224)`` resolution and scaled up (bilinear) by
+    the encoder; ``crf`` is x264's quality (lower = bigger files).
 
     Raises :class:`KscliError` if ``out`` is a non-empty folder and ``overwrite`` is false; with
     ``overwrite`` the previously written ``annotations/keystep_benchmark`` and
@@ -664,7 +746,8 @@ def write_sample_benchmark(
     for d in sorted({str(Path(c.rel).parent) for c in clips}):
         (clips_dir / d).mkdir(parents=True, exist_ok=True)
 
-    jobs = [(c, looks[c.label], seed, ego_size if c.ego else exo_size, int(fps), int(crf), str(clips_dir))
+    div = max(1, short_side // 224)
+    jobs = [(c, looks[c.label], seed, ego_size if c.ego else exo_size, int(fps), int(crf), div, str(clips_dir))
             for c in clips]
     if workers and workers > 1 and len(jobs) > 1:
         from concurrent.futures import ProcessPoolExecutor
