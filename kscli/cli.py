@@ -184,5 +184,122 @@ def features_info_cmd(tag: str = typer.Argument(..., help="Store name (the backb
                    f"sampling {cfg['sampling']}, precision {cfg.get('precision')}")
 
 
+def _floats(value: str, name: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise KscliError(f"{name} {value!r}: expected comma-separated numbers, e.g. 1e-3,3e-3") from None
+    if not out:
+        raise KscliError(f"{name}: give at least one value")
+    return out
+
+
+def _overrides(items: list[str]) -> dict:
+    """`--set key=value` pairs, values parsed as JSON where they parse (numbers, true/false)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise KscliError(f"--set {item!r}: expected key=value, e.g. --set hidden=2048")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+@app.command("train-head")
+def train_head_cmd(head: str = typer.Option("linear", help="linear, mlp, distill, attentive (see `kscli heads`)."),
+                   backbone: str = typer.Option("tiny-random", help="Store name(s): a, or a,b to concatenate backbones."),
+                   epochs: Optional[int] = typer.Option(None, help="Epochs [default: enough steps for the data size]."),
+                   lrs: Optional[str] = typer.Option(None, help="Learning-rate grid, e.g. 1e-3,3e-3 [default: the head's]."),
+                   wds: Optional[str] = typer.Option(None, help="Weight-decay grid, e.g. 1e-4,0.05 [default: the head's]."),
+                   label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing [default: 0.1]."),
+                   class_balance: bool = typer.Option(False, "--class-balance", help="Class-balanced loss weights."),
+                   select_on: str = typer.Option("holdout", help="holdout (a part of train) or val (only when you mean it)."),
+                   seed: int = typer.Option(0, help="Random seed (same seed, same result)."),
+                   device: str = typer.Option("cpu", help="cpu or cuda."),
+                   name: Optional[str] = typer.Option(None, help="Run folder name [default: head_backbone_time]."),
+                   set_: List[str] = typer.Option([], "--set", help="Other TrainConfig fields, key=value (repeatable)."),
+                   data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
+                   clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
+    """Train a head on cached features (a grid of lr x wd in one pass), score it on val, save a run."""
+    from kscli.heads.run import parse_tags, train_run
+    from kscli.heads.train import TrainConfig
+
+    if select_on not in ("holdout", "val"):
+        raise KscliError(f"--select-on {select_on!r}: choose holdout or val")
+    over = _overrides(set_)
+    for key, value in (("epochs", epochs), ("label_smoothing", label_smoothing), ("lrs", lrs and _floats(lrs, "--lrs")),
+                       ("weight_decays", wds and _floats(wds, "--wds"))):
+        if value is not None:
+            over[key] = value
+    cfg = TrainConfig.for_head(head, class_balance=class_balance, select_on=select_on, seed=seed,
+                               device=device, **over)
+    cfg.check()
+    layout = _layout(data_root, annotations_dir, clips_root, work_dir)
+    result = train_run(layout, parse_tags(backbone), cfg, name=name)
+    typer.echo(result.summary)
+
+
+@app.command("heads")
+def heads_cmd():
+    """List the registered heads."""
+    from kscli.heads.models import list_heads
+
+    for h in list_heads():
+        typer.echo(h)
+
+
+@app.command("evaluate")
+def evaluate_cmd(predictions: Path = typer.Argument(..., help="A predictions/submission file (JSON, or CSV from submit)."),
+                 split: str = typer.Option("val", help="The split the file predicts."),
+                 as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+                 data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
+                 clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
+    """Score any prediction file against the annotations: top-1, top-5, mean per-class, per scenario."""
+    from kscli.heads.metrics import format_summary
+    from kscli.heads.run import evaluate_file
+
+    metrics = evaluate_file(_layout(data_root, annotations_dir, clips_root, work_dir), predictions, split)
+    typer.echo(json.dumps(metrics, indent=1) if as_json else format_summary(metrics))
+
+
+@app.command("submit")
+def submit_cmd(split: str = typer.Option("test", help="test (the challenge) or val (scored here too)."),
+               run: List[str] = typer.Option([], "--run", help="Run folder or name; repeat to ensemble [default: best run]."),
+               fmt: str = typer.Option("json", "--format", help="json (the challenge file) or csv."),
+               out: Optional[Path] = typer.Option(None, help="Output file [default: <work>/submissions/...]."),
+               data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
+               clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
+    """Predict every segment of a split from ego features alone and write the challenge file."""
+    from kscli.heads.metrics import format_summary
+    from kscli.heads.submit import submit
+
+    if split not in ("val", "test"):
+        raise KscliError(f"--split {split!r}: choose test or val")
+    res = submit(_layout(data_root, annotations_dir, clips_root, work_dir), run or None, split, fmt, out)
+    typer.echo(f"{res.split}: {res.segments} segments predicted by {len(res.runs)} run(s) -> {res.path}")
+    if res.predicted_with_prior:
+        typer.echo(f"{len(res.predicted_with_prior)} segment(s) had no ego feature and were given the training "
+                   "prior (listed under 'predicted_with_prior' in the file), e.g.:")
+        for n in res.predicted_with_prior[:5]:
+            typer.echo(f"  {n}")
+    if res.metrics:
+        typer.echo(format_summary(res.metrics))
+
+
+@app.command("report")
+def report_cmd(run: str = typer.Argument(..., help="Run folder or name."), work_dir: Optional[Path] = WorkDir):
+    """Draw a run's pictures (per scenario, confusions, by length, training curve) and a Markdown summary."""
+    from kscli.data.layout import DEFAULT_WORK_DIR, Layout
+    from kscli.heads.report import write_report
+    from kscli.heads.submit import resolve_run
+
+    layout = Layout(annotations_dir=Path("."), clips_root=Path("."), work_dir=Path(work_dir or DEFAULT_WORK_DIR))
+    path = write_report(resolve_run(layout, run))
+    typer.echo(f"report: {path}")
+
+
 if __name__ == "__main__":
     app()

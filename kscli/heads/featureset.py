@@ -1,0 +1,93 @@
+"""The in-memory feature set the heads train on: ego features, exo features, labels, per segment.
+
+Whoever reads the HDF5 store builds one of these; `kscli.heads.train` only ever sees this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kscli.errors import KscliError
+
+
+@dataclass
+class FeatureSet:
+    """One split's cached features, one row per ego segment.
+
+    ego       (N, D) float32, or (N, T, D) when the store holds several temporal windows per clip
+    exo       (N, V, D) or (N, V, T, D) float32, zeros where a view is absent
+    exo_mask  (N, V) bool: which exo slots are real (a segment may have 0 to V views)
+    labels    (N,) int64, -1 when unknown (test)
+    take      take name per segment; start / end (N,) float seconds
+    scenario  scenario per segment (from the label map), for per-scenario metrics; may be None
+    """
+
+    names: list[str]
+    ego: np.ndarray
+    exo: np.ndarray
+    exo_mask: np.ndarray
+    labels: np.ndarray
+    take: list[str]
+    start: np.ndarray
+    end: np.ndarray
+    scenario: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def dim(self) -> int:
+        return int(self.ego.shape[-1])
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.ego.ndim == 3
+
+    @property
+    def num_views(self) -> int:
+        return 0 if self.exo_mask is None else int(self.exo_mask.shape[1])
+
+    def subset(self, index) -> "FeatureSet":
+        """Rows `index` (an int array or a bool mask) as a new FeatureSet (arrays are copies)."""
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        pick = lambda seq: None if seq is None else [seq[i] for i in idx]  # noqa: E731
+        take_rows = lambda a: None if a is None else a[idx]  # noqa: E731
+        return FeatureSet(
+            names=pick(self.names),
+            ego=self.ego[idx],
+            exo=take_rows(self.exo),
+            exo_mask=take_rows(self.exo_mask),
+            labels=self.labels[idx],
+            take=pick(self.take),
+            start=take_rows(self.start),
+            end=take_rows(self.end),
+            scenario=pick(self.scenario),
+        )
+
+    def validate(self, what: str = "features") -> "FeatureSet":
+        """Check shapes agree; raise KscliError naming the field otherwise. Returns self."""
+        n = len(self.names)
+        if self.ego is None or self.ego.ndim not in (2, 3):
+            raise KscliError(f"{what}: ego must be (N, D) or (N, T, D), got shape "
+                             f"{None if self.ego is None else self.ego.shape}")
+        if self.ego.shape[0] != n:
+            raise KscliError(f"{what}: {n} names but ego has {self.ego.shape[0]} rows")
+        if self.labels is None or self.labels.shape != (n,):
+            raise KscliError(f"{what}: labels must be ({n},), got "
+                             f"{None if self.labels is None else self.labels.shape}")
+        if self.exo is not None or self.exo_mask is not None:
+            if self.exo is None or self.exo_mask is None:
+                raise KscliError(f"{what}: exo and exo_mask must be given together")
+            if self.exo.ndim not in (3, 4) or self.exo.shape[0] != n:
+                raise KscliError(f"{what}: exo must be (N, V, D) or (N, V, T, D) with N={n}, "
+                                 f"got {self.exo.shape}")
+            if self.exo_mask.shape != self.exo.shape[:2]:
+                raise KscliError(f"{what}: exo_mask shape {self.exo_mask.shape} does not match "
+                                 f"exo's (N, V) = {self.exo.shape[:2]}")
+        if self.scenario is not None and len(self.scenario) != n:
+            raise KscliError(f"{what}: {len(self.scenario)} scenario entries for {n} segments")
+        return self

@@ -1,0 +1,559 @@
+"""Train a light head on cached features: a whole lr x weight-decay grid in one pass.
+
+How the grid trains together
+----------------------------
+The head is built with G = len(lrs) * len(weight_decays) *members*: every parameter has shape
+(G, ...) and a forward computes all G members at once with batched matmuls (`torch.baddbmm`),
+so one mini-batch costs one forward and one backward for the whole grid, and the features are
+read once per step instead of G times. The summed loss gives each member exactly its own
+gradient (members share no parameters). `StackedAdamW` is AdamW written over the stacked
+tensors with lr and weight decay held as (G, 1, ...) tensors, so every member gets its own lr /
+wd under the same cosine schedule. (torch.func.vmap over a functional model was the other way;
+plain stacked tensors are simpler, have no functorch restrictions on dropout/RNG, and the
+result of selection is an ordinary module.) All members start from the same initial weights
+and see the same mini-batches, so they differ only by lr / wd.
+
+Selection: after the last epoch, the member with the best top-1 (ties: lower NLL) on a
+stratified holdout cut from train (`holdout_fraction`) is kept -- never the reported split --
+unless `select_on="val"`, which selects on the given `val` set. The kept member is the one
+trained on train minus holdout (no refit). `TrainResult.selected["select_on"]` records which.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+
+from kscli.errors import KscliError
+from kscli.heads.featureset import FeatureSet
+from kscli.heads.models import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, StackedHead,
+                                build_head_from_checkpoint, create_head, head_class, list_heads)
+
+__all__ = ["FeatureSet", "TrainConfig", "TrainResult", "HEAD_DEFAULTS", "train_head",
+           "predict_proba", "head_state", "build_head_from_checkpoint", "StackedAdamW",
+           "stratified_holdout", "class_balance_weights"]
+
+# Per-head defaults that TrainConfig.for_head(head) fills in (tuned with bench/heads.py on
+# 20,000 x 1,024 x 278 synthetic features, 2 CPU cores; see that script).
+HEAD_DEFAULTS: dict[str, dict] = {
+    "linear": dict(min_epochs=2, min_steps=64, batch_size=512, lrs=(5e-3, 1e-2),
+                   weight_decays=(1e-4,)),
+    "mlp": dict(min_epochs=4, min_steps=200, batch_size=512, lrs=(1e-3, 3e-3),
+                weight_decays=(0.05, 0.5), hidden=512, dropout=0.5),
+    "distill": dict(min_epochs=4, min_steps=200, batch_size=512, lrs=(1e-3, 3e-3),
+                    weight_decays=(0.1,), hidden=512, dropout=0.5),
+    "attentive": dict(min_epochs=4, min_steps=200, batch_size=512, lrs=(1e-3, 3e-3),
+                      weight_decays=(0.05, 0.5)),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. `TrainConfig.for_head(name, **overrides)` gives
+    the tuned defaults for a head; the plain constructor's defaults are the linear head's."""
+
+    head: str = "linear"
+    # None: max(min_epochs, enough epochs for min_steps optimizer steps), at most max_epochs --
+    # few epochs on big sets, more on small ones. An int is used as given.
+    epochs: int | None = None
+    batch_size: int = 512
+    lrs: tuple[float, ...] = (5e-3, 1e-2)
+    weight_decays: tuple[float, ...] = (1e-4,)
+    label_smoothing: float = 0.1
+    class_balance: bool = False
+    seed: int = 0
+    holdout_fraction: float = 0.1
+    select_on: str = "holdout"  # "holdout" (stratified part of train) or "val"
+    min_epochs: int = 2
+    min_steps: int = 64
+    max_epochs: int = 200
+    warmup_fraction: float = 0.05  # of all steps, linear warmup before the cosine decay
+    # Train on partially whitened ego features x @ P, P = (S + precondition * mean(eig S) I)^-1/2
+    # (S: covariance of the standardised fit features), then fold P into the head's input
+    # weights: the saved head reads plain standardised features. A preconditioner: correlated
+    # features (real backbones) make AdamW slow otherwise. Weight decay then acts in the
+    # preconditioned coordinates. 0 turns it off.
+    precondition: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    # head-specific (ignored by heads that do not use them)
+    hidden: int = 1024  # mlp, distill
+    dropout: float = 0.5  # mlp, distill (attentive uses attn_dropout)
+    input_dropout: float = 0.0  # mlp, distill
+    temperature: float = 2.0  # distill: soft-target temperature
+    alpha: float = 1.0  # distill: weight of the teacher -> student KL term
+    beta: float = 1.0  # distill: weight of the hidden-feature (hint) term
+    teacher_weight: float = 1.0  # distill: weight of the teacher's own CE
+    view_dropout: float = 0.3  # distill: probability of dropping each exo view in training
+    num_heads: int = 4  # attentive
+    attn_dim: int = 512  # attentive: total value dim over heads
+    attn_dropout: float = 0.1  # attentive
+    device: str = "cpu"
+    num_threads: int | None = None  # None: all cores this process may use
+    eval_batch_size: int = 4096
+
+    def __post_init__(self):
+        self.lrs = tuple(float(v) for v in self.lrs)
+        self.weight_decays = tuple(float(v) for v in self.weight_decays)
+        self.betas = tuple(float(v) for v in self.betas)
+
+    @classmethod
+    def for_head(cls, head: str, **overrides) -> "TrainConfig":
+        head_class(head)  # unknown head -> KscliError
+        return cls(**{"head": head, **HEAD_DEFAULTS.get(head, {}), **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise KscliError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+    def grid(self) -> list[tuple[float, float]]:
+        """The (lr, wd) members in stacking order: lr-major."""
+        return [(lr, wd) for lr in self.lrs for wd in self.weight_decays]
+
+    def resolve_epochs(self, steps_per_epoch: int) -> int:
+        if self.epochs is not None:
+            return int(self.epochs)
+        need = math.ceil(self.min_steps / max(1, steps_per_epoch))
+        return int(min(self.max_epochs, max(self.min_epochs, need)))
+
+    def head_cfg(self) -> dict:
+        """The keys the head constructors read (each head keeps only its own)."""
+        return {"hidden": self.hidden, "dropout": self.dropout, "input_dropout": self.input_dropout,
+                "temperature": self.temperature, "alpha": self.alpha, "beta": self.beta,
+                "teacher_weight": self.teacher_weight, "view_dropout": self.view_dropout,
+                "num_heads": self.num_heads, "attn_dim": self.attn_dim,
+                **({"dropout": self.attn_dropout} if self.head == "attentive" else {})}
+
+    def check(self) -> None:
+        head_class(self.head)
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
+            raise KscliError(f"epochs and batch_size must be >= 1 (got {self.epochs}, "
+                             f"{self.batch_size})")
+        if self.min_epochs < 1 or self.max_epochs < self.min_epochs:
+            raise KscliError(f"need 1 <= min_epochs <= max_epochs (got {self.min_epochs}, "
+                             f"{self.max_epochs})")
+        if not self.lrs or not self.weight_decays:
+            raise KscliError("lrs and weight_decays must each hold at least one value")
+        if any(v <= 0 for v in self.lrs) or any(v < 0 for v in self.weight_decays):
+            raise KscliError("learning rates must be > 0 and weight decays >= 0")
+        if self.select_on not in ("holdout", "val"):
+            raise KscliError(f"select_on must be 'holdout' or 'val', not {self.select_on!r}")
+        if self.select_on == "holdout" and not 0 < self.holdout_fraction < 1:
+            raise KscliError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if not 0 <= self.label_smoothing < 1:
+            raise KscliError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class TrainResult:
+    model: StackedHead  # the selected member: G=1, eval mode, on CPU
+    cfg: TrainConfig
+    selected: dict  # member, lr, wd, select_on, select_top1, select_nll, n_fit, n_select
+    grid: list[dict]  # per member: lr, wd, select_top1, select_nll, train_loss (last epoch)
+    history: list[dict]  # per epoch: epoch, train_loss (G), select_top1 (G), best_* , seconds
+    norm: dict  # ego_mean / ego_std (numpy, also in model buffers); exo_* for distill
+    timings: dict  # prepare_s, train_s, select_s, total_s, step_ms
+    fit_index: np.ndarray | None = None  # train rows the members were fit on
+    holdout_index: np.ndarray | None = None  # train rows used for selection (None for 'val')
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _plain(obj):
+    """Make obj JSON-able / torch.load(weights_only=True)-safe: tuples->lists, numpy->python."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    return obj
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def _torch_threads(n: int | None):
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n) if n else _default_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices into (fit, holdout), per class round(fraction * n_c) to holdout, never
+    a class's last example (a singleton class stays in fit). Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    hold = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(int(round(fraction * len(idx))), len(idx) - 1)
+        if k > 0:
+            hold.append(rng.permutation(idx)[:k])
+    hold = np.sort(np.concatenate(hold)) if hold else np.zeros(0, dtype=np.int64)
+    fit = np.setdiff1d(np.arange(len(labels)), hold)
+    return fit.astype(np.int64), hold.astype(np.int64)
+
+
+def class_balance_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Inverse-frequency weights (C,), mean 1 over the samples (0 for absent classes)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(num_classes)
+    w[present] = len(labels) / (present.sum() * counts[present])
+    return w.astype(np.float32)
+
+
+def _cosine_scale(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+class StackedAdamW:
+    """AdamW over stacked parameters (G, ...) with a learning rate and a decoupled weight decay
+    per member (G values each). Weight decay applies to names not in `no_decay` (biases and
+    LayerNorm affines are exempt). Same update as torch.optim.AdamW, member by member."""
+
+    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], lrs, wds,
+                 no_decay: set[str] = frozenset(), betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = [(n, p) for n, p in named_params if p.requires_grad]
+        dev = self.params[0][1].device
+        self.lrs = torch.as_tensor(lrs, dtype=torch.float32, device=dev)
+        self.wds = torch.as_tensor(wds, dtype=torch.float32, device=dev)
+        self.no_decay = set(no_decay)
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.t = 0
+        self.state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in self.params}
+
+    def _per_member(self, v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return v.view(-1, *([1] * (p.dim() - 1)))
+
+    @torch.no_grad()
+    def step(self, lr_scale: float = 1.0) -> None:
+        self.t += 1
+        bc1 = 1.0 - self.b1 ** self.t
+        bc2 = 1.0 - self.b2 ** self.t
+        for name, p in self.params:
+            if p.grad is None:
+                continue
+            g = p.grad
+            m, v = self.state[name]
+            lr = self._per_member(self.lrs * lr_scale, p)
+            if name not in self.no_decay:
+                p.mul_(1.0 - lr * self._per_member(self.wds, p))
+            m.lerp_(g, 1.0 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
+            denom = (v / bc2).sqrt_().add_(self.eps)
+            p.addcdiv_(m * (lr / bc1), denom, value=-1.0)
+
+    def zero_grad(self) -> None:
+        for _, p in self.params:
+            p.grad = None
+
+
+def _as_f32(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+@torch.no_grad()
+def _stats(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dim mean / std (float32 numpy) over all rows of x (..., D) (two-pass, so float32
+    is accurate); near-constant dims get std 1 (they standardise to 0, not to noise)."""
+    flat = x.reshape(-1, x.shape[-1]).float()
+    if len(flat) == 0:
+        d = x.shape[-1]
+        return np.zeros(d, np.float32), np.ones(d, np.float32)
+    mean = flat.mean(0)
+    std = flat.var(0, unbiased=False).clamp_min(0).sqrt()
+    tiny = std <= 1e-6 * max(float(std.median()), 1e-12)
+    std[tiny] = 1.0
+    return mean.numpy().astype(np.float32), std.numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def _preconditioner(x: torch.Tensor, shrink: float, gen: torch.Generator,
+                    max_rows: int = 8192) -> torch.Tensor:
+    """P = c (S + shrink * mean(eig S) * I)^-1/2 for the covariance S of standardised rows x
+    (N, D) or tokens (N, T, D) (at most max_rows of them, drawn with gen); c makes the mean
+    variance of x @ P 1 so learning rates mean the same with or without it."""
+    rows = x.reshape(-1, x.shape[-1])
+    if len(rows) > max_rows:
+        rows = rows[torch.randperm(len(rows), generator=gen)[:max_rows].to(rows.device)]
+    rows = rows - rows.mean(0)
+    cov = (rows.T @ rows) / max(1, len(rows) - 1)
+    e, V = torch.linalg.eigh(cov)  # float32 is plenty for a preconditioner
+    lam = shrink * float(e.clamp_min(0).mean())
+    e = e.clamp_min(0)
+    d = (e + max(lam, 1e-12)).rsqrt()
+    d = d * (len(e) / max(float((e * d * d).sum()), 1e-12)) ** 0.5  # mean variance 1 after
+    P = (V * d) @ V.T
+    return P.float()
+
+
+@torch.no_grad()
+def _apply_right(x: torch.Tensor, P: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """x @ P over the last dim, in place on x (x is ours), chunked to bound the temporary."""
+    flat = x.view(-1, x.shape[-1])
+    for i in range(0, len(flat), chunk):
+        flat[i:i + chunk] = flat[i:i + chunk] @ P
+    return x
+
+
+@torch.no_grad()
+def _member_scores(model: StackedHead, x: torch.Tensor, y: torch.Tensor, bs: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 (%) and NLL of every member on prepared x -> two (G,) arrays."""
+    was = model.training
+    model.eval()
+    correct = torch.zeros(model.members, dtype=torch.float64)
+    nll = torch.zeros(model.members, dtype=torch.float64)
+    for i in range(0, len(y), bs):
+        logits = model.member_logits(x[i:i + bs])  # (G, b, C)
+        yy = y[i:i + bs]
+        correct += (logits.argmax(-1) == yy).sum(1).double().cpu()
+        logp = logits.log_softmax(-1)
+        nll -= logp.gather(-1, yy.view(1, -1, 1).expand(logits.shape[0], -1, 1)).sum((1, 2)).double().cpu()
+    model.train(was)
+    n = max(1, len(y))
+    return (100.0 * correct / n).numpy(), (nll / n).numpy()
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- training
+def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
+               val: FeatureSet | None = None, progress: bool = True) -> TrainResult:
+    """Train cfg.head on `train` for every (lr, wd) in the grid at once; keep the best member
+    on the selection split (stratified train holdout, or `val` if cfg.select_on == 'val')."""
+    t_start = time.perf_counter()
+    cfg.check()
+    train.validate("train features")
+    notes: list[str] = []
+    labels = np.asarray(train.labels, dtype=np.int64)
+    if labels.size and labels.max() >= num_classes:
+        raise KscliError(f"train labels go up to {labels.max()} but num_classes is {num_classes}")
+    labelled = np.flatnonzero(labels >= 0)
+    if len(labelled) < len(labels):
+        notes.append(f"{len(labels) - len(labelled)} train segments without a label were skipped")
+    if len(labelled) < 2:
+        raise KscliError("train features have fewer than 2 labelled segments: nothing to train")
+
+    if cfg.select_on == "val":
+        if val is None:
+            raise KscliError("select_on='val' needs a val feature set")
+        val.validate("val features")
+        vlab = np.asarray(val.labels, dtype=np.int64)
+        if (vlab < 0).all():
+            raise KscliError("select_on='val' but the val features have no labels")
+        if vlab.max() >= num_classes:
+            raise KscliError(f"val labels go up to {vlab.max()} but num_classes is {num_classes}")
+        if val.dim != train.dim:
+            raise KscliError(f"val features are {val.dim}-d but train features are {train.dim}-d")
+        fit_idx, hold_idx = labelled, None
+    else:
+        f, h = stratified_holdout(labels[labelled], cfg.holdout_fraction, cfg.seed)
+        if len(h) == 0:
+            raise KscliError("the holdout is empty (every class has a single example); use "
+                             "select_on='val' or more data")
+        fit_idx, hold_idx = labelled[f], labelled[h]
+
+    cls = head_class(cfg.head)
+    if cls.uses_exo:
+        if train.exo is None or train.exo_mask is None or not np.asarray(train.exo_mask)[fit_idx].any():
+            raise KscliError(f"head {cfg.head!r} trains with exo views, but the train features "
+                             f"have none")
+    grid = cfg.grid()
+    G = len(grid)
+    dev = torch.device(cfg.device)
+
+    with _torch_threads(cfg.num_threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        head_cfg = cfg.head_cfg()
+        if cls.uses_exo:
+            head_cfg["exo_dim"] = int(train.exo.shape[-1])
+        model = create_head(cfg.head, train.dim, num_classes, head_cfg, members=G)
+
+        # --- features: pool, standardise once with fit-row statistics, keep as one tensor
+        # --- features: pool, standardise once with fit-row statistics, keep as one tensor
+        pooled = model.pool_ego(_as_f32(train.ego))  # no copy for float32 (N, D) input
+        fit_t = torch.from_numpy(fit_idx)
+        x_fit = pooled[fit_t]  # a copy: ours to standardise in place
+        ego_mean, ego_std = _stats(x_fit)
+        mean_t, std_t = torch.from_numpy(ego_mean), torch.from_numpy(ego_std)
+        x_fit.sub_(mean_t).div_(std_t)
+        exo_mean = exo_std = None
+        if cls.uses_exo:
+            exo_np = np.asarray(train.exo, dtype=np.float32)
+            mask_np = np.asarray(train.exo_mask, dtype=bool)
+            if exo_np.ndim == 4:
+                exo_np = exo_np.mean(2)
+            exo_fit = torch.from_numpy(exo_np[fit_idx])  # raw; standardised per batch
+            mask_fit = torch.from_numpy(mask_np[fit_idx])
+            exo_mean, exo_std = _stats(exo_fit[mask_fit])
+        model.set_normalization(ego_mean, ego_std, exo_mean, exo_std)
+        model.to(dev)
+        x_fit = x_fit.to(dev)
+        y_fit = torch.from_numpy(labels[fit_idx]).to(dev)
+        if hold_idx is not None:
+            x_sel = ((pooled[torch.from_numpy(hold_idx)] - mean_t) / std_t).to(dev)
+            y_sel = torch.from_numpy(labels[hold_idx]).to(dev)
+        else:
+            keep = np.flatnonzero(np.asarray(val.labels) >= 0)
+            with torch.no_grad():
+                x_sel = model.prepare_ego(_as_f32(np.asarray(val.ego)[keep]).to(dev))
+            y_sel = torch.from_numpy(np.asarray(val.labels, dtype=np.int64)[keep]).to(dev)
+        del pooled
+        P = None
+        t_cond0 = time.perf_counter()
+        if cfg.precondition > 0:
+            P = _preconditioner(x_fit, cfg.precondition, gen=torch.Generator().manual_seed(cfg.seed))
+            x_fit = _apply_right(x_fit, P)
+            x_sel = _apply_right(x_sel, P)
+        t_cond = time.perf_counter()
+        cw = None
+        if cfg.class_balance:
+            cw = torch.from_numpy(class_balance_weights(labels[fit_idx], num_classes)).to(dev)
+
+        opt = StackedAdamW(list(model.named_parameters()), [lr for lr, _ in grid],
+                           [wd for _, wd in grid], model.no_decay, betas=cfg.betas)
+        n_fit = len(fit_idx)
+        bs = min(cfg.batch_size, n_fit)
+        steps_per_epoch = math.ceil(n_fit / bs)
+        epochs = cfg.resolve_epochs(steps_per_epoch)
+        total = epochs * steps_per_epoch
+        warmup = max(1, int(round(cfg.warmup_fraction * total)))
+        gen = torch.Generator().manual_seed(cfg.seed)
+        t_prep = time.perf_counter()
+        _log(progress, f"[{cfg.head}] {n_fit} fit / {len(y_sel)} select ({cfg.select_on}) "
+                       f"segments, {train.dim}-d, {num_classes} classes, grid of {G} "
+                       f"(lr x wd), {epochs} epochs x {steps_per_epoch} steps")
+
+        history: list[dict] = []
+        step = 0
+        model.train()
+        for epoch in range(epochs):
+            t_ep = time.perf_counter()
+            perm = torch.randperm(n_fit, generator=gen)
+            loss_sum = torch.zeros(G, dtype=torch.float64)
+            for i in range(0, n_fit, bs):
+                idx = perm[i:i + bs]
+                batch = {"ego": x_fit[idx.to(dev)], "y": y_fit[idx.to(dev)]}
+                if cls.uses_exo:
+                    m = mask_fit[idx].to(dev)
+                    batch["exo"] = model.prepare_exo(exo_fit[idx].to(dev), m)
+                    batch["exo_mask"] = m
+                losses = model.loss(batch, cfg.label_smoothing, cw)
+                opt.zero_grad()
+                losses.sum().backward()
+                opt.step(_cosine_scale(step, total, warmup))
+                step += 1
+                loss_sum += losses.detach().double().cpu() * len(idx)
+            train_loss = (loss_sum / n_fit).numpy()
+            acc, nll = _member_scores(model, x_sel, y_sel, cfg.eval_batch_size)
+            b = int(np.lexsort((nll, -acc))[0])
+            history.append({"epoch": epoch + 1, "train_loss": train_loss.tolist(),
+                            "select_top1": acc.tolist(), "select_nll": nll.tolist(),
+                            "best_member": b, "best_select_top1": float(acc[b]),
+                            "seconds": time.perf_counter() - t_ep})
+            _log(progress, f"[{cfg.head}] epoch {epoch + 1}/{epochs}  loss "
+                           f"{train_loss[b]:.3f}  {cfg.select_on} top-1 {acc[b]:.2f}% (lr "
+                           f"{grid[b][0]:g}, wd {grid[b][1]:g})  {time.perf_counter() - t_ep:.1f}s")
+        t_train = time.perf_counter()
+
+        best = history[-1]["best_member"]
+        acc, nll = np.asarray(history[-1]["select_top1"]), np.asarray(history[-1]["select_nll"])
+        final = model.select_member(best).cpu().eval()
+        if P is not None:
+            final.fold_input_transform(P.cpu())
+    t_end = time.perf_counter()
+
+    grid_rows = [{"member": g, "lr": lr, "wd": wd, "select_top1": float(acc[g]),
+                  "select_nll": float(nll[g]), "train_loss": history[-1]["train_loss"][g]}
+                 for g, (lr, wd) in enumerate(grid)]
+    selected = {"member": best, "lr": grid[best][0], "wd": grid[best][1],
+                "select_on": cfg.select_on, "select_top1": float(acc[best]),
+                "select_nll": float(nll[best]), "n_fit": int(n_fit), "n_select": int(len(y_sel)),
+                "epochs": int(epochs), "steps": int(total), "grid_size": G}
+    norm = {"ego_mean": ego_mean, "ego_std": ego_std}
+    if exo_mean is not None:
+        norm.update(exo_mean=exo_mean, exo_std=exo_std)
+    timings = {"prepare_s": t_prep - t_start, "precondition_s": t_cond - t_cond0, "train_s": t_train - t_prep,
+               "select_s": t_end - t_train, "total_s": t_end - t_start,
+               "step_ms": 1000.0 * (t_train - t_prep) / max(1, total)}
+    _log(progress, f"[{cfg.head}] selected lr {selected['lr']:g} wd {selected['wd']:g}: "
+                   f"{cfg.select_on} top-1 {selected['select_top1']:.2f}%  "
+                   f"({timings['total_s']:.1f}s)")
+    return TrainResult(model=final, cfg=cfg, selected=selected, grid=grid_rows, history=history,
+                       norm=norm, timings=timings, fit_index=fit_idx, holdout_index=hold_idx,
+                       notes=notes)
+
+
+@torch.no_grad()
+def predict_proba(model: StackedHead, ego: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Class probabilities (N, C) float32 from raw ego features (N, D) or (N, T, D)."""
+    model.eval()
+    dev = model.ego_mean.device
+    ego = np.asarray(ego)
+    out = np.empty((len(ego), model.num_classes), dtype=np.float32)
+    for i in range(0, len(ego), batch_size):
+        logits = model.predict_logits(_as_f32(ego[i:i + batch_size]).to(dev))
+        out[i:i + batch_size] = logits.softmax(-1).cpu().numpy()
+    return out
+
+
+def head_state(result: TrainResult | StackedHead) -> dict:
+    """A self-contained checkpoint dict of plain tensors and JSON-able values (safe for
+    torch.save / torch.load(weights_only=True)); `build_head_from_checkpoint` rebuilds it."""
+    model = result.model if isinstance(result, TrainResult) else result
+    if model.members != 1:
+        raise KscliError("head_state needs a single head; call select_member(g) first")
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "head": model.head_name,
+        "in_dim": model.in_dim,
+        "num_classes": model.num_classes,
+        "cfg": _plain(model.cfg),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    if isinstance(result, TrainResult):
+        state.update(_plain({"train_cfg": result.cfg.to_dict(), "selected": result.selected,
+                             "grid": result.grid, "history": result.history,
+                             "timings": result.timings, "notes": result.notes}))
+    return state
+
+
+def available_heads() -> list[str]:
+    return list_heads()
