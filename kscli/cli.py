@@ -57,13 +57,15 @@ def _echo_json(obj) -> None:
 def sample_cmd(out: Path = typer.Argument(..., help="Folder to write the sample benchmark into."),
                seed: int = typer.Option(0, help="Random seed (same seed, same files)."),
                tiny: bool = typer.Option(False, "--tiny", help="The tiny version the tests use (64 px, seconds)."),
+               size: int = typer.Option(448, help="Short side of the clips in pixels (even)."),
+               workers: int = typer.Option(1, help="Encoding processes (same files for any number)."),
                overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder.")):
     """Write a small synthetic benchmark in exactly the download's layout (real mp4 clips)."""
     from kscli.data.sample import tiny_sample_kwargs, write_sample_benchmark
 
-    kw = tiny_sample_kwargs() if tiny else {}
-    summary = write_sample_benchmark(out, seed=seed, overwrite=overwrite, **kw)
-    typer.echo(str(summary))
+    kw = tiny_sample_kwargs() if tiny else {"short_side": size}
+    summary = write_sample_benchmark(out, seed=seed, overwrite=overwrite, workers=workers, **kw)
+    typer.echo(summary.text())
     typer.echo(f"use it with: --data-root {out}")
 
 
@@ -299,6 +301,17 @@ def report_cmd(run: str = typer.Argument(..., help="Run folder or name."), work_
     layout = Layout(annotations_dir=Path("."), clips_root=Path("."), work_dir=Path(work_dir or DEFAULT_WORK_DIR))
     path = write_report(resolve_run(layout, run))
     typer.echo(f"report: {path}")
+
+
+@app.command("demo")
+def demo_cmd(folder: Path = typer.Option(Path("kscli-demo"), "--dir", help="Where the sample and the work folder go."),
+             seed: int = typer.Option(0, help="Random seed."),
+             workers: Optional[int] = typer.Option(None, help="Processes for encoding and decoding [default: cores]."),
+             progress: bool = typer.Option(True, help="Show progress bars.")):
+    """Run everything on the embedded sample: sample, check, extract, three heads, a submission."""
+    from kscli.demo import run_demo
+
+    run_demo(folder, seed=seed, workers=workers, progress=progress, say=typer.echo)
 
 
 if __name__ == "__main__":

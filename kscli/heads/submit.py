@@ -88,7 +88,9 @@ def submit(layout: Layout, runs: list[str] | None = None, split: str = "test", f
     validate_doc(doc, bench.segments(split), bench.labels, f"{split} submission")
     if out is None:
         tag = run_dirs[0].name if len(run_dirs) == 1 else f"ensemble{len(run_dirs)}"
-        out = layout.submissions_dir / f"{split}_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
+        out = layout.submissions_dir / f"{split}_{tag}.{fmt}"
+        if out.exists():  # an earlier submission of the same runs stays as it is
+            out = out.with_name(f"{split}_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.{fmt}")
     out = Path(out)
     if out.exists():
         raise KscliError(f"{out}: exists; a finished submission is never overwritten (pass another --out)")

@@ -95,7 +95,7 @@ class TrainConfig:
     attn_dim: int = 512  # attentive: total value dim over heads
     attn_dropout: float = 0.1  # attentive
     device: str = "cpu"
-    num_threads: int | None = None  # None: all cores this process may use
+    num_threads: int | None = None  # None: all cores this process may use (1 if tiny)
     eval_batch_size: int = 4096
 
     def __post_init__(self):
@@ -398,14 +398,16 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
     G = len(grid)
     dev = torch.device(cfg.device)
 
-    with _torch_threads(cfg.num_threads), torch.random.fork_rng(devices=[]):
+    threads = cfg.num_threads
+    if threads is None and G * min(cfg.batch_size, len(fit_idx)) * train.dim * num_classes < 2e7:
+        threads = 1  # tiny matmuls: a second thread only adds sync cost (and hurts when shared)
+    with _torch_threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         head_cfg = cfg.head_cfg()
         if cls.uses_exo:
             head_cfg["exo_dim"] = int(train.exo.shape[-1])
         model = create_head(cfg.head, train.dim, num_classes, head_cfg, members=G)
 
-        # --- features: pool, standardise once with fit-row statistics, keep as one tensor
         # --- features: pool, standardise once with fit-row statistics, keep as one tensor
         pooled = model.pool_ego(_as_f32(train.ego))  # no copy for float32 (N, D) input
         fit_t = torch.from_numpy(fit_idx)
