@@ -80,8 +80,9 @@ def build_head_from_checkpoint(ckpt: dict) -> "StackedHead":
     if int(ckpt.get("version", CHECKPOINT_VERSION)) > CHECKPOINT_VERSION:
         raise KscliError(f"head checkpoint version {ckpt['version']} is newer than this kscli "
                          f"understands ({CHECKPOINT_VERSION}); upgrade kscli")
-    model = create_head(ckpt["head"], int(ckpt["in_dim"]), int(ckpt["num_classes"]),
-                        dict(ckpt["cfg"]), members=1)
+    with torch.random.fork_rng(devices=[]):  # the throw-away init must not move the caller's RNG
+        model = create_head(ckpt["head"], int(ckpt["in_dim"]), int(ckpt["num_classes"]),
+                            dict(ckpt["cfg"]), members=1)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
@@ -144,8 +145,6 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
     if x.dim() == 2:
         x = x.unsqueeze(0).expand(weight.shape[0], *x.shape)
     return torch.baddbmm(bias, x, weight)
-
-
 
 
 # ----------------------------------------------------------------------------- base class
@@ -268,10 +267,11 @@ class StackedHead(nn.Module):
 
     # -- members
     def select_member(self, g: int) -> "StackedHead":
-        """Member g as a new G=1 head of the same kind (parameters copied, buffers shared copy)."""
+        """Member g as a new G=1 head of the same kind (its parameters and the buffers copied)."""
         if not 0 <= g < self.members:
             raise IndexError(f"member {g} out of range 0..{self.members - 1}")
-        out = type(self)(self.in_dim, self.num_classes, self.cfg, members=1)
+        with torch.random.fork_rng(devices=[]):
+            out = type(self)(self.in_dim, self.num_classes, self.cfg, members=1)
         params = dict(self.named_parameters())
         state = {k: (params[k][g:g + 1] if k in params else v).detach().clone()
                  for k, v in self.state_dict().items()}

@@ -10,8 +10,19 @@ gradient (members share no parameters). `StackedAdamW` is AdamW written over the
 tensors with lr and weight decay held as (G, 1, ...) tensors, so every member gets its own lr /
 wd under the same cosine schedule. (torch.func.vmap over a functional model was the other way;
 plain stacked tensors are simpler, have no functorch restrictions on dropout/RNG, and the
-result of selection is an ordinary module.) All members start from the same initial weights
-and see the same mini-batches, so they differ only by lr / wd.
+result of selection is an ordinary module.) All members start from the same initial weights,
+see the same mini-batches and share dropout masks, so they differ only by lr / wd: a member of
+a grid ends where training its (lr, wd) alone would (tested).
+
+Preconditioning (`precondition`, on by default): the standardised ego features are multiplied
+by P = c (S + lambda I)^-1/2 (S their covariance on the fit rows, lambda = precondition x the
+mean eigenvalue, c so the mean variance stays 1) before training, and P is folded into the
+head's input weights afterwards, so the saved head reads plain standardised features and its
+shape is unchanged. Backbone features are strongly correlated; AdamW on the raw standardised
+features needs many more epochs (see bench/heads.py).
+
+Epochs: `epochs=None` (default) trains max(min_epochs, ceil(min_steps / steps per epoch))
+epochs (at most max_epochs): few passes on a big set, enough steps on a small one.
 
 Selection: after the last epoch, the member with the best top-1 (ties: lower NLL) on a
 stratified holdout cut from train (`holdout_fraction`) is kept -- never the reported split --
@@ -36,9 +47,10 @@ from kscli.heads.featureset import FeatureSet
 from kscli.heads.models import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, StackedHead,
                                 build_head_from_checkpoint, create_head, head_class, list_heads)
 
+
 __all__ = ["FeatureSet", "TrainConfig", "TrainResult", "HEAD_DEFAULTS", "train_head",
-           "predict_proba", "head_state", "build_head_from_checkpoint", "StackedAdamW",
-           "stratified_holdout", "class_balance_weights"]
+           "predict_proba", "head_state", "build_head_from_checkpoint", "list_heads",
+           "StackedAdamW", "stratified_holdout", "class_balance_weights"]
 
 # Per-head defaults that TrainConfig.for_head(head) fills in (tuned with bench/heads.py on
 # 20,000 x 1,024 x 278 synthetic features, 2 CPU cores; see that script).
@@ -153,6 +165,10 @@ class TrainConfig:
             raise KscliError(f"select_on must be 'holdout' or 'val', not {self.select_on!r}")
         if self.select_on == "holdout" and not 0 < self.holdout_fraction < 1:
             raise KscliError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.precondition < 0:
+            raise KscliError(f"precondition must be >= 0 (0 turns it off), got {self.precondition}")
+        if not 0 <= self.view_dropout < 1 or not 0 <= self.dropout < 1:
+            raise KscliError("dropout and view_dropout must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             raise KscliError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -161,11 +177,16 @@ class TrainConfig:
 class TrainResult:
     model: StackedHead  # the selected member: G=1, eval mode, on CPU
     cfg: TrainConfig
-    selected: dict  # member, lr, wd, select_on, select_top1, select_nll, n_fit, n_select
-    grid: list[dict]  # per member: lr, wd, select_top1, select_nll, train_loss (last epoch)
-    history: list[dict]  # per epoch: epoch, train_loss (G), select_top1 (G), best_* , seconds
+    # member, lr, wd, select_on ("holdout" | "val"), select_top1 (%), select_nll, n_fit,
+    # n_select, epochs, steps, grid_size
+    selected: dict
+    # per member, lr-major: member, lr, wd, select_top1, select_nll, train_loss (last epoch)
+    grid: list[dict]
+    # per epoch: epoch, train_loss [G], select_top1 [G], select_nll [G], best_member,
+    # best_select_top1, seconds   (index [selected["member"]] for the kept member's curve)
+    history: list[dict]
     norm: dict  # ego_mean / ego_std (numpy, also in model buffers); exo_* for distill
-    timings: dict  # prepare_s, train_s, select_s, total_s, step_ms
+    timings: dict  # prepare_s, precondition_s, train_s, select_s, total_s, step_ms
     fit_index: np.ndarray | None = None  # train rows the members were fit on
     holdout_index: np.ndarray | None = None  # train rows used for selection (None for 'val')
     notes: list[str] = field(default_factory=list)
@@ -206,16 +227,23 @@ def _torch_threads(n: int | None):
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int = 0
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Split row indices into (fit, holdout), per class round(fraction * n_c) to holdout, never
-    a class's last example (a singleton class stays in fit). Deterministic for a seed."""
+    """Split row indices into (fit, holdout): about `fraction` of the rows, spread over the
+    classes in proportion (largest remainders get the leftover places, so small data still
+    gets a holdout), never a class's last example. Deterministic for a seed."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
-    hold = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        k = min(int(round(fraction * len(idx))), len(idx) - 1)
-        if k > 0:
-            hold.append(rng.permutation(idx)[:k])
+    classes, counts = np.unique(labels, return_counts=True)
+    want = fraction * counts
+    k = np.minimum(np.floor(want).astype(np.int64), counts - 1)
+    target = min(max(1, int(round(fraction * len(labels)))), int((counts - 1).sum()))
+    # leftover places: largest fractional remainder first, ties in a seeded random order
+    order = np.lexsort((rng.random(len(classes)), -(want - k)))
+    for i in order:
+        if k.sum() >= target:
+            break
+        if k[i] < counts[i] - 1:
+            k[i] += 1
+    hold = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, k) if n > 0]
     hold = np.sort(np.concatenate(hold)) if hold else np.zeros(0, dtype=np.int64)
     fit = np.setdiff1d(np.arange(len(labels)), hold)
     return fit.astype(np.int64), hold.astype(np.int64)
@@ -341,7 +369,8 @@ def _member_scores(model: StackedHead, x: torch.Tensor, y: torch.Tensor, bs: int
         yy = y[i:i + bs]
         correct += (logits.argmax(-1) == yy).sum(1).double().cpu()
         logp = logits.log_softmax(-1)
-        nll -= logp.gather(-1, yy.view(1, -1, 1).expand(logits.shape[0], -1, 1)).sum((1, 2)).double().cpu()
+        picked = logp.gather(-1, yy.view(1, -1, 1).expand(logits.shape[0], -1, 1))
+        nll -= picked.sum((1, 2)).double().cpu()
     model.train(was)
     n = max(1, len(y))
     return (100.0 * correct / n).numpy(), (nll / n).numpy()
@@ -384,14 +413,18 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
         fit_idx, hold_idx = labelled, None
     else:
         f, h = stratified_holdout(labels[labelled], cfg.holdout_fraction, cfg.seed)
-        if len(h) == 0:
-            raise KscliError("the holdout is empty (every class has a single example); use "
-                             "select_on='val' or more data")
+        if len(h) == 0:  # every class has a single example (tiny data): a plain random holdout
+            k = max(1, int(round(cfg.holdout_fraction * len(labelled))))
+            h = np.sort(np.random.default_rng(cfg.seed).permutation(len(labelled))[:k])
+            f = np.setdiff1d(np.arange(len(labelled)), h)
+            notes.append(f"no class has 2 examples, so the holdout ({k} segments) is not "
+                         f"stratified and its classes are missing from training")
         fit_idx, hold_idx = labelled[f], labelled[h]
 
     cls = head_class(cfg.head)
     if cls.uses_exo:
-        if train.exo is None or train.exo_mask is None or not np.asarray(train.exo_mask)[fit_idx].any():
+        if (train.exo is None or train.exo_mask is None
+                or not np.asarray(train.exo_mask)[fit_idx].any()):
             raise KscliError(f"head {cfg.head!r} trains with exo views, but the train features "
                              f"have none")
     grid = cfg.grid()
@@ -416,14 +449,15 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
         mean_t, std_t = torch.from_numpy(ego_mean), torch.from_numpy(ego_std)
         x_fit.sub_(mean_t).div_(std_t)
         exo_mean = exo_std = None
-        if cls.uses_exo:
+        if cls.uses_exo:  # raw exo stays where it is (no copy); batches are standardised
             exo_np = np.asarray(train.exo, dtype=np.float32)
-            mask_np = np.asarray(train.exo_mask, dtype=bool)
             if exo_np.ndim == 4:
                 exo_np = exo_np.mean(2)
-            exo_fit = torch.from_numpy(exo_np[fit_idx])  # raw; standardised per batch
-            mask_fit = torch.from_numpy(mask_np[fit_idx])
-            exo_mean, exo_std = _stats(exo_fit[mask_fit])
+            exo_all = torch.from_numpy(np.ascontiguousarray(exo_np))
+            mask_all = torch.from_numpy(np.asarray(train.exo_mask, dtype=bool))
+            in_fit = torch.zeros(len(mask_all), dtype=torch.bool)
+            in_fit[fit_t] = True
+            exo_mean, exo_std = _stats(exo_all[mask_all & in_fit[:, None]])
         model.set_normalization(ego_mean, ego_std, exo_mean, exo_std)
         model.to(dev)
         x_fit = x_fit.to(dev)
@@ -440,7 +474,7 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
         P = None
         t_cond0 = time.perf_counter()
         if cfg.precondition > 0:
-            P = _preconditioner(x_fit, cfg.precondition, gen=torch.Generator().manual_seed(cfg.seed))
+            P = _preconditioner(x_fit, cfg.precondition, torch.Generator().manual_seed(cfg.seed))
             x_fit = _apply_right(x_fit, P)
             x_sel = _apply_right(x_sel, P)
         t_cond = time.perf_counter()
@@ -473,8 +507,9 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
                 idx = perm[i:i + bs]
                 batch = {"ego": x_fit[idx.to(dev)], "y": y_fit[idx.to(dev)]}
                 if cls.uses_exo:
-                    m = mask_fit[idx].to(dev)
-                    batch["exo"] = model.prepare_exo(exo_fit[idx].to(dev), m)
+                    rows = fit_t[idx]
+                    m = mask_all[rows].to(dev)
+                    batch["exo"] = model.prepare_exo(exo_all[rows].to(dev), m)
                     batch["exo_mask"] = m
                 losses = model.loss(batch, cfg.label_smoothing, cw)
                 opt.zero_grad()
@@ -511,7 +546,8 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
     norm = {"ego_mean": ego_mean, "ego_std": ego_std}
     if exo_mean is not None:
         norm.update(exo_mean=exo_mean, exo_std=exo_std)
-    timings = {"prepare_s": t_prep - t_start, "precondition_s": t_cond - t_cond0, "train_s": t_train - t_prep,
+    timings = {"prepare_s": t_prep - t_start, "precondition_s": t_cond - t_cond0,
+               "train_s": t_train - t_prep,
                "select_s": t_end - t_train, "total_s": t_end - t_start,
                "step_ms": 1000.0 * (t_train - t_prep) / max(1, total)}
     _log(progress, f"[{cfg.head}] selected lr {selected['lr']:g} wd {selected['wd']:g}: "
@@ -556,6 +592,3 @@ def head_state(result: TrainResult | StackedHead) -> dict:
                              "timings": result.timings, "notes": result.notes}))
     return state
 
-
-def available_heads() -> list[str]:
-    return list_heads()

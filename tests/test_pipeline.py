@@ -1,0 +1,152 @@
+"""Stage two on real stores: feature assembly, train-head, evaluate, submit, report, demo (real CLI)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli
+from kscli.data.layout import Benchmark, Layout
+from kscli.heads.features import load_feature_set
+from kscli.heads.models import build_head_from_checkpoint
+from kscli.heads.train import predict_proba
+
+
+@pytest.fixture(scope="module")
+def extracted(sample_root, tmp_path_factory):
+    """A copy of the sample with one train ego clip, one exo clip and one test ego clip gone, extracted."""
+    root = tmp_path_factory.mktemp("pipeline")
+    data, work = root / "download", root / "work"
+    shutil.copytree(sample_root, data)
+    bench = Benchmark(Layout.resolve(data_root=data))
+    train, test = bench.segments("train"), bench.segments("test")
+    gone = {"train_ego": train[3].ego.name, "exo": train[5].exo[0].name, "test_ego": test[1].ego.name}
+    clips = data / "keystep_benchmark" / "clips_448p"
+    for name in gone.values():
+        (clips / name).unlink()
+    cli("extract", "--data-root", data, "--work-dir", work, "--workers", "2", "--no-progress")
+    return data, work, gone
+
+
+def args(extracted):
+    data, work, _ = extracted
+    return ["--data-root", data, "--work-dir", work]
+
+
+def test_assembly_counts_missing_ego_and_masks_missing_exo(extracted):
+    data, work, gone = extracted
+    bench = Benchmark(Layout.resolve(data_root=data, work_dir=work))
+    fs, asm = load_feature_set(bench, "train", ["tiny-random"])
+    assert asm.missing_ego == [gone["train_ego"]] and gone["train_ego"] not in fs.names
+    assert asm.used == len(fs) == len(bench.segments("train")) - 1
+    assert asm.exo_missing == 1 and asm.exo_views == int(fs.exo_mask.sum())
+    seg = bench.segments("train")[5]
+    row = fs.names.index(seg.name)
+    assert fs.exo_mask[row].sum() == len(seg.exo) - 1
+    assert np.all(fs.exo[~fs.exo_mask] == 0) and fs.exo.shape[1] == max(len(s.exo) for s in bench.segments("train"))
+    both, _ = load_feature_set(bench, "train", ["tiny-random", "tiny-random"])
+    np.testing.assert_array_equal(both.ego, np.concatenate([fs.ego, fs.ego], axis=1))
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp", "distill", "attentive"])
+def test_each_head_learns_the_sample_far_above_chance(extracted, head):
+    _, work, _ = extracted
+    res = cli("train-head", "--head", head, "--name", f"h-{head}", *args(extracted))
+    metrics = json.loads((work / "runs" / f"h-{head}" / "metrics.json").read_text())
+    chance = 100 / 6
+    assert metrics["val"]["top1"] >= 2.5 * chance, res.stdout
+    assert metrics["selection"]["on"] == "holdout"
+    assert metrics["train_segments_left_out"] == 1
+    assert "top-1" in res.stdout
+
+
+def test_same_seed_same_predictions_and_checkpoint_round_trip(extracted):
+    data, work, _ = extracted
+    cli("train-head", "--head", "mlp", "--name", "seed-a", "--seed", "3", *args(extracted))
+    cli("train-head", "--head", "mlp", "--name", "seed-b", "--seed", "3", *args(extracted))
+    a = json.loads((work / "runs" / "seed-a" / "predictions_val.json").read_text())["results"]
+    b = json.loads((work / "runs" / "seed-b" / "predictions_val.json").read_text())["results"]
+    assert a == b
+    ckpt = torch.load(work / "runs" / "seed-a" / "checkpoint.pt", weights_only=True)
+    assert ckpt["labels"][0]["label_id"] == 0 and ckpt["backbones"]["tiny-random"]["backbone"]["name"] == "tiny-random"
+    model = build_head_from_checkpoint(ckpt)
+    bench = Benchmark(Layout.resolve(data_root=data, work_dir=work))
+    fs, _ = load_feature_set(bench, "val", ["tiny-random"], with_exo=False)
+    probs = predict_proba(model, fs.ego)
+    by_name = {r["ego_segment_name"]: r for r in a}
+    assert [int(p.argmax()) for p in probs] == [by_name[n]["label_id"] for n in fs.names]
+    again = cli("train-head", "--head", "mlp", "--name", "seed-a", *args(extracted), check=False)
+    assert again.exit_code == 2 and "never overwritten" in again.stderr
+
+
+def test_evaluate_rescores_a_run_and_rejects_bad_files(extracted, tmp_path):
+    _, work, _ = extracted
+    cli("train-head", "--head", "linear", "--name", "ev", *args(extracted))
+    preds = work / "runs" / "ev" / "predictions_val.json"
+    res = cli("evaluate", preds, "--json", *args(extracted))
+    assert json.loads(res.stdout)["top1"] == pytest.approx(
+        json.loads((work / "runs" / "ev" / "metrics.json").read_text())["val"]["top1"])
+    doc = json.loads(preds.read_text())
+    bad = dict(doc, results=[dict(doc["results"][0], ego_segment_name="val/nope/start0_end1_aria01_214-1.mp4")]
+               + doc["results"][1:])
+    (tmp_path / "wrong.json").write_text(json.dumps(bad))
+    r = cli("evaluate", tmp_path / "wrong.json", *args(extracted), check=False)
+    assert r.exit_code == 2 and "results[0]: segment 'val/nope/" in r.stderr and "not in the annotations" in r.stderr
+    bad = dict(doc, results=[dict(doc["results"][0], label_id=999)] + doc["results"][1:])
+    (tmp_path / "label.json").write_text(json.dumps(bad))
+    r = cli("evaluate", tmp_path / "label.json", *args(extracted), check=False)
+    assert r.exit_code == 2 and "label_id 999 is not in the label mapping" in r.stderr
+    (tmp_path / "short.json").write_text(json.dumps(dict(doc, results=doc["results"][1:])))
+    r = cli("evaluate", tmp_path / "short.json", *args(extracted), check=False)
+    assert r.exit_code == 2 and "1 segment(s) of the split have no prediction" in r.stderr
+
+
+def test_submit_covers_every_test_segment_ensembles_and_writes_csv(extracted):
+    data, work, gone = extracted
+    cli("train-head", "--head", "linear", "--name", "s-lin", *args(extracted))
+    cli("train-head", "--head", "distill", "--name", "s-dis", *args(extracted))
+    res = cli("submit", "--run", "s-lin", *args(extracted))
+    assert "1 segment(s) had no ego feature" in res.stdout and gone["test_ego"] in res.stdout
+    out = work / "submissions" / "test_s-lin.json"
+    doc = json.loads(out.read_text())
+    test_names = [s.name for s in Benchmark(Layout.resolve(data_root=data)).segments("test")]
+    assert sorted(r["ego_segment_name"] for r in doc["results"]) == sorted(test_names)
+    assert doc["predicted_with_prior"] == [gone["test_ego"]] and doc["challenge"] and doc["version"]
+    assert all(len(r["top5"]) == 5 and r["top5"][0]["label_id"] == r["label_id"] for r in doc["results"])
+    again = cli("submit", "--run", "s-lin", *args(extracted))  # never overwrites the first file
+    assert json.loads(out.read_text()) == doc and "test_s-lin_" in again.stdout
+    ens = cli("submit", "--run", "s-lin", "--run", work / "runs" / "s-dis", "--split", "val", "--format", "csv",
+              *args(extracted))
+    assert "2 run(s)" in ens.stdout and "top-1" in ens.stdout
+    csv_file = work / "submissions" / "val_ensemble2.csv"
+    lines = csv_file.read_text().splitlines()
+    assert lines[0] == "ego_segment_name,label_id,top5_ids,top5_scores" and len(lines) == 1 + len(
+        Benchmark(Layout.resolve(data_root=data)).segments("val"))
+    cli("evaluate", csv_file, *args(extracted))
+    r = cli("submit", "--run", "no-such-run", *args(extracted), check=False)
+    assert r.exit_code == 2 and "no-such-run" in r.stderr
+
+
+def test_report_draws_valid_pngs(extracted):
+    _, work, _ = extracted
+    cli("train-head", "--head", "mlp", "--name", "rep", *args(extracted))
+    res = cli("report", "rep", "--work-dir", work)
+    md = (work / "runs" / "rep" / "report.md").read_text()
+    assert "report.md" in res.stdout and "val top-1" in md
+    import matplotlib.image as mpimg
+    for name in ("per_scenario", "confusions", "by_length", "training_curve"):
+        png = work / "runs" / "rep" / "report" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"report/{name}.png" in md
+        assert mpimg.imread(png).shape[0] > 100
+
+
+def test_demo_end_to_end(tmp_path):
+    res = cli("demo", "--dir", tmp_path / "demo", "--no-progress")
+    out = res.stdout
+    assert "RANDOMLY INITIALISED" in out and "OK: every clip checked" in out
+    for head in ("linear", "mlp", "distill"):
+        assert f"\n{head} " in out
+    subs = list((tmp_path / "demo" / "work" / "submissions").glob("test_*.json"))
+    assert len(subs) == 1 and json.loads(subs[0].read_text())["results"]
