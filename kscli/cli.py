@@ -186,6 +186,37 @@ def features_info_cmd(tag: str = typer.Argument(..., help="Store name (the backb
                    f"sampling {cfg['sampling']}, precision {cfg.get('precision')}")
 
 
+@app.command("import-features")
+def import_features_cmd(source: str = typer.Option(..., help="omnivore_video or maws_clip_2b (Ego-Exo4D's precomputed features)."),
+                        features_dir: Path = typer.Option(..., help="Folder of <take_uid>_<cam_id>_<stream_id>.pt files."),
+                        split: str = typer.Option("train,val,test", help="Comma-separated splits."),
+                        view: str = typer.Option("all", help="ego, exo or all."),
+                        tag: Optional[str] = typer.Option(None, help="Store name [default: the source]."),
+                        window_frames: Optional[int] = typer.Option(None, help="Frames per feature window [default: the source's]."),
+                        stride_frames: Optional[int] = typer.Option(None, help="Frames between windows [default: the source's]."),
+                        fps: Optional[float] = typer.Option(None, help="Frame rate of the windows [default: 30]."),
+                        feature_dim: Optional[int] = typer.Option(None, help="Feature width [default: the source's]."),
+                        exo_stream: str = typer.Option("0", help="Stream id of exo camera files."),
+                        overwrite: bool = typer.Option(False, "--overwrite", help="Redo a store (the old one is moved aside)."),
+                        progress: bool = typer.Option(True, help="Show a progress bar."),
+                        data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
+                        clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
+    """Pool Ego-Exo4D's published per-take features over each segment into a feature store (no GPU needed)."""
+    from kscli.data.layout import parse_splits
+    from kscli.extract.official import import_features
+
+    layout = _layout(data_root, annotations_dir, clips_root, work_dir)
+    summaries = import_features(layout, source, features_dir, parse_splits(split), view=view, tag=tag,
+                                window_frames=window_frames, stride_frames=stride_frames, fps=fps,
+                                exo_stream=exo_stream, progress=progress, feature_dim=feature_dim,
+                                overwrite=overwrite)
+    for s in summaries:
+        typer.echo(f"{s.split}: imported {s.extracted}, skipped {s.skipped} (already done), failed {s.failed} of "
+                   f"{s.total} clips; {s.nearest} used the nearest window -> {s.store}")
+        for name, err in s.failures[:5]:
+            typer.echo(f"  failed: {name}: {err}")
+
+
 def _floats(value: str, name: str) -> tuple[float, ...]:
     try:
         out = tuple(float(v) for v in value.split(",") if v.strip())
