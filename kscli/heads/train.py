@@ -185,7 +185,9 @@ class TrainResult:
     # per epoch: epoch, train_loss [G], select_top1 [G], select_nll [G], best_member,
     # best_select_top1, seconds   (index [selected["member"]] for the kept member's curve)
     history: list[dict]
-    norm: dict  # ego_mean / ego_std (numpy, also in model buffers); exo_* for distill
+    # ego_mean / ego_std (numpy, also in model buffers); exo_* for distill; precondition_rho
+    # (Ledoit-Wolf shrinkage used by the preconditioner, None when off)
+    norm: dict
     timings: dict  # prepare_s, precondition_s, train_s, select_s, total_s, step_ms
     fit_index: np.ndarray | None = None  # train rows the members were fit on
     holdout_index: np.ndarray | None = None  # train rows used for selection (None for 'val')
@@ -329,22 +331,35 @@ def _stats(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 @torch.no_grad()
 def _preconditioner(x: torch.Tensor, shrink: float, gen: torch.Generator,
-                    max_rows: int = 8192) -> torch.Tensor:
-    """P = c (S + shrink * mean(eig S) * I)^-1/2 for the covariance S of standardised rows x
-    (N, D) or tokens (N, T, D) (at most max_rows of them, drawn with gen); c makes the mean
-    variance of x @ P 1 so learning rates mean the same with or without it."""
+                    max_rows: int = 8192) -> tuple[torch.Tensor, float]:
+    """(P, rho): P = c (S_lw + shrink * mu * I)^-1/2 for standardised rows x (N, D) or tokens
+    (N, T, D), at most max_rows of them (drawn with gen).
+
+    S_lw = (1 - rho) S + rho mu I is the Ledoit-Wolf shrunk covariance (mu = mean eigenvalue,
+    rho estimated from the data): with many rows per dimension rho is small and P whitens
+    almost fully; with few rows (N << D) the sample covariance is noise, rho -> 1 and P -> c I,
+    plain standardisation. c makes the mean variance of x @ P 1 so learning rates mean the same
+    with or without preconditioning."""
     rows = x.reshape(-1, x.shape[-1])
     if len(rows) > max_rows:
         rows = rows[torch.randperm(len(rows), generator=gen)[:max_rows].to(rows.device)]
     rows = rows - rows.mean(0)
-    cov = (rows.T @ rows) / max(1, len(rows) - 1)
+    n, p = rows.shape
+    cov = (rows.T @ rows) / max(1, n)
     e, V = torch.linalg.eigh(cov)  # float32 is plenty for a preconditioner
-    lam = shrink * float(e.clamp_min(0).mean())
     e = e.clamp_min(0)
-    d = (e + max(lam, 1e-12)).rsqrt()
+    e64 = e.double()
+    mu = float(e64.mean())
+    fro2 = float((e64 * e64).sum())  # ||S||_F^2
+    sq = (rows * rows).sum(1).double()
+    beta = (float((sq * sq).sum()) / max(1, n) - fro2) / (p * max(1, n))
+    delta = (fro2 - p * mu * mu) / p
+    rho = 1.0 if delta <= 0 else min(1.0, max(0.0, beta / delta))
+    shrunk = (1.0 - rho) * e + rho * mu
+    d = (shrunk + max(shrink * mu, 1e-12)).rsqrt()
     d = d * (len(e) / max(float((e * d * d).sum()), 1e-12)) ** 0.5  # mean variance 1 after
     P = (V * d) @ V.T
-    return P.float()
+    return P.float(), rho
 
 
 @torch.no_grad()
@@ -471,10 +486,11 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
                 x_sel = model.prepare_ego(_as_f32(np.asarray(val.ego)[keep]).to(dev))
             y_sel = torch.from_numpy(np.asarray(val.labels, dtype=np.int64)[keep]).to(dev)
         del pooled
-        P = None
+        P, rho = None, None
         t_cond0 = time.perf_counter()
         if cfg.precondition > 0:
-            P = _preconditioner(x_fit, cfg.precondition, torch.Generator().manual_seed(cfg.seed))
+            P, rho = _preconditioner(x_fit, cfg.precondition,
+                                     torch.Generator().manual_seed(cfg.seed))
             x_fit = _apply_right(x_fit, P)
             x_sel = _apply_right(x_sel, P)
         t_cond = time.perf_counter()
@@ -543,7 +559,7 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
                 "select_on": cfg.select_on, "select_top1": float(acc[best]),
                 "select_nll": float(nll[best]), "n_fit": int(n_fit), "n_select": int(len(y_sel)),
                 "epochs": int(epochs), "steps": int(total), "grid_size": G}
-    norm = {"ego_mean": ego_mean, "ego_std": ego_std}
+    norm = {"ego_mean": ego_mean, "ego_std": ego_std, "precondition_rho": rho}
     if exo_mean is not None:
         norm.update(exo_mean=exo_mean, exo_std=exo_std)
     timings = {"prepare_s": t_prep - t_start, "precondition_s": t_cond - t_cond0,
