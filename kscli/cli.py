@@ -242,7 +242,7 @@ def _overrides(items: list[str]) -> dict:
 
 
 @app.command("train-head")
-def train_head_cmd(head: str = typer.Option("linear", help="linear, mlp, distill, attentive (see `kscli heads`)."),
+def train_head_cmd(head: str = typer.Option("linear", help="linear, mlp, distill, attentive, context (see `kscli heads`)."),
                    backbone: str = typer.Option("tiny-random", help="Store name(s): a, or a,b to concatenate backbones."),
                    epochs: Optional[int] = typer.Option(None, help="Epochs [default: enough steps for the data size]."),
                    lrs: Optional[str] = typer.Option(None, help="Learning-rate grid, e.g. 1e-3,3e-3 [default: the head's]."),
@@ -257,7 +257,7 @@ def train_head_cmd(head: str = typer.Option("linear", help="linear, mlp, distill
                    data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                    clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
     """Train a head on cached features (a grid of lr x wd in one pass), score it on val, save a run."""
-    from kscli.heads.run import parse_tags, train_run
+    from kscli.heads.run import CONTEXT_HEAD, parse_tags, train_run
     from kscli.heads.train import TrainConfig
 
     if select_on not in ("holdout", "val"):
@@ -267,9 +267,16 @@ def train_head_cmd(head: str = typer.Option("linear", help="linear, mlp, distill
                        ("weight_decays", wds and _floats(wds, "--wds"))):
         if value is not None:
             over[key] = value
-    cfg = TrainConfig.for_head(head, class_balance=class_balance, select_on=select_on, seed=seed,
-                               device=device, **over)
-    cfg.check()
+    if head == CONTEXT_HEAD:
+        from kscli.heads.context import ContextConfig
+
+        if class_balance:
+            raise KscliError("--class-balance is not available for the context head")
+        cfg = ContextConfig.from_dict({"select_on": select_on, "seed": seed, "device": device, **over})
+    else:
+        cfg = TrainConfig.for_head(head, class_balance=class_balance, select_on=select_on, seed=seed,
+                                   device=device, **over)
+        cfg.check()
     layout = _layout(data_root, annotations_dir, clips_root, work_dir)
     result = train_run(layout, parse_tags(backbone), cfg, name=name)
     typer.echo(result.summary)
@@ -282,6 +289,7 @@ def heads_cmd():
 
     for h in list_heads():
         typer.echo(h)
+    typer.echo("context  (each segment sees the other segments of its take)")
 
 
 @app.command("evaluate")
@@ -313,10 +321,10 @@ def submit_cmd(split: str = typer.Option("test", help="test (the challenge) or v
         raise KscliError(f"--split {split!r}: choose test or val")
     res = submit(_layout(data_root, annotations_dir, clips_root, work_dir), run or None, split, fmt, out)
     typer.echo(f"{res.split}: {res.segments} segments predicted by {len(res.runs)} run(s) -> {res.path}")
-    if res.predicted_with_prior:
-        typer.echo(f"{len(res.predicted_with_prior)} segment(s) had no ego feature and were given the training "
-                   "prior (listed under 'predicted_with_prior' in the file), e.g.:")
-        for n in res.predicted_with_prior[:5]:
+    if res.without_ego_feature:
+        typer.echo(f"{len(res.without_ego_feature)} segment(s) had no ego feature: predicted with the training "
+                   "prior, or from their take by a context head (listed under 'without_ego_feature'), e.g.:")
+        for n in res.without_ego_feature[:5]:
             typer.echo(f"  {n}")
     if res.metrics:
         typer.echo(format_summary(res.metrics))

@@ -113,7 +113,7 @@ def test_submit_covers_every_test_segment_ensembles_and_writes_csv(extracted):
     doc = json.loads(out.read_text())
     test_names = [s.name for s in Benchmark(Layout.resolve(data_root=data)).segments("test")]
     assert sorted(r["ego_segment_name"] for r in doc["results"]) == sorted(test_names)
-    assert doc["predicted_with_prior"] == [gone["test_ego"]] and doc["challenge"] and doc["version"]
+    assert doc["without_ego_feature"] == [gone["test_ego"]] and doc["challenge"] and doc["version"]
     assert all(len(r["top5"]) == 5 and r["top5"][0]["label_id"] == r["label_id"] for r in doc["results"])
     again = cli("submit", "--run", "s-lin", *args(extracted))  # never overwrites the first file
     assert json.loads(out.read_text()) == doc and "test_s-lin_" in again.stdout

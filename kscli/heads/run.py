@@ -31,6 +31,19 @@ from kscli.heads.predictions import (doc_scores, predictions_doc, read_doc, vali
                                      write_json_atomic)
 from kscli.heads.train import TrainConfig, head_state, predict_proba, train_head
 
+CONTEXT_HEAD = "context"  # classifies a segment from its whole take: kscli.heads.context
+
+
+def _train(cfg, train_fs, num_classes: int, val_fs, progress: bool) -> tuple[object, dict]:
+    """Train a single-segment head or the take-context head; returns (result, checkpoint dict)."""
+    if getattr(cfg, "head", CONTEXT_HEAD) == CONTEXT_HEAD:
+        from kscli.heads.context import context_state, train_context_head
+
+        result = train_context_head(cfg, train_fs, num_classes, val=val_fs, progress=progress)
+        return result, context_state(result)
+    result = train_head(cfg, train_fs, num_classes, val=val_fs, progress=progress)
+    return result, head_state(result)
+
 
 @dataclass
 class RunResult:
@@ -64,21 +77,26 @@ def _new_run_dir(layout: Layout, name: str | None, head: str, tags: list[str]) -
 def predict_split(checkpoint: dict, bench: Benchmark, split: str) -> tuple[list[str], np.ndarray, list[str]]:
     """Probabilities for every segment of `split` from ego features alone.
 
-    Segments without an ego feature get the training prior; their names come back as the third value.
+    Segments without an ego feature (names in the third value) get the training prior from a
+    single-segment head, and a prediction from their neighbours from the context head.
     """
-    model = build_head_from_checkpoint(checkpoint)
     fs, asm = load_feature_set(bench, split, checkpoint["tags"], with_exo=False, keep_missing=True)
-    probs = predict_proba(model, fs.ego)
-    prior = np.asarray(checkpoint["prior"], dtype=np.float32)
     missing = set(asm.missing_ego)
-    rows = [i for i, n in enumerate(fs.names) if n in missing]
-    probs[rows] = prior
+    present = np.array([n not in missing for n in fs.names])
+    if checkpoint["head"] == CONTEXT_HEAD:
+        from kscli.heads.context import build_context_from_checkpoint, predict_context_proba
+
+        probs = predict_context_proba(build_context_from_checkpoint(checkpoint), fs, present)
+    else:
+        probs = predict_proba(build_head_from_checkpoint(checkpoint), fs.ego)
+        probs[~present] = np.asarray(checkpoint["prior"], dtype=np.float32)
     return fs.names, probs, asm.missing_ego
 
 
-def train_run(layout: Layout, tags: list[str], cfg: TrainConfig, name: str | None = None,
+def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
               progress: bool = True) -> RunResult:
-    """Train `cfg.head` on the train stores of `tags`, score on val, write the run folder."""
+    """Train a head (a TrainConfig, or a ContextConfig for the take-context head) on the train
+    stores of `tags`, score it on val, write the run folder."""
     bench = Benchmark(layout)
     labels = bench.labels
     train_fs, train_asm = load_feature_set(bench, "train", tags, with_exo=True)
@@ -93,16 +111,17 @@ def train_run(layout: Layout, tags: list[str], cfg: TrainConfig, name: str | Non
     if progress:
         for line in lines:
             print(line)
-    result = train_head(cfg, train_fs, labels.num_classes,
-                        val=val_fs.subset([i for i, n in enumerate(val_fs.names) if n not in set(val_asm.missing_ego)])
-                        if (val_fs is not None and cfg.select_on == "val") else None,
-                        progress=progress)
-    run_dir = _new_run_dir(layout, name, cfg.head, tags)
-    ckpt = head_state(result)
+    val_for_selection = None
+    if val_fs is not None and cfg.select_on == "val":
+        missing = set(val_asm.missing_ego)
+        val_for_selection = val_fs.subset([i for i, n in enumerate(val_fs.names) if n not in missing])
+    head = getattr(cfg, "head", CONTEXT_HEAD)
+    result, ckpt = _train(cfg, train_fs, labels.num_classes, val_for_selection, progress)
+    run_dir = _new_run_dir(layout, name, head, tags)
     ckpt.update({"tags": list(tags), "labels": labels.to_rows(),
                  "prior": class_prior(train_fs.labels, labels.num_classes).tolist(),
                  "backbones": {t: c for t, c in train_asm.store_configs.items()}})
-    metrics = {"head": cfg.head, "backbones": list(tags), "run": run_dir.name,
+    metrics = {"head": head, "backbones": list(tags), "run": run_dir.name,
                "selection": {"on": result.selected.get("select_on", cfg.select_on), **result.selected},
                "train_segments_used": train_asm.used, "train_segments_left_out": len(train_asm.missing_ego),
                "train_exo_views": train_asm.exo_views}
@@ -111,7 +130,7 @@ def train_run(layout: Layout, tags: list[str], cfg: TrainConfig, name: str | Non
         metrics["val"] = compute_metrics(probs, val_fs.labels, val_fs.scenario, labels.num_classes)
         metrics["val"]["segments_without_ego_feature"] = len(missing)
         doc = predictions_doc(names, probs, "val", labels=val_fs.labels,
-                              extra={"run": run_dir.name, "predicted_with_prior": missing})
+                              extra={"run": run_dir.name, "without_ego_feature": missing})
         validate_doc(doc, bench.segments("val"), labels, "val predictions")
         write_json_atomic(run_dir / "predictions_val.json", doc)
     ckpt["metrics"] = json.loads(json.dumps(metrics))

@@ -29,7 +29,7 @@ class Submission:
     split: str
     runs: list[str]
     segments: int
-    predicted_with_prior: list[str] = field(default_factory=list)
+    without_ego_feature: list[str] = field(default_factory=list)
     metrics: dict | None = None  # for val: the file scored against the annotations
 
 
@@ -84,7 +84,7 @@ def submit(layout: Layout, runs: list[str] | None = None, split: str = "test", f
     missing_list = [n for n in names if n in missing]
     doc = predictions_doc(names, probs, split, extra={
         "runs": [d.name for d in run_dirs], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "predicted_with_prior": missing_list})
+        "without_ego_feature": missing_list})
     validate_doc(doc, bench.segments(split), bench.labels, f"{split} submission")
     if out is None:
         tag = run_dirs[0].name if len(run_dirs) == 1 else f"ensemble{len(run_dirs)}"
