@@ -1,0 +1,981 @@
+"""The take-context head: classify every segment of a take from its own ego feature *and* the
+other segments of the same take.
+
+Why
+---
+A take is one recording of one procedure; its keystep segments, ordered by start time, follow
+that procedure's order. A single-segment head sees one clip; this head sees the whole take, so a
+weak or ambiguous clip is read together with what comes before and after it (which scenario the
+take is, where in the procedure we are, which steps were already done).
+
+Model (`ContextHead`)
+---------------------
+Per segment (a token), in a take sorted by start time:
+
+    token = LayerNorm(W_in ego_std)      (or a learned "missing" vector when the ego feature is
+          + time_mlp(time features)       absent: such a segment is still predicted, from its
+                                          neighbours and its timing)
+
+`ego_std` is the ego feature standardised with train statistics (buffers `ego_mean`,
+`ego_std`); an (N, T, D) input is **mean-pooled over T** first (no learned pooling: cheap, and
+the windows' order is left to the backbone). The time features (10 scalars, standardised with
+train statistics in `time_mean`/`time_std`) are computed on the full take: log duration,
+signed log1p of the start relative to the take's first segment, of the gap to the previous and
+to the next segment, first/last flags, rank / (n - 1), start / take span, log1p(segments in
+take), log(1 + take span).
+
+Tokens go through `layers` pre-LayerNorm transformer blocks (multi-head self-attention +
+GELU MLP, dropout) with a learned *relative position* bias per attention head: bias[h, j - i]
+for segment i attending to segment j, the index difference clipped to +-`max_rel` (so takes of
+any length work, and a model trained on crops reads a whole take at test). Padded slots are
+masked out of the keys. A final LayerNorm gives the hidden state h and a linear layer the
+logits, for every segment.
+
+Exo as privileged information (train only): a *teacher* encoder of the same shape whose token
+input is LayerNorm(W_in ego_std + W_exo exo_pooled) (exo_pooled: the masked mean of the
+segment's standardised exo views, each view dropped with probability `view_dropout` in
+training; a segment with no view left adds a learned "no exo" vector instead). Both train
+jointly:
+
+    loss = CE(student) + teacher_weight * CE(teacher)
+         + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))    (teacher detached)
+         + beta * mean((h_student - h_teacher.detach())^2)
+
+Only the student predicts; inference needs ego only. Without any exo in train the teacher is
+not built and the loss is CE(student) (a note says so).
+
+Training (`train_context_head`)
+-------------------------------
+Batches of `batch_takes` whole takes, padded, with a key-padding mask. Augmentation per take:
+segment dropout (each segment removed from the sequence with probability `segment_dropout`,
+at least one kept), then a random contiguous crop of `max_len` segments when longer, and
+`missing_dropout` (a kept segment's ego input replaced by the missing token, its label still
+trained: this is what teaches the missing token). Positions and time features stay those of
+the full take, which is what the model sees at test. AdamW (biases, norms, the learned
+vectors and the position bias not decayed), linear warmup then cosine decay, label smoothing,
+gradient clipping. Deterministic for a seed: every grid member starts from the same weights
+and sees the same batches and dropout masks (they differ only by lr / wd).
+
+Grid and selection: the (lr, wd) members train one after another. Selection is on a held-out
+set of whole *takes* of train (`holdout_fraction` of the takes holding labels; holding out
+random segments would leak through the context), or on `val` only when `select_on="val"`.
+The member with the best selection top-1 after its last epoch is kept (ties: lower NLL); it is
+the one fit on train minus the holdout (no refit).
+
+Checkpoint: `context_state(result)` -> a dict of plain tensors and JSON-able values (safe for
+`torch.load(weights_only=True)`), `build_context_from_checkpoint(ckpt)` rebuilds the model.
+Predict with `predict_context_proba(model, fs, present)`: rows are grouped by `fs.take`, sorted
+by start inside each take, and the probabilities come back in `fs` row order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kscli.errors import KscliError
+from kscli.heads.featureset import FeatureSet
+
+__all__ = ["ContextConfig", "ContextResult", "ContextHead", "train_context_head",
+           "predict_context_proba", "context_state", "build_context_from_checkpoint",
+           "take_holdout", "group_takes", "time_features", "HEAD_NAME", "NUM_TIME_FEATURES"]
+
+CHECKPOINT_FORMAT = "kscli-head"  # the same format tag as kscli.heads.models' heads
+CHECKPOINT_VERSION = 1
+HEAD_NAME = "context"
+NUM_TIME_FEATURES = 10
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class ContextConfig:
+    """Everything that decides a context-head training run (defaults tuned with
+    bench/context.py: ~20,000 segments x 1,024-d x 278 classes, 2 CPU cores)."""
+
+    # None: max(min_epochs, enough epochs for min_steps steps), at most max_epochs
+    epochs: int | None = None
+    min_epochs: int = 4
+    min_steps: int = 500
+    max_epochs: int = 300
+    batch_takes: int = 8
+    lrs: tuple[float, ...] = (2e-3, 4e-3)
+    weight_decays: tuple[float, ...] = (0.05,)
+    label_smoothing: float = 0.1
+    seed: int = 0
+    holdout_fraction: float = 0.1  # of the takes holding labels
+    select_on: str = "holdout"  # "holdout" (whole train takes) or "val"
+    warmup_fraction: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    # Train on partially whitened standardised ego, x @ P with P = (S + precondition * mean
+    # eig(S) I)^-1/2 (Ledoit-Wolf shrunk covariance S of the fit rows), folded into the input
+    # projections afterwards, as kscli.heads.train does: the saved head reads plain
+    # standardised ego. Correlated backbone features otherwise need many more steps. 0: off.
+    precondition: float = 0.1
+    # model
+    d_model: int = 256
+    layers: int = 2
+    heads: int = 4
+    ffn_mult: int = 2  # MLP width = ffn_mult * d_model
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    input_dropout: float = 0.2  # on the standardised ego (and exo) input features
+    max_rel: int = 32  # relative-position bias covers index differences up to +- max_rel
+    time_hidden: int = 64
+    # augmentation
+    segment_dropout: float = 0.15
+    missing_dropout: float = 0.1
+    max_len: int = 64  # longer takes are cropped (contiguously, at random) in training
+    # exo distillation (teacher)
+    temperature: float = 2.0
+    alpha: float = 1.0
+    beta: float = 1.0
+    teacher_weight: float = 1.0
+    view_dropout: float = 0.3
+    use_exo: bool = True  # False: no teacher even if train has exo
+    # execution
+    device: str = "cpu"
+    num_threads: int | None = None  # None: all cores this process may use
+    eval_tokens: int = 8192  # padded tokens per inference batch
+
+    def __post_init__(self):
+        self.lrs = tuple(float(v) for v in self.lrs)
+        self.weight_decays = tuple(float(v) for v in self.weight_decays)
+        self.betas = tuple(float(v) for v in self.betas)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ContextConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise KscliError(f"unknown context-head option(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+    def grid(self) -> list[tuple[float, float]]:
+        """The (lr, wd) members in training order: lr-major."""
+        return [(lr, wd) for lr in self.lrs for wd in self.weight_decays]
+
+    def resolve_epochs(self, steps_per_epoch: int) -> int:
+        if self.epochs is not None:
+            return int(self.epochs)
+        need = math.ceil(self.min_steps / max(1, steps_per_epoch))
+        return int(min(self.max_epochs, max(self.min_epochs, need)))
+
+    def model_cfg(self, exo_dim: int) -> dict:
+        """The keys ContextHead reads (what the checkpoint stores as `cfg`)."""
+        keys = ("d_model", "layers", "heads", "ffn_mult", "dropout", "attn_dropout",
+                "input_dropout", "max_rel", "time_hidden", "temperature", "alpha", "beta",
+                "teacher_weight", "view_dropout")
+        return {**{k: getattr(self, k) for k in keys}, "exo_dim": int(exo_dim)}
+
+    def check(self) -> None:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_takes < 1:
+            raise KscliError(f"epochs and batch_takes must be >= 1 (got {self.epochs}, "
+                             f"{self.batch_takes})")
+        if self.min_epochs < 1 or self.max_epochs < self.min_epochs:
+            raise KscliError(f"need 1 <= min_epochs <= max_epochs (got {self.min_epochs}, "
+                             f"{self.max_epochs})")
+        if not self.lrs or not self.weight_decays:
+            raise KscliError("lrs and weight_decays must each hold at least one value")
+        if any(v <= 0 for v in self.lrs) or any(v < 0 for v in self.weight_decays):
+            raise KscliError("learning rates must be > 0 and weight decays >= 0")
+        if self.select_on not in ("holdout", "val"):
+            raise KscliError(f"select_on must be 'holdout' or 'val', not {self.select_on!r}")
+        if self.select_on == "holdout" and not 0 < self.holdout_fraction < 1:
+            raise KscliError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.d_model < 1 or self.layers < 0 or self.heads < 1 or self.d_model % self.heads:
+            raise KscliError(f"d_model ({self.d_model}) must be a positive multiple of heads "
+                             f"({self.heads}); layers >= 0")
+        for name in ("dropout", "attn_dropout", "input_dropout", "segment_dropout",
+                     "missing_dropout", "view_dropout", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise KscliError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.max_len < 1 or self.max_rel < 1 or self.ffn_mult < 1 or self.time_hidden < 1:
+            raise KscliError("max_len, max_rel, ffn_mult and time_hidden must be >= 1")
+        if self.precondition < 0:
+            raise KscliError(f"precondition must be >= 0 (0 turns it off), got {self.precondition}")
+        if self.temperature <= 0:
+            raise KscliError(f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class ContextResult:
+    model: "ContextHead"  # the selected member, eval mode, on CPU
+    cfg: ContextConfig
+    # member, lr, wd, select_on, select_top1 (%), select_nll, n_fit, n_fit_takes, n_select,
+    # n_select_takes, epochs, steps, grid_size, teacher (bool)
+    selected: dict
+    # per member (lr-major): member, lr, wd, select_top1, select_nll, train_loss, seconds
+    grid: list[dict]
+    # per epoch: epoch, train_loss [G], select_top1 [G], select_nll [G], best_member,
+    # best_select_top1, seconds (all members' time for that epoch)
+    history: list[dict]
+    notes: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)  # prepare_s, train_s, total_s, step_ms
+    fit_takes: list[str] = field(default_factory=list)
+    holdout_takes: list[str] = field(default_factory=list)  # [] when selected on val
+
+
+# ----------------------------------------------------------------------------- helpers
+def _plain(obj):
+    """JSON-able / torch.load(weights_only=True)-safe: tuples->lists, numpy->python."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def _torch_threads(n: int | None):
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n) if n else _default_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _cosine_scale(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _stats(x: torch.Tensor, mask: torch.Tensor | None = None, chunk: int = 4096
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dim mean / std over the rows of x (N, D), or over the entries x[i, v] with
+    mask[i, v] of x (N, V, D); near-constant dims get std 1. Chunked, float64 sums (no copy
+    of x is made)."""
+    d = x.shape[-1]
+    s1 = torch.zeros(d, dtype=torch.float64)
+    s2 = torch.zeros(d, dtype=torch.float64)
+    n = 0
+    shift = None
+    for i in range(0, len(x), chunk):
+        blk = x[i:i + chunk]
+        if mask is not None:
+            blk = blk[mask[i:i + chunk]]
+        blk = blk.reshape(-1, d).double()
+        if len(blk) == 0:
+            continue
+        if shift is None:  # shifted sums: accurate for features far from 0
+            shift = blk[0].clone()
+        blk = blk - shift
+        s1 += blk.sum(0)
+        s2 += (blk * blk).sum(0)
+        n += len(blk)
+    if n == 0:
+        return torch.zeros(d), torch.ones(d)
+    m = s1 / n
+    std = (s2 / n - m * m).clamp_min(0).sqrt()
+    std[std <= 1e-6 * max(float(std.median()), 1e-12)] = 1.0
+    return (m + shift).float(), std.float()
+
+
+@torch.no_grad()
+def _preconditioner(x: torch.Tensor, shrink: float, gen: torch.Generator,
+                    max_rows: int = 8192) -> tuple[torch.Tensor, float]:
+    """(P, rho): P = c (S_lw + shrink * mu * I)^-1/2 for standardised rows x (N, D), at most
+    max_rows of them (drawn with gen); S_lw the Ledoit-Wolf shrunk covariance (rho its
+    shrinkage), mu its mean eigenvalue, c so the mean variance of x @ P is 1. The same
+    construction as kscli.heads.train's preconditioner (kept here so this module stands alone)."""
+    rows = x
+    if len(rows) > max_rows:
+        rows = rows[torch.randperm(len(rows), generator=gen)[:max_rows].to(rows.device)]
+    rows = rows - rows.mean(0)
+    n, p = rows.shape
+    cov = (rows.T @ rows) / max(1, n)
+    e, V = torch.linalg.eigh(cov)
+    e = e.clamp_min(0)
+    e64 = e.double()
+    mu = float(e64.mean())
+    fro2 = float((e64 * e64).sum())
+    sq = (rows * rows).sum(1).double()
+    beta = (float((sq * sq).sum()) / max(1, n) - fro2) / (p * max(1, n))
+    delta = (fro2 - p * mu * mu) / p
+    rho = 1.0 if delta <= 0 else min(1.0, max(0.0, beta / delta))
+    shrunk = (1.0 - rho) * e + rho * mu
+    d = (shrunk + max(shrink * mu, 1e-12)).rsqrt()
+    d = d * (len(e) / max(float((e * d * d).sum()), 1e-12)) ** 0.5
+    return ((V * d) @ V.T).float(), rho
+
+
+@torch.no_grad()
+def _apply_right(x: torch.Tensor, P: torch.Tensor, chunk: int = 8192) -> None:
+    """x @ P over the last dim, in place, chunked."""
+    for i in range(0, len(x), chunk):
+        x[i:i + chunk] = x[i:i + chunk] @ P
+
+
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout with the mask drawn from random bytes (keep if byte >= round(256 p)):
+    several times faster than torch's bernoulli on CPU; p is rounded to a multiple of 1/256.
+    Deterministic under torch.manual_seed like F.dropout."""
+    if not training or p <= 0:
+        return x
+    k = min(256, max(1, int(round(p * 256))))
+    if k >= 256:
+        return x * 0.0
+    n = x.numel()
+    words = torch.randint(-2**63, 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=x.device)
+    keep = words.view(torch.uint8)[:n].view(x.shape) >= k
+    return x * keep.to(x.dtype).mul_(256.0 / (256 - k))
+
+
+def _pool_t(a: np.ndarray, seq_ndim: int) -> torch.Tensor:
+    """float32 tensor, mean over the window axis when a has seq_ndim dims (no copy when it
+    is already a contiguous float32 array without windows)."""
+    a = np.asarray(a)
+    if a.ndim == seq_ndim:
+        return torch.from_numpy(a.astype(np.float32, copy=False).mean(-2, dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def group_takes(take, start, end=None) -> tuple[list[str], list[np.ndarray]]:
+    """(take names, rows per take): the rows of each take sorted by (start, end, row)."""
+    n = len(take)
+    if n == 0:
+        return [], []
+    names, tid = np.unique(np.asarray([str(t) for t in take]), return_inverse=True)
+    start = np.nan_to_num(np.asarray(start, dtype=np.float64))
+    end = start if end is None else np.nan_to_num(np.asarray(end, dtype=np.float64))
+    order = np.lexsort((np.arange(n), end, start, tid))
+    bounds = np.flatnonzero(np.diff(tid[order])) + 1
+    return [str(s) for s in names], np.split(order, bounds)
+
+
+def _slog1p(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def time_features(start, end, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, 10) float32, position of each row within its take (N,) int64), from the
+    full takes `groups` (see the module docstring for the 10 features)."""
+    start = np.nan_to_num(np.asarray(start, dtype=np.float64))
+    end = np.nan_to_num(np.asarray(end, dtype=np.float64))
+    n = len(start)
+    out = np.zeros((n, NUM_TIME_FEATURES), np.float64)
+    pos = np.zeros(n, np.int64)
+    for g in groups:
+        s, e = start[g], end[g]
+        k = len(g)
+        t0 = s[0]
+        span = max(float(e.max() - t0), 1e-3)
+        gap = s[1:] - e[:-1]
+        gap_prev = np.concatenate([[0.0], gap])
+        gap_next = np.concatenate([gap, [0.0]])
+        idx = np.arange(k)
+        out[g] = np.stack([
+            np.log(np.maximum(e - s, 0.0) + 0.1),
+            _slog1p(s - t0),
+            _slog1p(gap_prev),
+            _slog1p(gap_next),
+            (idx == 0).astype(np.float64),
+            (idx == k - 1).astype(np.float64),
+            idx / max(1, k - 1),
+            (s - t0) / span,
+            np.full(k, np.log1p(k)),
+            np.full(k, np.log1p(span)),
+        ], 1)
+        pos[g] = idx
+    return out.astype(np.float32), pos
+
+
+def take_holdout(take, labels, fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(fit takes, holdout takes): about `fraction` of the takes that hold a labelled segment
+    (at least one, never all), drawn at random for the seed. Takes without any label stay on
+    the fit side (they teach nothing there, but cannot be scored either)."""
+    labels = np.asarray(labels)
+    names = sorted({str(t) for t in take})
+    labelled = sorted({str(t) for t, y in zip(take, labels) if y >= 0})
+    if len(labelled) < 2:
+        raise KscliError(f"a take-level holdout needs at least 2 takes with labels, got "
+                         f"{len(labelled)}; pass a val set and select_on='val'")
+    k = min(len(labelled) - 1, max(1, int(round(fraction * len(labelled)))))
+    rng = np.random.default_rng(seed)
+    hold = sorted(labelled[i] for i in rng.permutation(len(labelled))[:k])
+    hs = set(hold)
+    return [t for t in names if t not in hs], hold
+
+
+# ----------------------------------------------------------------------------- model
+class _Block(nn.Module):
+    """Pre-LayerNorm transformer block with an additive attention bias."""
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, attn_dropout: float):
+        super().__init__()
+        self.heads, self.dropout, self.attn_dropout = heads, dropout, attn_dropout
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, ffn)
+        self.fc2 = nn.Linear(ffn, d)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, shape: tuple[int, int],
+                bias: torch.Tensor) -> torch.Tensor:
+        """x (n, d): the valid tokens, packed; idx (n,) their flat slots in the padded (B, L)
+        layout. Only attention runs on the padded layout (every other op on the n tokens)."""
+        d = x.shape[-1]
+        B, L = shape
+        H = self.heads
+        qkv = self.qkv(self.ln1(x))
+        pad = qkv.new_zeros(B * L, 3 * d).index_copy(0, idx, qkv)
+        q, k, v = pad.view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attn_dropout if self.training else 0.0)
+        a = a.transpose(1, 2).reshape(B * L, d).index_select(0, idx)
+        x = x + _dropout(self.proj(a), self.dropout, self.training)
+        h = _dropout(F.gelu(self.fc1(self.ln2(x))), self.dropout, self.training)
+        return x + _dropout(self.fc2(h), self.dropout, self.training)
+
+
+class _Encoder(nn.Module):
+    """Tokens from features (+ exo for the teacher) and time, transformer, per-token logits."""
+
+    def __init__(self, in_dim: int, exo_dim: int, num_classes: int, c: dict):
+        super().__init__()
+        d = int(c["d_model"])
+        self.c = c
+        self.in_proj = nn.Linear(in_dim, d)
+        self.missing = nn.Parameter(torch.randn(d) * 0.02)
+        self.exo_proj = nn.Linear(exo_dim, d, bias=False) if exo_dim else None
+        self.no_exo = nn.Parameter(torch.randn(d) * 0.02) if exo_dim else None
+        self.in_norm = nn.LayerNorm(d)
+        th = int(c["time_hidden"])
+        self.time_mlp = nn.Sequential(nn.Linear(NUM_TIME_FEATURES, th), nn.GELU(),
+                                      nn.Linear(th, d))
+        self.rel_bias = nn.Parameter(torch.zeros(int(c["heads"]), 2 * int(c["max_rel"]) + 1))
+        ffn = int(c["ffn_mult"]) * d
+        self.blocks = nn.ModuleList(_Block(d, int(c["heads"]), ffn, float(c["dropout"]),
+                                           float(c["attn_dropout"]))
+                                    for _ in range(int(c["layers"])))
+        self.norm = nn.LayerNorm(d)
+        self.cls = nn.Linear(d, num_classes)
+        nn.init.trunc_normal_(self.cls.weight, std=0.02)
+        nn.init.zeros_(self.cls.bias)
+
+    def forward(self, b: dict, exo: torch.Tensor | None = None,
+                has_exo: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """b: x (n, D) standardised, present (n,), time (n, 10), pos (B, L), valid (B, L);
+        exo (n, Dx) pooled standardised, has_exo (n,) for the teacher. -> hidden (n, d),
+        logits (n, C) for the n valid tokens in row-major (take, position) order."""
+        p_in = float(self.c["input_dropout"])
+        x = _dropout(b["x"], p_in, self.training)
+        h = torch.where(b["present"][:, None], self.in_proj(x), self.missing)
+        if self.exo_proj is not None:
+            e = self.exo_proj(_dropout(exo, p_in, self.training))
+            h = h + torch.where(has_exo[:, None], e, self.no_exo)
+        h = self.in_norm(h) + self.time_mlp(b["time"])
+        valid, pos = b["valid"], b["pos"]
+        B, L = valid.shape
+        if len(self.blocks):
+            K = int(self.c["max_rel"])
+            rel = (pos[:, None, :] - pos[:, :, None]).clamp(-K, K) + K  # key j - query i
+            bias = self.rel_bias[:, rel].permute(1, 0, 2, 3)  # (B, H, L, L)
+            bias = bias.masked_fill(~valid[:, None, None, :], float("-inf"))
+            for blk in self.blocks:
+                h = blk(h, b["idx"], (B, L), bias)
+        hid = self.norm(h)
+        return hid, self.cls(_dropout(hid, float(self.c["dropout"]), self.training))
+
+
+class ContextHead(nn.Module):
+    """Student (ego only; the one that predicts) + optional teacher (ego + exo, training only).
+    Standardisation statistics live in buffers, so a checkpoint is self-contained."""
+
+    head_name = HEAD_NAME
+    default_cfg: dict = {"d_model": 256, "layers": 2, "heads": 4, "ffn_mult": 2,
+                         "dropout": 0.1, "attn_dropout": 0.0, "input_dropout": 0.2,
+                         "max_rel": 32, "time_hidden": 64, "temperature": 2.0, "alpha": 1.0,
+                         "beta": 1.0, "teacher_weight": 1.0, "view_dropout": 0.3, "exo_dim": 0}
+
+    def __init__(self, in_dim: int, num_classes: int, cfg: dict | None = None):
+        super().__init__()
+        if in_dim < 1 or num_classes < 2:
+            raise KscliError(f"context head: need in_dim >= 1 and num_classes >= 2 (got "
+                             f"{in_dim}, {num_classes})")
+        cfg = dict(cfg or {})
+        self.cfg = {k: type(v)(cfg[k]) if cfg.get(k) is not None else v
+                    for k, v in self.default_cfg.items()}
+        if self.cfg["d_model"] % self.cfg["heads"]:
+            raise KscliError(f"context head: d_model {self.cfg['d_model']} is not a multiple "
+                             f"of heads {self.cfg['heads']}")
+        self.in_dim, self.num_classes = int(in_dim), int(num_classes)
+        exo_dim = int(self.cfg["exo_dim"])
+        self.register_buffer("ego_mean", torch.zeros(self.in_dim))
+        self.register_buffer("ego_std", torch.ones(self.in_dim))
+        self.register_buffer("time_mean", torch.zeros(NUM_TIME_FEATURES))
+        self.register_buffer("time_std", torch.ones(NUM_TIME_FEATURES))
+        self.student = _Encoder(self.in_dim, 0, self.num_classes, self.cfg)
+        self.teacher = None
+        if exo_dim:
+            self.register_buffer("exo_mean", torch.zeros(exo_dim))
+            self.register_buffer("exo_std", torch.ones(exo_dim))
+            self.teacher = _Encoder(self.in_dim, exo_dim, self.num_classes, self.cfg)
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.teacher is not None
+
+    def no_decay_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters()
+                if p.dim() < 2 or n.endswith(("missing", "no_exo", "rel_bias"))}
+
+    @torch.no_grad()
+    def fold_input_transform(self, P: torch.Tensor) -> None:
+        """The head was trained on x @ P (x standardised ego): fold P into the ego input
+        projections so it reads plain standardised x (exact at eval: the first op is linear)."""
+        P = P.to(self.ego_mean.device, torch.float32)
+        for enc in (self.student, self.teacher):
+            if enc is not None:
+                enc.in_proj.weight.copy_(enc.in_proj.weight @ P)
+
+    def pool_exo(self, exo: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw exo (n, V, Dx) + mask (n, V) -> masked mean of standardised views (n, Dx) and
+        whether any view is left (n,); each view dropped with view_dropout in training."""
+        keep = mask
+        p = float(self.cfg["view_dropout"])
+        if self.training and p > 0:
+            keep = keep & (torch.rand(keep.shape, device=keep.device) >= p)
+        w = keep.to(exo.dtype).unsqueeze(-1)
+        z = (exo - self.exo_mean) / self.exo_std
+        pooled = (z * w).sum(1) / w.sum(1).clamp_min(1.0)
+        return pooled, keep.any(1)
+
+    def logits(self, b: dict) -> torch.Tensor:
+        """Student logits (n, C) on a prepared batch (ego only)."""
+        return self.student(b)[1]
+
+    def loss(self, b: dict, label_smoothing: float = 0.0) -> torch.Tensor:
+        hs, ls = self.student(b)
+        y = b["y"]
+        lab = y >= 0
+        zero = ls.sum() * 0.0
+
+        def ce(logits):
+            if not bool(lab.any()):
+                return zero
+            return F.cross_entropy(logits[lab], y[lab], label_smoothing=label_smoothing)
+
+        total = ce(ls)
+        if self.teacher is not None and "exo" in b:
+            exo, has = self.pool_exo(b["exo"], b["exo_mask"])
+            ht, lt = self.teacher(b, exo, has)
+            c = self.cfg
+            if c["teacher_weight"] > 0:
+                total = total + c["teacher_weight"] * ce(lt)
+            if c["alpha"] > 0:
+                T = float(c["temperature"])
+                pt = (lt.detach() / T).log_softmax(-1)
+                kl = (pt.exp() * (pt - (ls / T).log_softmax(-1))).sum(-1).mean()
+                total = total + c["alpha"] * T * T * kl
+            if c["beta"] > 0:
+                total = total + c["beta"] * (hs - ht.detach()).pow(2).mean()
+        return total
+
+
+# ----------------------------------------------------------------------------- data
+class _Takes:
+    """One split prepared for the model: standardised ego, time features, takes sorted."""
+
+    def __init__(self, model: ContextHead, fs: FeatureSet, present: np.ndarray | None,
+                 with_exo: bool = False):
+        ego = _pool_t(fs.ego, 3)
+        if ego.shape[-1] != model.in_dim:
+            raise KscliError(f"ego features have dimension {ego.shape[-1]} but the context "
+                             f"head was trained on {model.in_dim}")
+        self.n = len(fs.names)
+        if present is None:  # a row of exact zeros is how load_feature_set fills a missing clip
+            present = np.asarray(ego.reshape(self.n, -1).abs().amax(1) > 0) if self.n else \
+                np.zeros(0, bool)
+        present = np.asarray(present, dtype=bool)
+        if present.shape != (self.n,):
+            raise KscliError(f"present must be ({self.n},) bool, got shape {present.shape}")
+        self.present = present
+        dev = model.ego_mean.device
+        self.x = ((ego.to(dev) - model.ego_mean) / model.ego_std).contiguous()
+        self.take_names, self.groups = group_takes(fs.take, fs.start, fs.end)
+        t, self.pos = time_features(fs.start, fs.end, self.groups)
+        self.time_raw = torch.from_numpy(t)
+        self.time = ((self.time_raw.to(dev) - model.time_mean) / model.time_std).contiguous()
+        self.y = np.asarray(fs.labels, dtype=np.int64)
+        self.exo = self.exo_mask = None
+        if with_exo and fs.exo is not None and fs.exo_mask is not None:
+            self.exo = _pool_t(fs.exo, 4)  # raw (N, V, Dx); standardised per batch
+            self.exo_mask = torch.from_numpy(np.asarray(fs.exo_mask, dtype=bool))
+
+    def batch(self, seqs: list[np.ndarray], present: np.ndarray | None = None,
+              with_exo: bool = False) -> dict:
+        """Padded batch of the row sequences `seqs` (each a take's rows in order)."""
+        dev = self.x.device
+        lens = np.array([len(s) for s in seqs])
+        L = int(lens.max())
+        rows = np.concatenate(seqs)
+        valid = np.arange(L)[None, :] < lens[:, None]
+        pos = np.zeros(valid.shape, np.int64)
+        pos[valid] = self.pos[rows]
+        r = torch.from_numpy(rows)
+        b = {"x": self.x[r.to(dev)], "time": self.time[r.to(dev)],
+             "present": torch.from_numpy(self.present[rows] if present is None else present
+                                         ).to(dev),
+             "valid": torch.from_numpy(valid).to(dev), "pos": torch.from_numpy(pos).to(dev),
+             "idx": torch.from_numpy(np.flatnonzero(valid)).to(dev),
+             "y": torch.from_numpy(self.y[rows]).to(dev), "rows": rows}
+        if with_exo and self.exo is not None:
+            b["exo"] = self.exo[r].to(dev)
+            b["exo_mask"] = self.exo_mask[r].to(dev)
+        return b
+
+    def eval_batches(self, groups: list[np.ndarray], max_tokens: int):
+        """Whole takes, longest first, packed so B * L_max <= max_tokens (one take at least)."""
+        order = sorted(range(len(groups)), key=lambda i: (-len(groups[i]), i))
+        cur: list[np.ndarray] = []
+        for i in order:
+            g = groups[i]
+            if cur and (len(cur) + 1) * len(cur[0]) > max_tokens:
+                yield cur
+                cur = []
+            cur.append(g)
+        if cur:
+            yield cur
+
+
+def _augment(seq: np.ndarray, rng: np.random.Generator, cfg: ContextConfig) -> np.ndarray:
+    if cfg.segment_dropout > 0 and len(seq) > 1:
+        keep = rng.random(len(seq)) >= cfg.segment_dropout
+        if not keep.any():
+            keep[rng.integers(len(seq))] = True
+        seq = seq[keep]
+    if len(seq) > cfg.max_len:
+        s = int(rng.integers(0, len(seq) - cfg.max_len + 1))
+        seq = seq[s:s + cfg.max_len]
+    return seq
+
+
+@torch.no_grad()
+def _logits_for(model: ContextHead, data: _Takes, groups: list[np.ndarray],
+                max_tokens: int) -> tuple[np.ndarray, torch.Tensor]:
+    """(rows, student logits) for the takes `groups`, eval mode."""
+    was = model.training
+    model.eval()
+    rows, out = [], []
+    for seqs in data.eval_batches(groups, max_tokens):
+        b = data.batch(seqs)
+        out.append(model.logits(b).float().cpu())
+        rows.append(b["rows"])
+    model.train(was)
+    if not rows:
+        return np.zeros(0, np.int64), torch.zeros(0, model.num_classes)
+    return np.concatenate(rows), torch.cat(out)
+
+
+def _scores(model, data: _Takes, groups, max_tokens) -> tuple[float, float]:
+    rows, logits = _logits_for(model, data, groups, max_tokens)
+    y = torch.from_numpy(data.y[rows])
+    lab = y >= 0
+    if not bool(lab.any()):
+        return float("nan"), float("nan")
+    lg, yy = logits[lab], y[lab]
+    acc = 100.0 * float((lg.argmax(-1) == yy).double().mean())
+    nll = float(F.cross_entropy(lg, yy))
+    return acc, nll
+
+
+# ----------------------------------------------------------------------------- training
+def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
+                       val: FeatureSet | None = None, progress: bool = True) -> ContextResult:
+    """Train the context head for every (lr, wd) of the grid, one after another; keep the best
+    on the selection split (held-out whole train takes, or `val` if cfg.select_on == 'val')."""
+    t0 = time.perf_counter()
+    cfg.check()
+    train.validate("train features")
+    if train.take is None or train.start is None:
+        raise KscliError("train features: the context head needs take names and start times")
+    notes: list[str] = []
+    labels = np.asarray(train.labels, dtype=np.int64)
+    if labels.size and labels.max() >= num_classes:
+        raise KscliError(f"train labels go up to {labels.max()} but num_classes is {num_classes}")
+    if (labels >= 0).sum() < 2:
+        raise KscliError("train features have fewer than 2 labelled segments: nothing to train")
+    if (labels < 0).any():
+        notes.append(f"{int((labels < 0).sum())} train segments without a label serve as "
+                     f"context only")
+
+    # -- split by take
+    take_str = [str(t) for t in train.take]
+    if cfg.select_on == "val":
+        if val is None:
+            raise KscliError("select_on='val' needs a val feature set")
+        val.validate("val features")
+        vlab = np.asarray(val.labels, dtype=np.int64)
+        if (vlab < 0).all():
+            raise KscliError("select_on='val' but the val features have no labels")
+        if vlab.max() >= num_classes:
+            raise KscliError(f"val labels go up to {vlab.max()} but num_classes is {num_classes}")
+        if val.dim != train.dim:
+            raise KscliError(f"val features are {val.dim}-d but train features are {train.dim}-d")
+        fit_takes, hold_takes = sorted(set(take_str)), []
+    else:
+        fit_takes, hold_takes = take_holdout(take_str, labels, cfg.holdout_fraction, cfg.seed)
+    hold_set = set(hold_takes)
+    in_fit = np.array([t not in hold_set for t in take_str], dtype=bool)
+
+    use_exo = bool(cfg.use_exo and train.exo is not None and train.exo_mask is not None
+                   and np.asarray(train.exo_mask)[in_fit].any())
+    if not use_exo:
+        notes.append("no exo views in the fit takes (or use_exo=False): trained without the "
+                      "exo teacher (loss = CE of the student)")
+    exo_dim = int(train.exo.shape[-1]) if use_exo else 0
+    grid = cfg.grid()
+    G = len(grid)
+    dev = torch.device(cfg.device)
+
+    with _torch_threads(cfg.num_threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        proto = ContextHead(train.dim, num_classes, cfg.model_cfg(exo_dim))
+        # -- statistics on the fit rows (present ego only), into the buffers
+        ego_all = _pool_t(train.ego, 3)
+        present_tr = np.asarray(ego_all.reshape(len(ego_all), -1).abs().amax(1) > 0)
+        if not present_tr.all():
+            notes.append(f"{int((~present_tr).sum())} train rows have an all-zero ego feature: "
+                         f"treated as missing (learned missing token)")
+        fit_rows = torch.from_numpy(np.flatnonzero(in_fit & present_tr))
+        em, es = _stats(ego_all, torch.from_numpy(in_fit & present_tr))
+        proto.ego_mean.copy_(em)
+        proto.ego_std.copy_(es)
+        _, groups_all = group_takes(take_str, train.start, train.end)
+        traw, _ = time_features(train.start, train.end, groups_all)
+        tm, ts = _stats(torch.from_numpy(traw[in_fit]))
+        proto.time_mean.copy_(tm)
+        proto.time_std.copy_(ts)
+        if use_exo:
+            exo_all = _pool_t(train.exo, 4)
+            emask = torch.from_numpy(np.asarray(train.exo_mask, dtype=bool))
+            xm, xs = _stats(exo_all, emask & torch.from_numpy(in_fit)[:, None])
+            proto.exo_mean.copy_(xm)
+            proto.exo_std.copy_(xs)
+        init_state = {k: v.clone() for k, v in proto.state_dict().items()}
+        proto.to(dev)
+        data = _Takes(proto, train, present_tr, with_exo=use_exo)
+        names_tr = data.take_names
+        fit_groups = [g for n, g in zip(names_tr, data.groups) if n not in hold_set]
+        if cfg.select_on == "val":
+            sel_data = _Takes(proto, val, None)
+            sel_groups = sel_data.groups
+        else:
+            sel_data = data
+            sel_groups = [g for n, g in zip(names_tr, data.groups) if n in hold_set]
+        P, rho = None, None
+        if cfg.precondition > 0:
+            P, rho = _preconditioner(data.x[fit_rows.to(dev)], cfg.precondition,
+                                     torch.Generator().manual_seed(cfg.seed))
+            _apply_right(data.x, P)
+            if sel_data is not data:
+                _apply_right(sel_data.x, P)
+        n_sel = int(sum((sel_data.y[g] >= 0).sum() for g in sel_groups))
+        n_fit = int(sum(len(g) for g in fit_groups))
+        del ego_all
+
+        nb = len(fit_groups)
+        bs = min(cfg.batch_takes, nb)
+        steps_per_epoch = math.ceil(nb / bs)
+        epochs = cfg.resolve_epochs(steps_per_epoch)
+        total = epochs * steps_per_epoch
+        warmup = max(1, int(round(cfg.warmup_fraction * total)))
+        t_prep = time.perf_counter()
+        _log(progress, f"[context] {n_fit} fit segments in {nb} takes / {n_sel} select "
+                       f"({cfg.select_on}, {len(sel_groups)} takes), {train.dim}-d, "
+                       f"{num_classes} classes, teacher {'on' if use_exo else 'off'}, grid of "
+                       f"{G} (lr x wd) one after another, {epochs} epochs x {steps_per_epoch} "
+                       f"steps")
+
+        loss_hist = np.zeros((G, epochs))
+        acc_hist = np.zeros((G, epochs))
+        nll_hist = np.zeros((G, epochs))
+        sec_hist = np.zeros((G, epochs))
+        member_s = np.zeros(G)
+        best_g, best_key, best_state = -1, None, None
+        for g, (lr, wd) in enumerate(grid):
+            t_m = time.perf_counter()
+            torch.manual_seed(cfg.seed)  # same dropout / view-dropout stream for every member
+            model = proto
+            model.load_state_dict(init_state)
+            model.train()
+            nd = model.no_decay_names()
+            params = list(model.named_parameters())
+            opt = torch.optim.AdamW(
+                [{"params": [p for n, p in params if n not in nd], "weight_decay": wd},
+                 {"params": [p for n, p in params if n in nd], "weight_decay": 0.0}],
+                lr=lr, betas=cfg.betas, fused=True)
+            rng = np.random.default_rng(cfg.seed)  # same batches / augmentation per member
+            step = 0
+            for ep in range(epochs):
+                t_ep = time.perf_counter()
+                perm = rng.permutation(nb)
+                loss_sum, n_seen = 0.0, 0
+                for i in range(0, nb, bs):
+                    seqs = [_augment(fit_groups[j], rng, cfg) for j in perm[i:i + bs]]
+                    rows = np.concatenate(seqs)
+                    pres = data.present[rows]
+                    if cfg.missing_dropout > 0:
+                        pres = pres & (rng.random(len(rows)) >= cfg.missing_dropout)
+                    b = data.batch(seqs, present=pres, with_exo=use_exo)
+                    scale = _cosine_scale(step, total, warmup)
+                    for grp in opt.param_groups:
+                        grp["lr"] = lr * scale
+                    loss = model.loss(b, cfg.label_smoothing)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    step += 1
+                    nlab = int((b["y"] >= 0).sum())
+                    loss_sum += float(loss.detach()) * nlab
+                    n_seen += nlab
+                acc, nll = _scores(model, sel_data, sel_groups, cfg.eval_tokens)
+                loss_hist[g, ep] = loss_sum / max(1, n_seen)
+                acc_hist[g, ep], nll_hist[g, ep] = acc, nll
+                sec_hist[g, ep] = time.perf_counter() - t_ep
+                _log(progress, f"[context] lr {lr:g} wd {wd:g} epoch {ep + 1}/{epochs}  loss "
+                               f"{loss_hist[g, ep]:.3f}  {cfg.select_on} top-1 {acc:.2f}%  "
+                               f"{sec_hist[g, ep]:.1f}s")
+            key = (-acc_hist[g, -1], nll_hist[g, -1])
+            if best_key is None or key < best_key:
+                best_g, best_key = g, key
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            member_s[g] = time.perf_counter() - t_m
+        t_train = time.perf_counter()
+        final = ContextHead(train.dim, num_classes, cfg.model_cfg(exo_dim))
+        final.load_state_dict({k: v.cpu() for k, v in best_state.items()})
+        if P is not None:
+            final.fold_input_transform(P.cpu())
+        final.eval()
+    t_end = time.perf_counter()
+
+    history = []
+    for ep in range(epochs):
+        acc = acc_hist[:, ep]
+        b = int(np.lexsort((nll_hist[:, ep], -acc))[0])
+        history.append({"epoch": ep + 1, "train_loss": loss_hist[:, ep].tolist(),
+                        "select_top1": acc.tolist(), "select_nll": nll_hist[:, ep].tolist(),
+                        "best_member": b, "best_select_top1": float(acc[b]),
+                        "seconds": float(sec_hist[:, ep].sum())})
+    grid_rows = [{"member": g, "lr": lr, "wd": wd, "select_top1": float(acc_hist[g, -1]),
+                  "select_nll": float(nll_hist[g, -1]), "train_loss": float(loss_hist[g, -1]),
+                  "seconds": float(member_s[g])} for g, (lr, wd) in enumerate(grid)]
+    selected = {"member": best_g, "lr": grid[best_g][0], "wd": grid[best_g][1],
+                "select_on": cfg.select_on, "select_top1": float(acc_hist[best_g, -1]),
+                "select_nll": float(nll_hist[best_g, -1]), "n_fit": n_fit,
+                "n_fit_takes": len(fit_groups), "n_select": n_sel,
+                "n_select_takes": len(sel_groups), "epochs": int(epochs), "steps": int(total),
+                "grid_size": G, "teacher": use_exo, "precondition_rho": rho}
+    timings = {"prepare_s": t_prep - t0, "train_s": t_train - t_prep, "total_s": t_end - t0,
+               "step_ms": 1000.0 * (t_train - t_prep) / max(1, total * G)}
+    _log(progress, f"[context] selected lr {selected['lr']:g} wd {selected['wd']:g}: "
+                   f"{cfg.select_on} top-1 {selected['select_top1']:.2f}%  "
+                   f"({timings['total_s']:.1f}s)")
+    return ContextResult(model=final, cfg=cfg, selected=selected, grid=grid_rows,
+                         history=history, notes=notes, timings=timings,
+                         fit_takes=[t for t in fit_takes], holdout_takes=list(hold_takes))
+
+
+# ----------------------------------------------------------------------------- inference
+@torch.no_grad()
+def predict_context_proba(model: ContextHead, fs: FeatureSet, present: np.ndarray | None = None,
+                          max_tokens: int = 8192) -> np.ndarray:
+    """Class probabilities (N, C) float32 in fs row order, from ego features only.
+
+    Rows are grouped by fs.take and sorted by start inside each take; every take is read
+    whole. `present` (N,) bool says which rows have a real ego feature; the others get the
+    learned missing token and are predicted from their neighbours and timing. present=None:
+    a row whose ego feature is all exact zeros (how `load_feature_set(keep_missing=True)`
+    fills a missing clip) counts as missing."""
+    model.eval()
+    n = len(fs.names)
+    out = np.zeros((n, model.num_classes), np.float32)
+    if n == 0:
+        return out
+    if fs.take is None or fs.start is None:
+        raise KscliError("the context head needs take names and start times for every segment")
+    data = _Takes(model, fs, present)
+    rows, logits = _logits_for(model, data, data.groups, max_tokens)
+    out[rows] = logits.softmax(-1).numpy()
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def context_state(result: ContextResult | ContextHead) -> dict:
+    """A self-contained checkpoint dict of plain tensors and JSON-able values (safe for
+    torch.save / torch.load(weights_only=True)); `build_context_from_checkpoint` rebuilds it."""
+    model = result.model if isinstance(result, ContextResult) else result
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "head": HEAD_NAME,
+        "in_dim": int(model.in_dim),
+        "num_classes": int(model.num_classes),
+        "cfg": _plain(model.cfg),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    if isinstance(result, ContextResult):
+        state.update(_plain({"train_cfg": result.cfg.to_dict(), "selected": result.selected,
+                             "grid": result.grid, "history": result.history,
+                             "timings": result.timings, "notes": result.notes}))
+    return state
+
+
+def build_context_from_checkpoint(ckpt: dict) -> ContextHead:
+    """Rebuild the context head (eval mode, CPU) from the dict `context_state` makes; works on
+    `torch.load(..., weights_only=True)`."""
+    for key in ("head", "in_dim", "num_classes", "cfg", "state_dict"):
+        if key not in ckpt:
+            raise KscliError(f"head checkpoint has no {key!r}: not a kscli head checkpoint")
+    if ckpt.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
+        raise KscliError(f"checkpoint format is {ckpt.get('format')!r}, expected "
+                         f"{CHECKPOINT_FORMAT!r}")
+    if ckpt["head"] != HEAD_NAME:
+        raise KscliError(f"checkpoint is a {ckpt['head']!r} head, not {HEAD_NAME!r}")
+    if int(ckpt.get("version", CHECKPOINT_VERSION)) > CHECKPOINT_VERSION:
+        raise KscliError(f"head checkpoint version {ckpt['version']} is newer than this kscli "
+                         f"understands ({CHECKPOINT_VERSION}); upgrade kscli")
+    with torch.random.fork_rng(devices=[]):  # the throw-away init must not move the caller's RNG
+        model = ContextHead(int(ckpt["in_dim"]), int(ckpt["num_classes"]), dict(ckpt["cfg"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise KscliError(f"context checkpoint does not fit its config: "
+                         f"{first[0] if first else e}") from None
+    return model.eval()
