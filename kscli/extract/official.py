@@ -57,7 +57,7 @@ from tqdm import tqdm
 
 from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
-from kscli.extract.run import VIEWS, SplitSummary, _prepare_store, _versions
+from kscli.extract.run import SplitSummary, _prepare_store, _versions, view_clips
 from kscli.extract.store import StoreRows, StoreWriter
 
 __all__ = ["SourceSpec", "ImportJob", "ImportSummary", "register_source", "get_source", "list_sources",
@@ -287,14 +287,9 @@ class ImportSummary(SplitSummary):
 
 def list_import_jobs(bench: Benchmark, split: str, view: str) -> list[ImportJob]:
     """Every clip of a split in the chosen view(s), each once, in file order (take, camera, time)."""
-    if view not in VIEWS:
-        raise KscliError(f"--view {view!r}: choose from {', '.join(VIEWS)}")
-    seen: dict[str, ImportJob] = {}
-    for seg in bench.segments(split):
-        for clip in seg.clips:
-            if view in ("all", clip.role) and clip.name not in seen:
-                seen[clip.name] = ImportJob(clip.name, clip.role, seg.take_uid, clip.camera, seg.start, seg.end)
-    return sorted(seen.values(), key=lambda j: (j.take_uid, j.camera, j.start, j.name))
+    jobs = [ImportJob(clip.name, clip.role, seg.take_uid, clip.camera, seg.start, seg.end)
+            for seg, clip in view_clips(bench, split, view)]
+    return sorted(jobs, key=lambda j: (j.take_uid, j.camera, j.start, j.name))
 
 
 def _has_pt(folder: Path) -> bool:

@@ -110,17 +110,23 @@ def assign_shards(jobs: list[ClipJob], num_shards: int) -> list[list[ClipJob]]:
     return [sorted(o, key=lambda j: j.name) for o in out]
 
 
-def list_clip_jobs(bench: Benchmark, split: str, view: str) -> list[ClipJob]:
-    """Every clip of a split in the chosen view(s), each once (exo clips may repeat across segments)."""
+def view_clips(bench: Benchmark, split: str, view: str) -> list[tuple]:
+    """(segment, clip) for every clip of a split in the chosen view(s), each clip once (an exo
+    clip may be named by several segments; the first names it)."""
     if view not in VIEWS:
         raise KscliError(f"--view {view!r}: choose from {', '.join(VIEWS)}")
-    seen: dict[str, ClipJob] = {}
+    seen: dict[str, tuple] = {}
     for seg in bench.segments(split):
         for clip in seg.clips:
             if view in ("all", clip.role) and clip.name not in seen:
-                seen[clip.name] = ClipJob(clip.name, clip.role, str(bench.layout.clip_path(clip.name)),
-                                          seg.duration)
+                seen[clip.name] = (seg, clip)
     return list(seen.values())
+
+
+def list_clip_jobs(bench: Benchmark, split: str, view: str) -> list[ClipJob]:
+    """Every clip of a split in the chosen view(s), each once, as decoding jobs."""
+    return [ClipJob(clip.name, clip.role, str(bench.layout.clip_path(clip.name)), seg.duration)
+            for seg, clip in view_clips(bench, split, view)]
 
 
 class ClipDataset(torch.utils.data.Dataset):
