@@ -29,6 +29,7 @@ The machine may be shared: the load average is printed with the timings.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import time
@@ -38,7 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kscli.heads.context import ContextConfig, predict_context_proba, train_context_head  # noqa: E402
+from kscli.heads.context import (ContextConfig, predict_context_proba,  # noqa: E402
+                                 train_context_head)
 from kscli.heads.featureset import FeatureSet  # noqa: E402
 from kscli.heads.train import TrainConfig, predict_proba, train_head  # noqa: E402
 
@@ -180,7 +182,6 @@ def main() -> None:
             over = {}
             for kv in args.set:
                 k, v = kv.split("=", 1)
-                import ast
                 over[k] = ast.literal_eval(v)
             cfg = ContextConfig(seed=args.seed, **over)
             res, w = timed(lambda: train_context_head(cfg, train, sim.C, progress=False))

@@ -37,7 +37,8 @@ def make_takes(n_takes: int, seed: int, T: int | None = None, noise: float = 3.0
             j = rng.integers(len(y) - 1)
             y[j], y[j + 1] = y[j + 1], y[j]
         dur = rng.uniform(2, 10, len(y))
-        start = np.cumsum(np.concatenate([[rng.uniform(0, 5)], dur[:-1] + rng.uniform(0, 3, len(y) - 1)]))
+        step = dur[:-1] + rng.uniform(0, 3, len(y) - 1)  # gaps of 0-3 s
+        start = np.cumsum(np.concatenate([[rng.uniform(0, 5)], step]))
         ys += y
         takes += [f"s{seed}_take{t}"] * len(y)
         starts.append(start)

@@ -25,11 +25,13 @@ to the next segment, first/last flags, rank / (n - 1), start / take span, log1p(
 take), log(1 + take span).
 
 Tokens go through `layers` pre-LayerNorm transformer blocks (multi-head self-attention +
-GELU MLP, dropout) with a learned *relative position* bias per attention head: bias[h, j - i]
-for segment i attending to segment j, the index difference clipped to +-`max_rel` (so takes of
-any length work, and a model trained on crops reads a whole take at test). Padded slots are
-masked out of the keys. A final LayerNorm gives the hidden state h and a linear layer the
-logits, for every segment.
+GELU MLP, dropout; default 1 block of d_model 256, 4 heads: 2 blocks were ~30 % slower and
+2-3 points worse in bench/context.py on two seeds) with a learned *relative position* bias
+per attention head: bias[h, j - i] for segment i attending to segment j, the index difference
+clipped to +-`max_rel` (so takes of any length work, and a model trained on crops reads a
+whole take at test). Padded slots are masked out of the keys. A final LayerNorm gives the
+hidden state h and a linear layer the logits, for every segment. Everything but attention
+runs on the packed valid tokens only (padding costs nothing outside the attention).
 
 Exo as privileged information (train only): a *teacher* encoder of the same shape whose token
 input is LayerNorm(W_in ego_std + W_exo exo_pooled) (exo_pooled: the masked mean of the
@@ -55,6 +57,15 @@ the full take, which is what the model sees at test. AdamW (biases, norms, the l
 vectors and the position bias not decayed), linear warmup then cosine decay, label smoothing,
 gradient clipping. Deterministic for a seed: every grid member starts from the same weights
 and sees the same batches and dropout masks (they differ only by lr / wd).
+
+Preconditioning (`precondition`, as in kscli.heads.train): the standardised ego features are
+multiplied by P = c (S + lambda I)^-1/2 (S their Ledoit-Wolf shrunk covariance on the fit rows)
+for training, and P is folded into the ego input projections afterwards, so the saved head
+reads plain standardised features. Without it, a weak-ego simulation reached 7 % top-1 after
+4 epochs instead of 35 % (correlated nuisance directions make AdamW slow).
+
+Epochs: `epochs=None` trains max(min_epochs, ceil(min_steps / steps per epoch)) epochs, so the
+number of optimizer steps (~ the cost) stays about the same as the data grows.
 
 Grid and selection: the (lr, wd) members train one after another. Selection is on a held-out
 set of whole *takes* of train (`holdout_fraction` of the takes holding labels; holding out
@@ -123,7 +134,7 @@ class ContextConfig:
     precondition: float = 0.1
     # model
     d_model: int = 256
-    layers: int = 2
+    layers: int = 1  # 2 was slower and 2-3 points worse in bench/context.py (2 seeds)
     heads: int = 4
     ffn_mult: int = 2  # MLP width = ffn_mult * d_model
     dropout: float = 0.1
@@ -515,7 +526,7 @@ class ContextHead(nn.Module):
     Standardisation statistics live in buffers, so a checkpoint is self-contained."""
 
     head_name = HEAD_NAME
-    default_cfg: dict = {"d_model": 256, "layers": 2, "heads": 4, "ffn_mult": 2,
+    default_cfg: dict = {"d_model": 256, "layers": 1, "heads": 4, "ffn_mult": 2,
                          "dropout": 0.1, "attn_dropout": 0.0, "input_dropout": 0.2,
                          "max_rel": 32, "time_hidden": 64, "temperature": 2.0, "alpha": 1.0,
                          "beta": 1.0, "teacher_weight": 1.0, "view_dropout": 0.3, "exo_dim": 0}
@@ -568,9 +579,13 @@ class ContextHead(nn.Module):
         p = float(self.cfg["view_dropout"])
         if self.training and p > 0:
             keep = keep & (torch.rand(keep.shape, device=keep.device) >= p)
-        w = keep.to(exo.dtype).unsqueeze(-1)
-        z = (exo - self.exo_mean) / self.exo_std
-        pooled = (z * w).sum(1) / w.sum(1).clamp_min(1.0)
+        w = keep.to(exo.dtype)
+        cnt = w.sum(1, keepdim=True)
+        # the mean of standardised views = the standardised mean of raw views (linear), so
+        # pool the raw views first: one (n, V) x (n, V, Dx) product instead of (n, V, Dx) math
+        raw = torch.bmm(w.unsqueeze(1), exo).squeeze(1) / cnt.clamp_min(1.0)
+        pooled = torch.where(cnt > 0, (raw - self.exo_mean) / self.exo_std,
+                             torch.zeros((), dtype=raw.dtype))
         return pooled, keep.any(1)
 
     def logits(self, b: dict) -> torch.Tensor:
@@ -627,12 +642,12 @@ class _Takes:
         self.x = ((ego.to(dev) - model.ego_mean) / model.ego_std).contiguous()
         self.take_names, self.groups = group_takes(fs.take, fs.start, fs.end)
         t, self.pos = time_features(fs.start, fs.end, self.groups)
-        self.time_raw = torch.from_numpy(t)
-        self.time = ((self.time_raw.to(dev) - model.time_mean) / model.time_std).contiguous()
+        t = torch.from_numpy(t).to(dev)
+        self.time = ((t - model.time_mean) / model.time_std).contiguous()
         self.y = np.asarray(fs.labels, dtype=np.int64)
         self.exo = self.exo_mask = None
         if with_exo and fs.exo is not None and fs.exo_mask is not None:
-            self.exo = _pool_t(fs.exo, 4)  # raw (N, V, Dx); standardised per batch
+            self.exo = _pool_t(fs.exo, 4)  # raw (N, V, Dx); pooled + standardised per batch
             self.exo_mask = torch.from_numpy(np.asarray(fs.exo_mask, dtype=bool))
 
     def batch(self, seqs: list[np.ndarray], present: np.ndarray | None = None,
@@ -908,7 +923,7 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
                    f"({timings['total_s']:.1f}s)")
     return ContextResult(model=final, cfg=cfg, selected=selected, grid=grid_rows,
                          history=history, notes=notes, timings=timings,
-                         fit_takes=[t for t in fit_takes], holdout_takes=list(hold_takes))
+                         fit_takes=list(fit_takes), holdout_takes=list(hold_takes))
 
 
 # ----------------------------------------------------------------------------- inference
