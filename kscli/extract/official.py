@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,7 +56,8 @@ from tqdm import tqdm
 
 from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
-from kscli.extract.run import SplitSummary, _prepare_store, _versions, view_clips
+from kscli.extract.run import (SplitSummary, _prepare_store, _versions, report_interrupted,
+                               view_clips)
 from kscli.extract.store import StoreRows, StoreWriter
 
 __all__ = ["SourceSpec", "ImportJob", "ImportSummary", "register_source", "get_source", "list_sources",
@@ -405,8 +405,7 @@ def _import_split(layout, spec, folder, files, split, jobs, view, tag, exo_strea
         bar.close()
         summary.seconds = time.perf_counter() - t0
         if isinstance(e, KeyboardInterrupt):
-            print(f"\ninterrupted: {summary.extracted} clips of {split} were saved to {path}; "
-                  "rerun the same command to resume", file=sys.stderr)
+            report_interrupted(summary, path)
         raise
     finally:
         bar.close()

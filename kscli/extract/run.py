@@ -77,6 +77,12 @@ class SplitSummary:
         return self.extracted / self.seconds if self.seconds else 0.0
 
 
+def report_interrupted(summary: SplitSummary, path) -> None:
+    """What Ctrl-C leaves behind, on stderr: the finished part files stay and a rerun resumes."""
+    print(f"\ninterrupted: {summary.extracted} clips of {summary.split} were saved to {path}; "
+          "rerun the same command to resume", file=sys.stderr)
+
+
 def resolve_shard(shard: int | None, num_shards: int | None) -> tuple[int, int]:
     """Explicit --shard/--num-shards, else torchrun (RANK/WORLD_SIZE), else a SLURM array."""
     env = os.environ
@@ -289,8 +295,7 @@ def _extract(layout: Layout, cfg: ExtractConfig, progress: bool) -> list[SplitSu
         except KeyboardInterrupt:
             bar.close()
             summary.seconds = time.perf_counter() - t0
-            print(f"\ninterrupted: {summary.extracted} clips of {split} were saved to {path}; "
-                  "rerun the same command to resume", file=sys.stderr)
+            report_interrupted(summary, path)
             raise
         finally:
             bar.close()

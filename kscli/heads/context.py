@@ -82,11 +82,8 @@ by start inside each take, and the probabilities come back in `fs` row order.
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -94,23 +91,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from kscli.errors import KscliError
+from kscli.heads.common import (GridConfigMixin, apply_right, check_selection_val,
+                                check_train_labels, cosine_scale, feature_stats, log,
+                                preconditioner, torch_threads)
 from kscli.heads.featureset import FeatureSet
+from kscli.heads.models import check_checkpoint, checkpoint_state, load_checkpoint_weights
 
 __all__ = ["ContextConfig", "ContextResult", "ContextHead", "train_context_head",
            "predict_context_proba", "context_state", "build_context_from_checkpoint",
            "take_holdout", "group_takes", "time_features", "HEAD_NAME", "NUM_TIME_FEATURES"]
 
-CHECKPOINT_FORMAT = "kscli-head"  # the same format tag as kscli.heads.models' heads
-CHECKPOINT_VERSION = 1
 HEAD_NAME = "context"
 NUM_TIME_FEATURES = 10
 
 
 # ----------------------------------------------------------------------------- config
 @dataclass
-class ContextConfig:
+class ContextConfig(GridConfigMixin):
     """Everything that decides a context-head training run (defaults tuned with
     bench/context.py: ~20,000 segments x 1,024-d x 278 classes, 2 CPU cores)."""
+
+    options_name = "context-head option"
 
     # None: max(min_epochs, enough epochs for min_steps steps), at most max_epochs
     epochs: int | None = None
@@ -158,32 +159,6 @@ class ContextConfig:
     num_threads: int | None = None  # None: all cores this process may use
     eval_tokens: int = 8192  # padded tokens per inference batch
 
-    def __post_init__(self):
-        self.lrs = tuple(float(v) for v in self.lrs)
-        self.weight_decays = tuple(float(v) for v in self.weight_decays)
-        self.betas = tuple(float(v) for v in self.betas)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ContextConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise KscliError(f"unknown context-head option(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return _plain(asdict(self))
-
-    def grid(self) -> list[tuple[float, float]]:
-        """The (lr, wd) members in training order: lr-major."""
-        return [(lr, wd) for lr in self.lrs for wd in self.weight_decays]
-
-    def resolve_epochs(self, steps_per_epoch: int) -> int:
-        if self.epochs is not None:
-            return int(self.epochs)
-        need = math.ceil(self.min_steps / max(1, steps_per_epoch))
-        return int(min(self.max_epochs, max(self.min_epochs, need)))
-
     def model_cfg(self, exo_dim: int) -> dict:
         """The keys ContextHead reads (what the checkpoint stores as `cfg`)."""
         keys = ("d_model", "layers", "heads", "ffn_mult", "dropout", "attn_dropout",
@@ -192,31 +167,18 @@ class ContextConfig:
         return {**{k: getattr(self, k) for k in keys}, "exo_dim": int(exo_dim)}
 
     def check(self) -> None:
-        if (self.epochs is not None and self.epochs < 1) or self.batch_takes < 1:
-            raise KscliError(f"epochs and batch_takes must be >= 1 (got {self.epochs}, "
-                             f"{self.batch_takes})")
-        if self.min_epochs < 1 or self.max_epochs < self.min_epochs:
-            raise KscliError(f"need 1 <= min_epochs <= max_epochs (got {self.min_epochs}, "
-                             f"{self.max_epochs})")
-        if not self.lrs or not self.weight_decays:
-            raise KscliError("lrs and weight_decays must each hold at least one value")
-        if any(v <= 0 for v in self.lrs) or any(v < 0 for v in self.weight_decays):
-            raise KscliError("learning rates must be > 0 and weight decays >= 0")
-        if self.select_on not in ("holdout", "val"):
-            raise KscliError(f"select_on must be 'holdout' or 'val', not {self.select_on!r}")
-        if self.select_on == "holdout" and not 0 < self.holdout_fraction < 1:
-            raise KscliError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        self.check_common()
+        if self.batch_takes < 1:
+            raise KscliError(f"batch_takes must be >= 1 (got {self.batch_takes})")
         if self.d_model < 1 or self.layers < 0 or self.heads < 1 or self.d_model % self.heads:
             raise KscliError(f"d_model ({self.d_model}) must be a positive multiple of heads "
                              f"({self.heads}); layers >= 0")
         for name in ("dropout", "attn_dropout", "input_dropout", "segment_dropout",
-                     "missing_dropout", "view_dropout", "label_smoothing"):
+                     "missing_dropout", "view_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise KscliError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.max_len < 1 or self.max_rel < 1 or self.ffn_mult < 1 or self.time_hidden < 1:
             raise KscliError("max_len, max_rel, ffn_mult and time_hidden must be >= 1")
-        if self.precondition < 0:
-            raise KscliError(f"precondition must be >= 0 (0 turns it off), got {self.precondition}")
         if self.temperature <= 0:
             raise KscliError(f"temperature must be > 0, got {self.temperature}")
 
@@ -240,114 +202,6 @@ class ContextResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _plain(obj):
-    """JSON-able / torch.load(weights_only=True)-safe: tuples->lists, numpy->python."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-@contextmanager
-def _torch_threads(n: int | None):
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n) if n else _default_threads())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _cosine_scale(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
-
-
-def _stats(x: torch.Tensor, mask: torch.Tensor | None = None, chunk: int = 4096
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dim mean / std over the rows of x (N, D), or over the entries x[i, v] with
-    mask[i, v] of x (N, V, D); near-constant dims get std 1. Chunked, float64 sums (no copy
-    of x is made)."""
-    d = x.shape[-1]
-    s1 = torch.zeros(d, dtype=torch.float64)
-    s2 = torch.zeros(d, dtype=torch.float64)
-    n = 0
-    shift = None
-    for i in range(0, len(x), chunk):
-        blk = x[i:i + chunk]
-        if mask is not None:
-            blk = blk[mask[i:i + chunk]]
-        blk = blk.reshape(-1, d).double()
-        if len(blk) == 0:
-            continue
-        if shift is None:  # shifted sums: accurate for features far from 0
-            shift = blk[0].clone()
-        blk = blk - shift
-        s1 += blk.sum(0)
-        s2 += (blk * blk).sum(0)
-        n += len(blk)
-    if n == 0:
-        return torch.zeros(d), torch.ones(d)
-    m = s1 / n
-    std = (s2 / n - m * m).clamp_min(0).sqrt()
-    std[std <= 1e-6 * max(float(std.median()), 1e-12)] = 1.0
-    return (m + shift).float(), std.float()
-
-
-@torch.no_grad()
-def _preconditioner(x: torch.Tensor, shrink: float, gen: torch.Generator,
-                    max_rows: int = 8192) -> tuple[torch.Tensor, float]:
-    """(P, rho): P = c (S_lw + shrink * mu * I)^-1/2 for standardised rows x (N, D), at most
-    max_rows of them (drawn with gen); S_lw the Ledoit-Wolf shrunk covariance (rho its
-    shrinkage), mu its mean eigenvalue, c so the mean variance of x @ P is 1. The same
-    construction as kscli.heads.train's preconditioner (kept here so this module stands alone)."""
-    rows = x
-    if len(rows) > max_rows:
-        rows = rows[torch.randperm(len(rows), generator=gen)[:max_rows].to(rows.device)]
-    rows = rows - rows.mean(0)
-    n, p = rows.shape
-    cov = (rows.T @ rows) / max(1, n)
-    e, V = torch.linalg.eigh(cov)
-    e = e.clamp_min(0)
-    e64 = e.double()
-    mu = float(e64.mean())
-    fro2 = float((e64 * e64).sum())
-    sq = (rows * rows).sum(1).double()
-    beta = (float((sq * sq).sum()) / max(1, n) - fro2) / (p * max(1, n))
-    delta = (fro2 - p * mu * mu) / p
-    rho = 1.0 if delta <= 0 else min(1.0, max(0.0, beta / delta))
-    shrunk = (1.0 - rho) * e + rho * mu
-    d = (shrunk + max(shrink * mu, 1e-12)).rsqrt()
-    d = d * (len(e) / max(float((e * d * d).sum()), 1e-12)) ** 0.5
-    return ((V * d) @ V.T).float(), rho
-
-
-@torch.no_grad()
-def _apply_right(x: torch.Tensor, P: torch.Tensor, chunk: int = 8192) -> None:
-    """x @ P over the last dim, in place, chunked."""
-    for i in range(0, len(x), chunk):
-        x[i:i + chunk] = x[i:i + chunk] @ P
-
-
 def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout with the mask drawn from random bytes (keep if byte >= round(256 p)):
     several times faster than torch's bernoulli on CPU; p is rounded to a multiple of 1/256.
@@ -734,15 +588,10 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
     on the selection split (held-out whole train takes, or `val` if cfg.select_on == 'val')."""
     t0 = time.perf_counter()
     cfg.check()
-    train.validate("train features")
+    labels = check_train_labels(train, num_classes)
     if train.take is None or train.start is None:
         raise KscliError("train features: the context head needs take names and start times")
     notes: list[str] = []
-    labels = np.asarray(train.labels, dtype=np.int64)
-    if labels.size and labels.max() >= num_classes:
-        raise KscliError(f"train labels go up to {labels.max()} but num_classes is {num_classes}")
-    if (labels >= 0).sum() < 2:
-        raise KscliError("train features have fewer than 2 labelled segments: nothing to train")
     if (labels < 0).any():
         notes.append(f"{int((labels < 0).sum())} train segments without a label serve as "
                      f"context only")
@@ -750,16 +599,7 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
     # -- split by take
     take_str = [str(t) for t in train.take]
     if cfg.select_on == "val":
-        if val is None:
-            raise KscliError("select_on='val' needs a val feature set")
-        val.validate("val features")
-        vlab = np.asarray(val.labels, dtype=np.int64)
-        if (vlab < 0).all():
-            raise KscliError("select_on='val' but the val features have no labels")
-        if vlab.max() >= num_classes:
-            raise KscliError(f"val labels go up to {vlab.max()} but num_classes is {num_classes}")
-        if val.dim != train.dim:
-            raise KscliError(f"val features are {val.dim}-d but train features are {train.dim}-d")
+        check_selection_val(val, train, num_classes)
         fit_takes, hold_takes = sorted(set(take_str)), []
     else:
         fit_takes, hold_takes = take_holdout(take_str, labels, cfg.holdout_fraction, cfg.seed)
@@ -776,7 +616,7 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
     G = len(grid)
     dev = torch.device(cfg.device)
 
-    with _torch_threads(cfg.num_threads), torch.random.fork_rng(devices=[]):
+    with torch_threads(cfg.num_threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         proto = ContextHead(train.dim, num_classes, cfg.model_cfg(exo_dim))
         # -- statistics on the fit rows (present ego only), into the buffers
@@ -786,18 +626,18 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
             notes.append(f"{int((~present_tr).sum())} train rows have an all-zero ego feature: "
                          f"treated as missing (learned missing token)")
         fit_rows = torch.from_numpy(np.flatnonzero(in_fit & present_tr))
-        em, es = _stats(ego_all, torch.from_numpy(in_fit & present_tr))
+        em, es = feature_stats(ego_all, torch.from_numpy(in_fit & present_tr))
         proto.ego_mean.copy_(em)
         proto.ego_std.copy_(es)
         _, groups_all = group_takes(take_str, train.start, train.end)
         traw, _ = time_features(train.start, train.end, groups_all)
-        tm, ts = _stats(torch.from_numpy(traw[in_fit]))
+        tm, ts = feature_stats(torch.from_numpy(traw[in_fit]))
         proto.time_mean.copy_(tm)
         proto.time_std.copy_(ts)
         if use_exo:
             exo_all = _pool_t(train.exo, 4)
             emask = torch.from_numpy(np.asarray(train.exo_mask, dtype=bool))
-            xm, xs = _stats(exo_all, emask & torch.from_numpy(in_fit)[:, None])
+            xm, xs = feature_stats(exo_all, emask & torch.from_numpy(in_fit)[:, None])
             proto.exo_mean.copy_(xm)
             proto.exo_std.copy_(xs)
         init_state = {k: v.clone() for k, v in proto.state_dict().items()}
@@ -813,11 +653,11 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
             sel_groups = [g for n, g in zip(names_tr, data.groups) if n in hold_set]
         P, rho = None, None
         if cfg.precondition > 0:
-            P, rho = _preconditioner(data.x[fit_rows.to(dev)], cfg.precondition,
+            P, rho = preconditioner(data.x[fit_rows.to(dev)], cfg.precondition,
                                      torch.Generator().manual_seed(cfg.seed))
-            _apply_right(data.x, P)
+            apply_right(data.x, P)
             if sel_data is not data:
-                _apply_right(sel_data.x, P)
+                apply_right(sel_data.x, P)
         n_sel = int(sum((sel_data.y[g] >= 0).sum() for g in sel_groups))
         n_fit = int(sum(len(g) for g in fit_groups))
         del ego_all
@@ -829,7 +669,7 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
         total = epochs * steps_per_epoch
         warmup = max(1, int(round(cfg.warmup_fraction * total)))
         t_prep = time.perf_counter()
-        _log(progress, f"[context] {n_fit} fit segments in {nb} takes / {n_sel} select "
+        log(progress, f"[context] {n_fit} fit segments in {nb} takes / {n_sel} select "
                        f"({cfg.select_on}, {len(sel_groups)} takes), {train.dim}-d, "
                        f"{num_classes} classes, teacher {'on' if use_exo else 'off'}, grid of "
                        f"{G} (lr x wd) one after another, {epochs} epochs x {steps_per_epoch} "
@@ -866,7 +706,7 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
                     if cfg.missing_dropout > 0:
                         pres = pres & (rng.random(len(rows)) >= cfg.missing_dropout)
                     b = data.batch(seqs, present=pres, with_exo=use_exo)
-                    scale = _cosine_scale(step, total, warmup)
+                    scale = cosine_scale(step, total, warmup)
                     for grp in opt.param_groups:
                         grp["lr"] = lr * scale
                     loss = model.loss(b, cfg.label_smoothing)
@@ -883,7 +723,7 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
                 loss_hist[g, ep] = loss_sum / max(1, n_seen)
                 acc_hist[g, ep], nll_hist[g, ep] = acc, nll
                 sec_hist[g, ep] = time.perf_counter() - t_ep
-                _log(progress, f"[context] lr {lr:g} wd {wd:g} epoch {ep + 1}/{epochs}  loss "
+                log(progress, f"[context] lr {lr:g} wd {wd:g} epoch {ep + 1}/{epochs}  loss "
                                f"{loss_hist[g, ep]:.3f}  {cfg.select_on} top-1 {acc:.2f}%  "
                                f"{sec_hist[g, ep]:.1f}s")
             key = (-acc_hist[g, -1], nll_hist[g, -1])
@@ -918,7 +758,7 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
                 "grid_size": G, "teacher": use_exo, "precondition_rho": rho}
     timings = {"prepare_s": t_prep - t0, "train_s": t_train - t_prep, "total_s": t_end - t0,
                "step_ms": 1000.0 * (t_train - t_prep) / max(1, total * G)}
-    _log(progress, f"[context] selected lr {selected['lr']:g} wd {selected['wd']:g}: "
+    log(progress, f"[context] selected lr {selected['lr']:g} wd {selected['wd']:g}: "
                    f"{cfg.select_on} top-1 {selected['select_top1']:.2f}%  "
                    f"({timings['total_s']:.1f}s)")
     return ContextResult(model=final, cfg=cfg, selected=selected, grid=grid_rows,
@@ -955,42 +795,16 @@ def context_state(result: ContextResult | ContextHead) -> dict:
     """A self-contained checkpoint dict of plain tensors and JSON-able values (safe for
     torch.save / torch.load(weights_only=True)); `build_context_from_checkpoint` rebuilds it."""
     model = result.model if isinstance(result, ContextResult) else result
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "head": HEAD_NAME,
-        "in_dim": int(model.in_dim),
-        "num_classes": int(model.num_classes),
-        "cfg": _plain(model.cfg),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-    }
-    if isinstance(result, ContextResult):
-        state.update(_plain({"train_cfg": result.cfg.to_dict(), "selected": result.selected,
-                             "grid": result.grid, "history": result.history,
-                             "timings": result.timings, "notes": result.notes}))
-    return state
+    return checkpoint_state(model, HEAD_NAME,
+                            result if isinstance(result, ContextResult) else None)
 
 
 def build_context_from_checkpoint(ckpt: dict) -> ContextHead:
     """Rebuild the context head (eval mode, CPU) from the dict `context_state` makes; works on
     `torch.load(..., weights_only=True)`."""
-    for key in ("head", "in_dim", "num_classes", "cfg", "state_dict"):
-        if key not in ckpt:
-            raise KscliError(f"head checkpoint has no {key!r}: not a kscli head checkpoint")
-    if ckpt.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
-        raise KscliError(f"checkpoint format is {ckpt.get('format')!r}, expected "
-                         f"{CHECKPOINT_FORMAT!r}")
+    check_checkpoint(ckpt)
     if ckpt["head"] != HEAD_NAME:
         raise KscliError(f"checkpoint is a {ckpt['head']!r} head, not {HEAD_NAME!r}")
-    if int(ckpt.get("version", CHECKPOINT_VERSION)) > CHECKPOINT_VERSION:
-        raise KscliError(f"head checkpoint version {ckpt['version']} is newer than this kscli "
-                         f"understands ({CHECKPOINT_VERSION}); upgrade kscli")
-    with torch.random.fork_rng(devices=[]):  # the throw-away init must not move the caller's RNG
-        model = ContextHead(int(ckpt["in_dim"]), int(ckpt["num_classes"]), dict(ckpt["cfg"]))
-    try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise KscliError(f"context checkpoint does not fit its config: "
-                         f"{first[0] if first else e}") from None
-    return model.eval()
+    return load_checkpoint_weights(
+        lambda: ContextHead(int(ckpt["in_dim"]), int(ckpt["num_classes"]), dict(ckpt["cfg"])),
+        ckpt)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kscli.errors import KscliError
+from kscli.heads.common import plain
 
 CHECKPOINT_FORMAT = "kscli-head"
 CHECKPOINT_VERSION = 1
@@ -68,9 +69,28 @@ def create_head(name: str, in_dim: int, num_classes: int, cfg: dict | None = Non
     return head_class(name)(in_dim, num_classes, cfg or {}, members=members)
 
 
-def build_head_from_checkpoint(ckpt: dict) -> "StackedHead":
-    """Rebuild a G=1 head, eval mode, on CPU, from the dict `head_state` makes (or any dict with
-    keys head, in_dim, num_classes, cfg, state_dict). Works on `torch.load(weights_only=True)`."""
+def checkpoint_state(model: nn.Module, head: str, result=None) -> dict:
+    """The checkpoint dict every kscli head saves: format tag, head name, sizes, the head's own
+    config and weights as plain tensors (safe for torch.load(weights_only=True)), plus the
+    training record of `result` (a TrainResult / ContextResult) when given."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "head": head,
+        "in_dim": int(model.in_dim),
+        "num_classes": int(model.num_classes),
+        "cfg": plain(model.cfg),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    if result is not None:
+        state.update(plain({"train_cfg": result.cfg.to_dict(), "selected": result.selected,
+                            "grid": result.grid, "history": result.history,
+                            "timings": result.timings, "notes": result.notes}))
+    return state
+
+
+def check_checkpoint(ckpt: dict) -> None:
+    """One clear error for a dict that is not a kscli head checkpoint this version can read."""
     for key in ("head", "in_dim", "num_classes", "cfg", "state_dict"):
         if key not in ckpt:
             raise KscliError(f"head checkpoint has no {key!r}: not a kscli head checkpoint")
@@ -80,9 +100,13 @@ def build_head_from_checkpoint(ckpt: dict) -> "StackedHead":
     if int(ckpt.get("version", CHECKPOINT_VERSION)) > CHECKPOINT_VERSION:
         raise KscliError(f"head checkpoint version {ckpt['version']} is newer than this kscli "
                          f"understands ({CHECKPOINT_VERSION}); upgrade kscli")
+
+
+def load_checkpoint_weights(build: Callable[[], nn.Module], ckpt: dict) -> nn.Module:
+    """build() the head (without moving the caller's RNG), load ckpt's weights strictly;
+    eval mode, CPU."""
     with torch.random.fork_rng(devices=[]):  # the throw-away init must not move the caller's RNG
-        model = create_head(ckpt["head"], int(ckpt["in_dim"]), int(ckpt["num_classes"]),
-                            dict(ckpt["cfg"]), members=1)
+        model = build()
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
@@ -90,6 +114,15 @@ def build_head_from_checkpoint(ckpt: dict) -> "StackedHead":
         raise KscliError(f"head checkpoint does not fit head {ckpt['head']!r}: "
                          f"{first[0] if first else e}") from None
     return model.eval()
+
+
+def build_head_from_checkpoint(ckpt: dict) -> "StackedHead":
+    """Rebuild a G=1 head, eval mode, on CPU, from the dict `head_state` makes (or any dict with
+    keys head, in_dim, num_classes, cfg, state_dict). Works on `torch.load(weights_only=True)`."""
+    check_checkpoint(ckpt)
+    return load_checkpoint_weights(
+        lambda: create_head(ckpt["head"], int(ckpt["in_dim"]), int(ckpt["num_classes"]),
+                            dict(ckpt["cfg"]), members=1), ckpt)
 
 
 # ----------------------------------------------------------------------------- building blocks

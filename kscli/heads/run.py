@@ -29,7 +29,7 @@ from kscli.heads.metrics import compute_metrics, format_summary
 from kscli.heads.models import build_head_from_checkpoint
 from kscli.heads.predictions import (doc_scores, predictions_doc, read_doc, validate_doc,
                                      write_json_atomic)
-from kscli.heads.train import TrainConfig, head_state, predict_proba, train_head
+from kscli.heads.train import head_state, predict_proba, train_head
 
 CONTEXT_HEAD = "context"  # classifies a segment from its whole take: kscli.heads.context
 

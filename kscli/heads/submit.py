@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError

@@ -33,18 +33,18 @@ trained on train minus holdout (no refit). `TrainResult.selected["select_on"]` r
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from kscli.errors import KscliError
+from kscli.heads.common import (GridConfigMixin, apply_right, as_f32, check_selection_val,
+                                check_train_labels, cosine_scale, feature_stats, log,
+                                preconditioner, torch_threads)
 from kscli.heads.featureset import FeatureSet
-from kscli.heads.models import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, StackedHead,
+from kscli.heads.models import (StackedHead, checkpoint_state,
                                 build_head_from_checkpoint, create_head, head_class, list_heads)
 
 
@@ -67,7 +67,7 @@ HEAD_DEFAULTS: dict[str, dict] = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(GridConfigMixin):
     """Everything that decides a training run. `TrainConfig.for_head(name, **overrides)` gives
     the tuned defaults for a head; the plain constructor's defaults are the linear head's."""
 
@@ -110,36 +110,10 @@ class TrainConfig:
     num_threads: int | None = None  # None: all cores this process may use (1 if tiny)
     eval_batch_size: int = 4096
 
-    def __post_init__(self):
-        self.lrs = tuple(float(v) for v in self.lrs)
-        self.weight_decays = tuple(float(v) for v in self.weight_decays)
-        self.betas = tuple(float(v) for v in self.betas)
-
     @classmethod
     def for_head(cls, head: str, **overrides) -> "TrainConfig":
         head_class(head)  # unknown head -> KscliError
         return cls(**{"head": head, **HEAD_DEFAULTS.get(head, {}), **overrides})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise KscliError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return _plain(asdict(self))
-
-    def grid(self) -> list[tuple[float, float]]:
-        """The (lr, wd) members in stacking order: lr-major."""
-        return [(lr, wd) for lr in self.lrs for wd in self.weight_decays]
-
-    def resolve_epochs(self, steps_per_epoch: int) -> int:
-        if self.epochs is not None:
-            return int(self.epochs)
-        need = math.ceil(self.min_steps / max(1, steps_per_epoch))
-        return int(min(self.max_epochs, max(self.min_epochs, need)))
 
     def head_cfg(self) -> dict:
         """The keys the head constructors read (each head keeps only its own)."""
@@ -151,26 +125,11 @@ class TrainConfig:
 
     def check(self) -> None:
         head_class(self.head)
-        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
-            raise KscliError(f"epochs and batch_size must be >= 1 (got {self.epochs}, "
-                             f"{self.batch_size})")
-        if self.min_epochs < 1 or self.max_epochs < self.min_epochs:
-            raise KscliError(f"need 1 <= min_epochs <= max_epochs (got {self.min_epochs}, "
-                             f"{self.max_epochs})")
-        if not self.lrs or not self.weight_decays:
-            raise KscliError("lrs and weight_decays must each hold at least one value")
-        if any(v <= 0 for v in self.lrs) or any(v < 0 for v in self.weight_decays):
-            raise KscliError("learning rates must be > 0 and weight decays >= 0")
-        if self.select_on not in ("holdout", "val"):
-            raise KscliError(f"select_on must be 'holdout' or 'val', not {self.select_on!r}")
-        if self.select_on == "holdout" and not 0 < self.holdout_fraction < 1:
-            raise KscliError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if self.precondition < 0:
-            raise KscliError(f"precondition must be >= 0 (0 turns it off), got {self.precondition}")
+        self.check_common()
+        if self.batch_size < 1:
+            raise KscliError(f"batch_size must be >= 1 (got {self.batch_size})")
         if not 0 <= self.view_dropout < 1 or not 0 <= self.dropout < 1:
             raise KscliError("dropout and view_dropout must be in [0, 1)")
-        if not 0 <= self.label_smoothing < 1:
-            raise KscliError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass
@@ -195,38 +154,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _plain(obj):
-    """Make obj JSON-able / torch.load(weights_only=True)-safe: tuples->lists, numpy->python."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    return obj
-
-
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-@contextmanager
-def _torch_threads(n: int | None):
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n) if n else _default_threads())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int = 0
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Split row indices into (fit, holdout): about `fraction` of the rows, spread over the
@@ -258,13 +185,6 @@ def class_balance_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     w = np.zeros(num_classes)
     w[present] = len(labels) / (present.sum() * counts[present])
     return w.astype(np.float32)
-
-
-def _cosine_scale(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
 class StackedAdamW:
@@ -310,67 +230,6 @@ class StackedAdamW:
             p.grad = None
 
 
-def _as_f32(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-
-@torch.no_grad()
-def _stats(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dim mean / std (float32 numpy) over all rows of x (..., D) (two-pass, so float32
-    is accurate); near-constant dims get std 1 (they standardise to 0, not to noise)."""
-    flat = x.reshape(-1, x.shape[-1]).float()
-    if len(flat) == 0:
-        d = x.shape[-1]
-        return np.zeros(d, np.float32), np.ones(d, np.float32)
-    mean = flat.mean(0)
-    std = flat.var(0, unbiased=False).clamp_min(0).sqrt()
-    tiny = std <= 1e-6 * max(float(std.median()), 1e-12)
-    std[tiny] = 1.0
-    return mean.numpy().astype(np.float32), std.numpy().astype(np.float32)
-
-
-@torch.no_grad()
-def _preconditioner(x: torch.Tensor, shrink: float, gen: torch.Generator,
-                    max_rows: int = 8192) -> tuple[torch.Tensor, float]:
-    """(P, rho): P = c (S_lw + shrink * mu * I)^-1/2 for standardised rows x (N, D) or tokens
-    (N, T, D), at most max_rows of them (drawn with gen).
-
-    S_lw = (1 - rho) S + rho mu I is the Ledoit-Wolf shrunk covariance (mu = mean eigenvalue,
-    rho estimated from the data): with many rows per dimension rho is small and P whitens
-    almost fully; with few rows (N << D) the sample covariance is noise, rho -> 1 and P -> c I,
-    plain standardisation. c makes the mean variance of x @ P 1 so learning rates mean the same
-    with or without preconditioning."""
-    rows = x.reshape(-1, x.shape[-1])
-    if len(rows) > max_rows:
-        rows = rows[torch.randperm(len(rows), generator=gen)[:max_rows].to(rows.device)]
-    rows = rows - rows.mean(0)
-    n, p = rows.shape
-    cov = (rows.T @ rows) / max(1, n)
-    e, V = torch.linalg.eigh(cov)  # float32 is plenty for a preconditioner
-    e = e.clamp_min(0)
-    e64 = e.double()
-    mu = float(e64.mean())
-    fro2 = float((e64 * e64).sum())  # ||S||_F^2
-    sq = (rows * rows).sum(1).double()
-    beta = (float((sq * sq).sum()) / max(1, n) - fro2) / (p * max(1, n))
-    delta = (fro2 - p * mu * mu) / p
-    rho = 1.0 if delta <= 0 else min(1.0, max(0.0, beta / delta))
-    shrunk = (1.0 - rho) * e + rho * mu
-    d = (shrunk + max(shrink * mu, 1e-12)).rsqrt()
-    d = d * (len(e) / max(float((e * d * d).sum()), 1e-12)) ** 0.5  # mean variance 1 after
-    P = (V * d) @ V.T
-    return P.float(), rho
-
-
-@torch.no_grad()
-def _apply_right(x: torch.Tensor, P: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """x @ P over the last dim, in place on x (x is ours), chunked to bound the temporary."""
-    flat = x.view(-1, x.shape[-1])
-    for i in range(0, len(flat), chunk):
-        flat[i:i + chunk] = flat[i:i + chunk] @ P
-    return x
-
-
 @torch.no_grad()
 def _member_scores(model: StackedHead, x: torch.Tensor, y: torch.Tensor, bs: int
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -391,11 +250,6 @@ def _member_scores(model: StackedHead, x: torch.Tensor, y: torch.Tensor, bs: int
     return (100.0 * correct / n).numpy(), (nll / n).numpy()
 
 
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- training
 def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
                val: FeatureSet | None = None, progress: bool = True) -> TrainResult:
@@ -403,28 +257,14 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
     on the selection split (stratified train holdout, or `val` if cfg.select_on == 'val')."""
     t_start = time.perf_counter()
     cfg.check()
-    train.validate("train features")
     notes: list[str] = []
-    labels = np.asarray(train.labels, dtype=np.int64)
-    if labels.size and labels.max() >= num_classes:
-        raise KscliError(f"train labels go up to {labels.max()} but num_classes is {num_classes}")
+    labels = check_train_labels(train, num_classes)
     labelled = np.flatnonzero(labels >= 0)
     if len(labelled) < len(labels):
         notes.append(f"{len(labels) - len(labelled)} train segments without a label were skipped")
-    if len(labelled) < 2:
-        raise KscliError("train features have fewer than 2 labelled segments: nothing to train")
 
     if cfg.select_on == "val":
-        if val is None:
-            raise KscliError("select_on='val' needs a val feature set")
-        val.validate("val features")
-        vlab = np.asarray(val.labels, dtype=np.int64)
-        if (vlab < 0).all():
-            raise KscliError("select_on='val' but the val features have no labels")
-        if vlab.max() >= num_classes:
-            raise KscliError(f"val labels go up to {vlab.max()} but num_classes is {num_classes}")
-        if val.dim != train.dim:
-            raise KscliError(f"val features are {val.dim}-d but train features are {train.dim}-d")
+        check_selection_val(val, train, num_classes)
         fit_idx, hold_idx = labelled, None
     else:
         f, h = stratified_holdout(labels[labelled], cfg.holdout_fraction, cfg.seed)
@@ -449,7 +289,7 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
     threads = cfg.num_threads
     if threads is None and G * min(cfg.batch_size, len(fit_idx)) * train.dim * num_classes < 2e7:
         threads = 1  # tiny matmuls: a second thread only adds sync cost (and hurts when shared)
-    with _torch_threads(threads), torch.random.fork_rng(devices=[]):
+    with torch_threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         head_cfg = cfg.head_cfg()
         if cls.uses_exo:
@@ -457,11 +297,11 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
         model = create_head(cfg.head, train.dim, num_classes, head_cfg, members=G)
 
         # --- features: pool, standardise once with fit-row statistics, keep as one tensor
-        pooled = model.pool_ego(_as_f32(train.ego))  # no copy for float32 (N, D) input
+        pooled = model.pool_ego(as_f32(train.ego))  # no copy for float32 (N, D) input
         fit_t = torch.from_numpy(fit_idx)
         x_fit = pooled[fit_t]  # a copy: ours to standardise in place
-        ego_mean, ego_std = _stats(x_fit)
-        mean_t, std_t = torch.from_numpy(ego_mean), torch.from_numpy(ego_std)
+        mean_t, std_t = feature_stats(x_fit)
+        ego_mean, ego_std = mean_t.numpy(), std_t.numpy()
         x_fit.sub_(mean_t).div_(std_t)
         exo_mean = exo_std = None
         if cls.uses_exo:  # raw exo stays where it is (no copy); batches are standardised
@@ -472,7 +312,7 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
             mask_all = torch.from_numpy(np.asarray(train.exo_mask, dtype=bool))
             in_fit = torch.zeros(len(mask_all), dtype=torch.bool)
             in_fit[fit_t] = True
-            exo_mean, exo_std = _stats(exo_all[mask_all & in_fit[:, None]])
+            exo_mean, exo_std = (t.numpy() for t in feature_stats(exo_all, mask_all & in_fit[:, None]))
         model.set_normalization(ego_mean, ego_std, exo_mean, exo_std)
         model.to(dev)
         x_fit = x_fit.to(dev)
@@ -483,16 +323,16 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
         else:
             keep = np.flatnonzero(np.asarray(val.labels) >= 0)
             with torch.no_grad():
-                x_sel = model.prepare_ego(_as_f32(np.asarray(val.ego)[keep]).to(dev))
+                x_sel = model.prepare_ego(as_f32(np.asarray(val.ego)[keep]).to(dev))
             y_sel = torch.from_numpy(np.asarray(val.labels, dtype=np.int64)[keep]).to(dev)
         del pooled
         P, rho = None, None
         t_cond0 = time.perf_counter()
         if cfg.precondition > 0:
-            P, rho = _preconditioner(x_fit, cfg.precondition,
+            P, rho = preconditioner(x_fit, cfg.precondition,
                                      torch.Generator().manual_seed(cfg.seed))
-            x_fit = _apply_right(x_fit, P)
-            x_sel = _apply_right(x_sel, P)
+            x_fit = apply_right(x_fit, P)
+            x_sel = apply_right(x_sel, P)
         t_cond = time.perf_counter()
         cw = None
         if cfg.class_balance:
@@ -508,7 +348,7 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
         warmup = max(1, int(round(cfg.warmup_fraction * total)))
         gen = torch.Generator().manual_seed(cfg.seed)
         t_prep = time.perf_counter()
-        _log(progress, f"[{cfg.head}] {n_fit} fit / {len(y_sel)} select ({cfg.select_on}) "
+        log(progress, f"[{cfg.head}] {n_fit} fit / {len(y_sel)} select ({cfg.select_on}) "
                        f"segments, {train.dim}-d, {num_classes} classes, grid of {G} "
                        f"(lr x wd), {epochs} epochs x {steps_per_epoch} steps")
 
@@ -530,7 +370,7 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
                 losses = model.loss(batch, cfg.label_smoothing, cw)
                 opt.zero_grad()
                 losses.sum().backward()
-                opt.step(_cosine_scale(step, total, warmup))
+                opt.step(cosine_scale(step, total, warmup))
                 step += 1
                 loss_sum += losses.detach().double().cpu() * len(idx)
             train_loss = (loss_sum / n_fit).numpy()
@@ -540,7 +380,7 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
                             "select_top1": acc.tolist(), "select_nll": nll.tolist(),
                             "best_member": b, "best_select_top1": float(acc[b]),
                             "seconds": time.perf_counter() - t_ep})
-            _log(progress, f"[{cfg.head}] epoch {epoch + 1}/{epochs}  loss "
+            log(progress, f"[{cfg.head}] epoch {epoch + 1}/{epochs}  loss "
                            f"{train_loss[b]:.3f}  {cfg.select_on} top-1 {acc[b]:.2f}% (lr "
                            f"{grid[b][0]:g}, wd {grid[b][1]:g})  {time.perf_counter() - t_ep:.1f}s")
         t_train = time.perf_counter()
@@ -566,7 +406,7 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
                "train_s": t_train - t_prep,
                "select_s": t_end - t_train, "total_s": t_end - t_start,
                "step_ms": 1000.0 * (t_train - t_prep) / max(1, total)}
-    _log(progress, f"[{cfg.head}] selected lr {selected['lr']:g} wd {selected['wd']:g}: "
+    log(progress, f"[{cfg.head}] selected lr {selected['lr']:g} wd {selected['wd']:g}: "
                    f"{cfg.select_on} top-1 {selected['select_top1']:.2f}%  "
                    f"({timings['total_s']:.1f}s)")
     return TrainResult(model=final, cfg=cfg, selected=selected, grid=grid_rows, history=history,
@@ -582,7 +422,7 @@ def predict_proba(model: StackedHead, ego: np.ndarray, batch_size: int = 4096) -
     ego = np.asarray(ego)
     out = np.empty((len(ego), model.num_classes), dtype=np.float32)
     for i in range(0, len(ego), batch_size):
-        logits = model.predict_logits(_as_f32(ego[i:i + batch_size]).to(dev))
+        logits = model.predict_logits(as_f32(ego[i:i + batch_size]).to(dev))
         out[i:i + batch_size] = logits.softmax(-1).cpu().numpy()
     return out
 
@@ -593,18 +433,6 @@ def head_state(result: TrainResult | StackedHead) -> dict:
     model = result.model if isinstance(result, TrainResult) else result
     if model.members != 1:
         raise KscliError("head_state needs a single head; call select_member(g) first")
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "head": model.head_name,
-        "in_dim": model.in_dim,
-        "num_classes": model.num_classes,
-        "cfg": _plain(model.cfg),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-    }
-    if isinstance(result, TrainResult):
-        state.update(_plain({"train_cfg": result.cfg.to_dict(), "selected": result.selected,
-                             "grid": result.grid, "history": result.history,
-                             "timings": result.timings, "notes": result.notes}))
-    return state
+    return checkpoint_state(model, model.head_name,
+                            result if isinstance(result, TrainResult) else None)
 
