@@ -252,12 +252,11 @@ def train_head_cmd(head: str = typer.Option("linear", help="linear, mlp, distill
                    seed: int = typer.Option(0, help="Random seed (same seed, same result)."),
                    device: str = typer.Option("cpu", help="cpu or cuda."),
                    name: Optional[str] = typer.Option(None, help="Run folder name [default: head_backbone_time]."),
-                   set_: List[str] = typer.Option([], "--set", help="Other TrainConfig fields, key=value (repeatable)."),
+                   set_: List[str] = typer.Option([], "--set", help="Other TrainConfig fields (ContextConfig for --head context), key=value (repeatable)."),
                    data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                    clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
     """Train a head on cached features (a grid of lr x wd in one pass), score it on val, save a run."""
-    from kscli.heads.run import CONTEXT_HEAD, parse_tags, train_run
-    from kscli.heads.train import TrainConfig
+    from kscli.heads.run import config_for, parse_tags, train_run
 
     if select_on not in ("holdout", "val"):
         raise KscliError(f"--select-on {select_on!r}: choose holdout or val")
@@ -266,16 +265,7 @@ def train_head_cmd(head: str = typer.Option("linear", help="linear, mlp, distill
                        ("weight_decays", wds and _floats(wds, "--wds"))):
         if value is not None:
             over[key] = value
-    if head == CONTEXT_HEAD:
-        from kscli.heads.context import ContextConfig
-
-        if class_balance:
-            raise KscliError("--class-balance is not available for the context head")
-        cfg = ContextConfig.from_dict({"select_on": select_on, "seed": seed, "device": device, **over})
-    else:
-        cfg = TrainConfig.for_head(head, class_balance=class_balance, select_on=select_on, seed=seed,
-                                   device=device, **over)
-        cfg.check()
+    cfg = config_for(head, class_balance=class_balance, select_on=select_on, seed=seed, device=device, **over)
     layout = _layout(data_root, annotations_dir, clips_root, work_dir)
     result = train_run(layout, parse_tags(backbone), cfg, name=name)
     typer.echo(result.summary)

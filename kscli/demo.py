@@ -1,7 +1,7 @@
 """`kscli demo`: the whole pipeline on the embedded sample benchmark, in about a minute on a laptop.
 
 sample (if absent) -> check-data -> extract ego + exo with the tiny random backbone -> train
-linear, mlp and distill heads -> their val top-1 side by side -> a test submission.
+linear, mlp, distill and take-context heads -> their val top-1 side by side -> a test submission.
 The tiny backbone is random: the numbers only show the pipeline working.
 """
 
@@ -16,11 +16,10 @@ from kscli.data.layout import Layout
 from kscli.data.sample import write_sample_benchmark
 from kscli.errors import KscliError
 from kscli.extract.run import ExtractConfig, extract
-from kscli.heads.run import train_run
+from kscli.heads.run import config_for, train_run
 from kscli.heads.submit import Submission, submit
-from kscli.heads.train import TrainConfig
 
-DEMO_HEADS = ("linear", "mlp", "distill")
+DEMO_HEADS = ("linear", "mlp", "distill", "context")
 DEMO_BACKBONE = "tiny-random"
 # small enough to generate in ~20 s on 2 cores, large enough that heads differ
 DEMO_SAMPLE = dict(num_classes=12, short_side=128, clip_seconds=(0.5, 1.5),
@@ -61,7 +60,7 @@ def run_demo(root: Path, seed: int = 0, heads: tuple[str, ...] = DEMO_HEADS, wor
     runs = {}
     for i, head in enumerate(heads):
         say(f"[4/5] train head {head} ({i + 1}/{len(heads)})")
-        run = train_run(layout, [DEMO_BACKBONE], TrainConfig.for_head(head, seed=seed), progress=False)
+        run = train_run(layout, [DEMO_BACKBONE], config_for(head, seed=seed), progress=False)
         result.results[head] = run.metrics["val"]
         runs[head] = run.path
     say("")

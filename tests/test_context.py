@@ -23,7 +23,7 @@ MU = np.random.default_rng(1234).normal(size=(C, D))  # class embeddings, shared
 
 
 def make_takes(n_takes: int, seed: int, T: int | None = None, noise: float = 3.0,
-               with_exo: bool = True) -> FeatureSet:
+               with_exo: bool = True, salient: bool = False) -> FeatureSet:
     """Takes whose keysteps follow their scenario's order with skips (and a rare swap); per
     segment ego = class embedding + heavy noise (single-segment accuracy is mediocre); exo
     views are cleaner, and ~30 % of segments have none. Rows come out shuffled."""
@@ -47,6 +47,11 @@ def make_takes(n_takes: int, seed: int, T: int | None = None, noise: float = 3.0
     n = len(y)
     if T is None:
         ego = MU[y] + noise * rng.normal(size=(n, D))
+    elif salient:  # the keystep shows in one random window of T, which also stands out along a
+        # fixed "salience" direction (as the window with the action would); the rest is noise
+        u = np.random.default_rng(7).normal(size=D)
+        ego = noise * rng.normal(size=(n, T, D))
+        ego[np.arange(n), rng.integers(0, T, n)] += 2.0 * MU[y] + 8.0 * u / np.linalg.norm(u)
     else:
         ego = MU[y][:, None] + noise * np.sqrt(T) * rng.normal(size=(n, T, D))
     ego = (3.0 * ego + 1.0).astype(np.float32)
@@ -213,17 +218,30 @@ def test_exo_absent_for_some_segments_and_none_at_all(sets):
     assert predict_context_proba(r2.model, test).shape == (len(test), C)
 
 
-def test_sequence_input_is_mean_pooled():
-    train = make_takes(40, seed=2, T=3)
-    test = make_takes(10, seed=3, T=3, with_exo=False)
+def test_window_sequences_are_attention_pooled():
+    """(N, T, D) stores (extract --windows T): the head pools the windows with learned
+    attention, so a keystep that shows in one window of four is found; mean-pooling the
+    same windows first (what a T = 1 store gives) dilutes it."""
+    kw = dict(T=4, salient=True, noise=3.0)
+    train, test = make_takes(90, seed=2, **kw), make_takes(40, seed=3, with_exo=False, **kw)
     assert train.ego.ndim == 3 and train.exo.ndim == 3
-    train.exo = np.repeat(train.exo[:, :, None], 3, axis=2)  # (N, V, T, D) exo as well
-    r = train_context_head(small_cfg(epochs=2), train, C, progress=False)
+    train.exo = np.repeat(train.exo[:, :, None], 4, axis=2)  # (N, V, T, D) exo as well
+    cfg = small_cfg(epochs=30, lrs=(3e-3,), segment_dropout=0.0)
+    r = train_context_head(cfg, train, C, progress=False)
     p = predict_context_proba(r.model, test)
     assert p.shape == (len(test), C)
-    pooled = test.subset(np.arange(len(test)))
-    pooled.ego = test.ego.mean(1)
-    np.testing.assert_allclose(predict_context_proba(r.model, pooled), p, atol=1e-5)
+    pooled_tr, pooled_te = train.subset(np.arange(len(train))), test.subset(np.arange(len(test)))
+    pooled_tr.ego, pooled_te.ego = train.ego.mean(1), test.ego.mean(1)
+    r_mean = train_context_head(cfg, pooled_tr, C, progress=False)
+    a_att, a_mean = acc(p, test.labels), acc(predict_context_proba(r_mean.model, pooled_te),
+                                             test.labels)
+    assert a_att > a_mean + 0.1, (a_att, a_mean)
+    # the saved head reads (N, T, D) the same way after a checkpoint round trip
+    buf = io.BytesIO()
+    torch.save(context_state(r), buf)
+    buf.seek(0)
+    again = build_context_from_checkpoint(torch.load(buf, weights_only=True))
+    np.testing.assert_array_equal(predict_context_proba(again, test), p)
 
 
 def test_select_on_val_and_config_checks(sets):

@@ -11,6 +11,7 @@ from conftest import cli
 from kscli.data.layout import Benchmark, Layout
 from kscli.heads.features import load_feature_set
 from kscli.heads.models import build_head_from_checkpoint
+from kscli.heads.run import predict_split
 from kscli.heads.train import predict_proba
 
 
@@ -60,6 +61,34 @@ def test_each_head_learns_the_sample_far_above_chance(extracted, head):
     assert metrics["selection"]["on"] == "holdout"
     assert metrics["train_segments_left_out"] == 1
     assert "top-1" in res.stdout
+
+
+def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
+    data, work, gone = extracted
+    res = cli("train-head", "--head", "context", "--name", "ctx", *args(extracted))
+    run = work / "runs" / "ctx"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["head"] == "context" and "top-1" in res.stdout
+    assert metrics["val"]["top1"] >= 2.5 * 100 / 6, res.stdout
+    # the train segment without an ego feature stays in its take as context
+    assert metrics["train_segments_without_ego_feature"] == 1 and metrics["train_segments_left_out"] == 0
+    assert metrics["selection"]["on"] == "holdout" and metrics["selection"]["n_select_takes"] >= 1
+    # every test segment is predicted; the one without an ego feature from its take, not the prior
+    cli("submit", "--run", "ctx", *args(extracted))
+    doc = json.loads((work / "submissions" / "test_ctx.json").read_text())
+    bench = Benchmark(Layout.resolve(data_root=data, work_dir=work))
+    assert sorted(r["ego_segment_name"] for r in doc["results"]) == sorted(s.name for s in bench.segments("test"))
+    assert doc["without_ego_feature"] == [gone["test_ego"]]
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    names, probs, missing = predict_split(ckpt, bench, "test")
+    row = names.index(gone["test_ego"])
+    assert missing == [gone["test_ego"]] and not np.allclose(probs[row], ckpt["prior"], atol=1e-3)
+    by_name = {r["ego_segment_name"]: r["label_id"] for r in doc["results"]}
+    assert [int(p.argmax()) for p in probs] == [by_name[n] for n in names]
+    cli("report", "ctx", "--work-dir", work)
+    val = cli("train-head", "--head", "context", "--select-on", "val", "--name", "ctx-val", *args(extracted))
+    sel = json.loads((work / "runs" / "ctx-val" / "metrics.json").read_text())["selection"]
+    assert sel["on"] == "val" and sel["n_select"] == len(bench.segments("val")), val.stdout
 
 
 def test_same_seed_same_predictions_and_checkpoint_round_trip(extracted):
@@ -146,7 +175,7 @@ def test_demo_end_to_end(tmp_path):
     res = cli("demo", "--dir", tmp_path / "demo", "--no-progress")
     out = res.stdout
     assert "RANDOMLY INITIALISED" in out and "OK: every clip checked" in out
-    for head in ("linear", "mlp", "distill"):
+    for head in ("linear", "mlp", "distill", "context"):
         assert f"\n{head} " in out
     subs = list((tmp_path / "demo" / "work" / "submissions").glob("test_*.json"))
     assert len(subs) == 1 and json.loads(subs[0].read_text())["results"]

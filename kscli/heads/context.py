@@ -12,14 +12,20 @@ Model (`ContextHead`)
 ---------------------
 Per segment (a token), in a take sorted by start time:
 
-    token = LayerNorm(W_in ego_std)      (or a learned "missing" vector when the ego feature is
+    token = LayerNorm(embed(ego_std))    (or a learned "missing" vector when the ego feature is
           + time_mlp(time features)       absent: such a segment is still predicted, from its
                                           neighbours and its timing)
 
 `ego_std` is the ego feature standardised with train statistics (buffers `ego_mean`,
-`ego_std`); an (N, T, D) input is **mean-pooled over T** first (no learned pooling: cheap, and
-the windows' order is left to the backbone). The time features (10 scalars, standardised with
-train statistics in `time_mean`/`time_std`) are computed on the full take: log duration,
+`ego_std`). `embed` is the input projection W_in for a one-window store. For a store with T
+windows per clip (`kscli extract --windows T`, (N, T, D)) it is multi-head attention pooling
+over the windows: head k weighs window t by softmax_t(ego_t . a_k) (a_k learned, zero at
+start, so training starts from the mean over windows) and reads its d_model / heads slice of
+W_in applied to its weighted mean. A keystep that shows in one window of several is then not
+diluted by the others (tests/test_context.py; bench/context.py --windows).
+
+The time features (10 scalars, standardised with train statistics in `time_mean`/`time_std`)
+are computed on the full take: log duration,
 signed log1p of the start relative to the take's first segment, of the gap to the previous and
 to the next segment, first/last flags, rank / (n - 1), start / take span, log1p(segments in
 take), log(1 + take span).
@@ -64,8 +70,11 @@ for training, and P is folded into the ego input projections afterwards, so the 
 reads plain standardised features. Without it, a weak-ego simulation reached 7 % top-1 after
 4 epochs instead of 35 % (correlated nuisance directions make AdamW slow).
 
-Epochs: `epochs=None` trains max(min_epochs, ceil(min_steps / steps per epoch)) epochs, so the
-number of optimizer steps (~ the cost) stays about the same as the data grows.
+Epochs: `epochs=None` trains max(min_epochs, ceil(min_steps / steps per epoch)) epochs, at most
+`max_epochs` (40), so the number of optimizer steps (~ the cost) stays about the same as the
+data grows, and a small set is not passed over hundreds of times: on the 40-take sample of
+bench/context_sample.py, 40 epochs (200 steps) scored as well as 100 (500 steps) at 2.5x less
+time; on the demo sample (12 takes) 40 epochs took 4 s instead of 24 s for 250.
 
 Grid and selection: the (lr, wd) members train one after another. Selection is on a held-out
 set of whole *takes* of train (`holdout_fraction` of the takes holding labels; holding out
@@ -117,7 +126,7 @@ class ContextConfig(GridConfigMixin):
     epochs: int | None = None
     min_epochs: int = 4
     min_steps: int = 500
-    max_epochs: int = 300
+    max_epochs: int = 40  # small sets: see the module docstring
     batch_takes: int = 8
     lrs: tuple[float, ...] = (2e-3, 4e-3)
     weight_decays: tuple[float, ...] = (0.05,)
@@ -156,7 +165,7 @@ class ContextConfig(GridConfigMixin):
     use_exo: bool = True  # False: no teacher even if train has exo
     # execution
     device: str = "cpu"
-    num_threads: int | None = None  # None: all cores this process may use
+    num_threads: int | None = None  # None: all cores this process may use (1 for tiny batches)
     eval_tokens: int = 8192  # padded tokens per inference batch
 
     def model_cfg(self, exo_dim: int) -> dict:
@@ -224,6 +233,16 @@ def _pool_t(a: np.ndarray, seq_ndim: int) -> torch.Tensor:
     if a.ndim == seq_ndim:
         return torch.from_numpy(a.astype(np.float32, copy=False).mean(-2, dtype=np.float32))
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _windows(a: np.ndarray) -> torch.Tensor:
+    """Ego features as a float32 (N, T, D) tensor: an (N, D) store is T = 1 (a view, no copy
+    for contiguous float32 input)."""
+    a = np.asarray(a)
+    if a.ndim not in (2, 3):
+        raise KscliError(f"ego features must be (N, D) or (N, T, D), got shape {a.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return t.unsqueeze(1) if t.dim() == 2 else t
 
 
 def group_takes(take, start, end=None) -> tuple[list[str], list[np.ndarray]]:
@@ -333,6 +352,9 @@ class _Encoder(nn.Module):
         d = int(c["d_model"])
         self.c = c
         self.in_proj = nn.Linear(in_dim, d)
+        # window pooling: per attention head a learned query folded into a (D -> H) score
+        # map, as in the attentive head; unused (an identity) for T = 1 stores
+        self.win_attn = nn.Parameter(torch.zeros(in_dim, int(c["heads"])))
         self.missing = nn.Parameter(torch.randn(d) * 0.02)
         self.exo_proj = nn.Linear(exo_dim, d, bias=False) if exo_dim else None
         self.no_exo = nn.Parameter(torch.randn(d) * 0.02) if exo_dim else None
@@ -350,6 +372,21 @@ class _Encoder(nn.Module):
         nn.init.trunc_normal_(self.cls.weight, std=0.02)
         nn.init.zeros_(self.cls.bias)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised ego windows (n, T, D) -> token input (n, d). T = 1: in_proj(x). T > 1:
+        multi-head attention pooling over the windows: head k weighs window t by
+        softmax_t(x_t . a_k) and reads its own d/H slice of in_proj applied to the weighted
+        mean (projecting after pooling: T times cheaper than projecting every window)."""
+        n, T, D = x.shape
+        if T == 1:
+            return self.in_proj(x[:, 0])
+        H = self.win_attn.shape[1]
+        w = (x @ self.win_attn).softmax(1)  # (n, T, H)
+        pooled = torch.bmm(w.transpose(1, 2), x)  # (n, H, D)
+        W = self.in_proj.weight.view(H, -1, D)  # head k owns output rows k*d/H:(k+1)*d/H
+        out = torch.einsum("nhD,heD->nhe", pooled, W).reshape(n, -1)
+        return out + self.in_proj.bias
+
     def forward(self, b: dict, exo: torch.Tensor | None = None,
                 has_exo: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """b: x (n, D) standardised, present (n,), time (n, 10), pos (B, L), valid (B, L);
@@ -357,7 +394,7 @@ class _Encoder(nn.Module):
         logits (n, C) for the n valid tokens in row-major (take, position) order."""
         p_in = float(self.c["input_dropout"])
         x = _dropout(b["x"], p_in, self.training)
-        h = torch.where(b["present"][:, None], self.in_proj(x), self.missing)
+        h = torch.where(b["present"][:, None], self.embed(x), self.missing)
         if self.exo_proj is not None:
             e = self.exo_proj(_dropout(exo, p_in, self.training))
             h = h + torch.where(has_exo[:, None], e, self.no_exo)
@@ -423,8 +460,9 @@ class ContextHead(nn.Module):
         projections so it reads plain standardised x (exact at eval: the first op is linear)."""
         P = P.to(self.ego_mean.device, torch.float32)
         for enc in (self.student, self.teacher):
-            if enc is not None:
-                enc.in_proj.weight.copy_(enc.in_proj.weight @ P)
+            if enc is not None:  # scores (x P) a = x (P a); projection W (x P) = (W P^T) x
+                enc.in_proj.weight.copy_(enc.in_proj.weight @ P.T)
+                enc.win_attn.copy_(P @ enc.win_attn)
 
     def pool_exo(self, exo: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw exo (n, V, Dx) + mask (n, V) -> masked mean of standardised views (n, Dx) and
@@ -480,7 +518,7 @@ class _Takes:
 
     def __init__(self, model: ContextHead, fs: FeatureSet, present: np.ndarray | None,
                  with_exo: bool = False):
-        ego = _pool_t(fs.ego, 3)
+        ego = _windows(fs.ego)
         if ego.shape[-1] != model.in_dim:
             raise KscliError(f"ego features have dimension {ego.shape[-1]} but the context "
                              f"head was trained on {model.in_dim}")
@@ -616,11 +654,15 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
     G = len(grid)
     dev = torch.device(cfg.device)
 
-    with torch_threads(cfg.num_threads), torch.random.fork_rng(devices=[]):
+    threads = cfg.num_threads
+    n_fit_takes = max(1, len(fit_takes))
+    if threads is None and min(cfg.batch_takes, n_fit_takes) * in_fit.sum() / n_fit_takes < 256:
+        threads = 1  # a few dozen tokens per step: a second thread only adds sync cost
+    with torch_threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         proto = ContextHead(train.dim, num_classes, cfg.model_cfg(exo_dim))
         # -- statistics on the fit rows (present ego only), into the buffers
-        ego_all = _pool_t(train.ego, 3)
+        ego_all = _windows(train.ego)
         present_tr = np.asarray(ego_all.reshape(len(ego_all), -1).abs().amax(1) > 0)
         if not present_tr.all():
             notes.append(f"{int((~present_tr).sum())} train rows have an all-zero ego feature: "

@@ -34,6 +34,24 @@ from kscli.heads.train import head_state, predict_proba, train_head
 CONTEXT_HEAD = "context"  # classifies a segment from its whole take: kscli.heads.context
 
 
+def config_for(head: str, **overrides):
+    """The training config of `head` with its tuned defaults: a ContextConfig for the
+    take-context head, else TrainConfig.for_head (unknown heads and options: KscliError)."""
+    if head == CONTEXT_HEAD:
+        from kscli.heads.context import ContextConfig
+
+        if overrides.pop("class_balance", False):
+            raise KscliError("--class-balance is not available for the context head")
+        cfg = ContextConfig.from_dict(overrides)
+    else:
+        from kscli.heads.train import TrainConfig
+
+        TrainConfig.from_dict(overrides)  # unknown keys: one clear error
+        cfg = TrainConfig.for_head(head, **overrides)
+    cfg.check()
+    return cfg
+
+
 def _train(cfg, train_fs, num_classes: int, val_fs, progress: bool) -> tuple[object, dict]:
     """Train a single-segment head or the take-context head; returns (result, checkpoint dict)."""
     if getattr(cfg, "head", CONTEXT_HEAD) == CONTEXT_HEAD:
@@ -99,7 +117,11 @@ def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
     stores of `tags`, score it on val, write the run folder."""
     bench = Benchmark(layout)
     labels = bench.labels
-    train_fs, train_asm = load_feature_set(bench, "train", tags, with_exo=True)
+    head = getattr(cfg, "head", CONTEXT_HEAD)
+    # the context head keeps segments without an ego feature in their take: they are context
+    # for their neighbours and train its learned "missing" input on real gaps
+    context = head == CONTEXT_HEAD
+    train_fs, train_asm = load_feature_set(bench, "train", tags, with_exo=True, keep_missing=context)
     val_available = all(layout.features_dir(t, "val").is_dir() for t in tags) and \
         layout.annotation_path("val").is_file()
     if cfg.select_on == "val" and not val_available:
@@ -114,8 +136,8 @@ def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
     val_for_selection = None
     if val_fs is not None and cfg.select_on == "val":
         missing = set(val_asm.missing_ego)
-        val_for_selection = val_fs.subset([i for i, n in enumerate(val_fs.names) if n not in missing])
-    head = getattr(cfg, "head", CONTEXT_HEAD)
+        val_for_selection = val_fs if context else \
+            val_fs.subset([i for i, n in enumerate(val_fs.names) if n not in missing])
     result, ckpt = _train(cfg, train_fs, labels.num_classes, val_for_selection, progress)
     run_dir = _new_run_dir(layout, name, head, tags)
     ckpt.update({"tags": list(tags), "labels": labels.to_rows(),
@@ -123,7 +145,10 @@ def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
                  "backbones": {t: c for t, c in train_asm.store_configs.items()}})
     metrics = {"head": head, "backbones": list(tags), "run": run_dir.name,
                "selection": {"on": result.selected.get("select_on", cfg.select_on), **result.selected},
-               "train_segments_used": train_asm.used, "train_segments_left_out": len(train_asm.missing_ego),
+               "train_segments_used": train_asm.used,
+               "train_segments_without_ego_feature": len(train_asm.missing_ego),
+               # single-segment heads cannot use those; the context head keeps them as context
+               "train_segments_left_out": 0 if context else len(train_asm.missing_ego),
                "train_exo_views": train_asm.exo_views}
     if val_fs is not None:
         names, probs, missing = predict_split(ckpt, bench, "val")
