@@ -1,4 +1,4 @@
-"""Benchmark of the take-context head (a script, not a test): python bench/context.py [--quick]
+"""Benchmark of the take-context head (a script, not a test): python bench/context.py [--quick] [--windows 4]
 
 A simulation of Ego-Exo4D keystep recognition at realistic scale, where the segments of a take
 follow a procedure, and single-segment heads (linear, mlp, distill) are compared with the
@@ -18,6 +18,14 @@ Simulation
     1,024 dims with per-dimension scales and offsets. Test takes have no exo at all.
     --ego-signal sets how weak ego is; the default puts the single-segment mlp near 40 % (the
     benchmark's single-segment MLP level).
+    --windows T stores T windows per segment ((N, T, D), what `kscli extract --windows T`
+    writes): the keystep shows in some windows only (each window with probability
+    --action-fraction, at least one), which also stand out along a fixed "salience" direction
+    (--salience; the window with the action moves more); the other windows hold the take's
+    background, nuisance and noise. The heads that read windows (attentive, context) are then
+    also trained on the mean over the windows (what one window over the whole segment would
+    roughly give), and the bench prints what the windows add. Whether real windows differ
+    this way is an assumption of the simulation.
 
 What the numbers mean: how much of the procedure's order the context head exploits depends
 on how strongly this simulator builds order in (skip/swap rates, task overlap). The gain here
@@ -58,13 +66,15 @@ def top1(probs: np.ndarray, y: np.ndarray) -> float:
 class Simulator:
     def __init__(self, seed=0, D=1024, k=64, V=4, tasks_per_scenario=12, ego_signal=0.15,
                  within=1.0, take_offset=0.3, nuisance=1.5, ego_noise=1.0, exo_noise=0.3,
-                 p_view=0.7, p_do=0.7, jitter=2.0, p_extra=0.15, p_repeat=0.05, p_loop=0.05):
+                 p_view=0.7, p_do=0.7, jitter=2.0, p_extra=0.15, p_repeat=0.05, p_loop=0.05,
+                 windows=1, action_fraction=0.5, salience=1.0):
         rng = self.rng = np.random.default_rng(seed)
         self.C = sum(SCENARIO_SIZES)
         self.D, self.k, self.V = D, k, V
         self.__dict__.update(within=within, take_offset=take_offset, ego_noise=ego_noise,
                              exo_noise=exo_noise, p_view=p_view, p_do=p_do, jitter=jitter,
-                             p_extra=p_extra, p_repeat=p_repeat, p_loop=p_loop)
+                             p_extra=p_extra, p_repeat=p_repeat, p_loop=p_loop, windows=windows,
+                             action_fraction=action_fraction, salience=salience)
         perm = rng.permutation(self.C)
         self.scenarios, self.tasks, self.task_scen = [], [], []
         i = 0
@@ -88,6 +98,8 @@ class Simulator:
         self.views = [A + 0.3 * rng.normal(size=(k, D)) / np.sqrt(k) for _ in range(V)]
         self.scale = np.exp(rng.normal(0, 0.3, size=D))
         self.offset = rng.normal(0, 1, size=D)
+        u = rng.normal(size=D)
+        self.salient = u / np.linalg.norm(u) * np.sqrt(D) * 0.1
 
     def take_sequence(self) -> np.ndarray:
         rng = self.rng
@@ -126,8 +138,19 @@ class Simulator:
         z = self.mu[y] + self.within * rng.normal(size=(n, self.k))
         take_id = np.repeat(np.arange(n_takes), [len(v) for v in ys])
         offs = rng.normal(size=(n_takes, self.D)) * self.take_offset
-        ego = (z @ self.B + rng.normal(size=(n, 64)) @ self.M + offs[take_id]
-               + self.ego_noise * rng.normal(size=(n, self.D)))
+        if self.windows == 1:
+            ego = (z @ self.B + rng.normal(size=(n, 64)) @ self.M + offs[take_id]
+                   + self.ego_noise * rng.normal(size=(n, self.D)))
+        else:  # the keystep (and the salience direction) in some windows, background elsewhere
+            T = self.windows
+            act = rng.random((n, T)) < self.action_fraction
+            act[np.arange(n), rng.integers(0, T, n)] = True
+            sig = z @ self.B + self.salience * self.salient
+            ego = np.empty((n, T, self.D))
+            for t in range(T):
+                ego[:, t] = (np.where(act[:, t, None], sig, 0.0) + offs[take_id]
+                             + rng.normal(size=(n, 64)) @ self.M
+                             + self.ego_noise * rng.normal(size=(n, self.D)))
         ego = (ego * self.scale + self.offset).astype(np.float32)
         exo = np.zeros((n, self.V, self.D), np.float32)
         mask = np.zeros((n, self.V), bool)
@@ -152,12 +175,41 @@ def timed(fn):
     return out, time.perf_counter() - w
 
 
+def run_head(head: str, train: FeatureSet, test: FeatureSet, C: int, seed: int,
+             over: dict) -> tuple[float, float, str]:
+    """(test top-1, train seconds, what was selected) of one head's default config."""
+    if head == "context":
+        cfg = ContextConfig(seed=seed, **over)
+        res, w = timed(lambda: train_context_head(cfg, train, C, progress=False))
+        p = predict_context_proba(res.model, test)
+        sel = res.selected
+        extra = (f"lr {sel['lr']:g} wd {sel['wd']:g}, {sel['epochs']} epochs x grid "
+                 f"{sel['grid_size']}, holdout {sel['n_select_takes']} takes "
+                 f"{sel['select_top1']:.1f} %, {res.timings['step_ms']:.0f} ms/step")
+    else:
+        cfg = TrainConfig.for_head(head, seed=seed)
+        res, w = timed(lambda: train_head(cfg, train, C, progress=False))
+        p = predict_proba(res.model, test.ego)
+        sel = res.selected
+        extra = f"lr {sel['lr']:g} wd {sel['wd']:g}, {sel['epochs']} epochs"
+    return top1(p, test.labels), w, extra
+
+
+def window_mean(fs: FeatureSet) -> FeatureSet:
+    out = fs.subset(np.arange(len(fs)))
+    out.ego = np.ascontiguousarray(fs.ego.mean(1))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-takes", type=int, default=600)
     ap.add_argument("--test-takes", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ego-signal", type=float, default=0.15)
+    ap.add_argument("--windows", type=int, default=1, help="windows per segment (see above)")
+    ap.add_argument("--action-fraction", type=float, default=0.5)
+    ap.add_argument("--salience", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="200 train / 60 test takes")
     ap.add_argument("--heads", default="linear,mlp,distill,context")
     ap.add_argument("--set", action="append", default=[],
@@ -165,44 +217,46 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.train_takes, args.test_takes = 200, 60
-    sim = Simulator(seed=args.seed, ego_signal=args.ego_signal)
+    sim = Simulator(seed=args.seed, ego_signal=args.ego_signal, windows=args.windows,
+                    action_fraction=args.action_fraction, salience=args.salience)
     train = sim.takes(args.train_takes, "train", with_exo=True)
     test = sim.takes(args.test_takes, "test", with_exo=False)
     assert not test.exo_mask.any()  # ego only at test
     lens = np.unique(train.take, return_counts=True)[1]
     print(f"train {len(train)} segments in {args.train_takes} takes (segments per take: "
           f"median {int(np.median(lens))}, max {lens.max()}), test {len(test)} segments in "
-          f"{args.test_takes} takes; {sim.C} classes, {sim.D}-d, {train.exo_mask.mean():.0%} "
-          f"exo views present in train, none in test")
+          f"{args.test_takes} takes; {sim.C} classes, {sim.D}-d"
+          f"{f' x {args.windows} windows' if args.windows > 1 else ''}, "
+          f"{train.exo_mask.mean():.0%} exo views present in train, none in test")
     print(f"torch threads: all cores ({os.cpu_count()}); {load()}")
-    print(f"{'head':<12}{'test top-1 %':>13}{'train s':>9}   selected")
-    scores, secs = {}, {}
+    over = {}
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        over[k] = ast.literal_eval(v)
+    # with windows: the window-reading heads on the windows and on their mean; the others on
+    # the mean (they would mean-pool the windows themselves)
+    pooled = (window_mean(train), window_mean(test)) if args.windows > 1 else (train, test)
+    runs = []
     for head in args.heads.split(","):
-        if head == "context":
-            over = {}
-            for kv in args.set:
-                k, v = kv.split("=", 1)
-                over[k] = ast.literal_eval(v)
-            cfg = ContextConfig(seed=args.seed, **over)
-            res, w = timed(lambda: train_context_head(cfg, train, sim.C, progress=False))
-            p = predict_context_proba(res.model, test)
-            sel = res.selected
-            extra = (f"lr {sel['lr']:g} wd {sel['wd']:g}, {sel['epochs']} epochs x grid "
-                     f"{sel['grid_size']}, holdout {sel['n_select_takes']} takes "
-                     f"{sel['select_top1']:.1f} %, {res.timings['step_ms']:.0f} ms/step")
-        else:
-            cfg = TrainConfig.for_head(head, seed=args.seed)
-            res, w = timed(lambda: train_head(cfg, train, sim.C, progress=False))
-            p = predict_proba(res.model, test.ego)
-            sel = res.selected
-            extra = f"lr {sel['lr']:g} wd {sel['wd']:g}, {sel['epochs']} epochs"
-        scores[head], secs[head] = top1(p, test.labels), w
-        print(f"{head:<12}{scores[head]:>13.2f}{w:>9.1f}   {extra}", flush=True)
-    single = {h: s for h, s in scores.items() if h != "context"}
-    if "context" in scores and single:
-        best = max(single, key=single.get)
-        print(f"context gain over the best single-segment head ({best}): "
-              f"{scores['context'] - single[best]:+.2f} points")
+        if args.windows > 1 and head in ("attentive", "context"):
+            runs.append((head, "windows", train, test))
+        runs.append((head, "mean" if args.windows > 1 else "", *pooled))
+    print(f"{'head':<12}{'input':<9}{'test top-1 %':>13}{'train s':>9}   selected")
+    scores = {}
+    for head, kind, tr, te in runs:
+        acc, w, extra = run_head(head, tr, te, sim.C, args.seed, over)
+        scores[head, kind] = acc
+        print(f"{head:<12}{kind:<9}{acc:>13.2f}{w:>9.1f}   {extra}", flush=True)
+    single = {h: a for (h, k), a in scores.items() if h != "context" and k != "windows"}
+    for kind in ("", "mean", "windows"):
+        if ("context", kind) in scores and single:
+            best = max(single, key=single.get)
+            print(f"context{f' ({kind})' if kind else ''} gain over the best single-segment head "
+                  f"({best}): {scores['context', kind] - single[best]:+.2f} points")
+    for head in ("attentive", "context"):
+        if (head, "windows") in scores:
+            print(f"{head}: {args.windows} windows over their mean: "
+                  f"{scores[head, 'windows'] - scores[head, 'mean']:+.2f} points")
     print(f"({load()})")
 
 
