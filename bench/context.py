@@ -211,7 +211,7 @@ def main() -> None:
     ap.add_argument("--action-fraction", type=float, default=0.5)
     ap.add_argument("--salience", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="200 train / 60 test takes")
-    ap.add_argument("--heads", default="linear,mlp,distill,context")
+    ap.add_argument("--heads", default="linear,mlp,distill,attentive,context")
     ap.add_argument("--set", action="append", default=[],
                     help="ContextConfig override key=value (python literal)")
     args = ap.parse_args()
@@ -247,8 +247,10 @@ def main() -> None:
         acc, w, extra = run_head(head, tr, te, sim.C, args.seed, over)
         scores[head, kind] = acc
         print(f"{head:<12}{kind:<9}{acc:>13.2f}{w:>9.1f}   {extra}", flush=True)
-    single = {h: a for (h, k), a in scores.items() if h != "context" and k != "windows"}
     for kind in ("", "mean", "windows"):
+        # the best single-segment head on the same input (on windows: any input)
+        single = {f"{h}{f' ({k})' if k else ''}": a for (h, k), a in scores.items()
+                  if h != "context" and (k == kind or kind == "windows")}
         if ("context", kind) in scores and single:
             best = max(single, key=single.get)
             print(f"context{f' ({kind})' if kind else ''} gain over the best single-segment head "
