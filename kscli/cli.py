@@ -196,6 +196,7 @@ def import_features_cmd(source: str = typer.Option(..., help="omnivore_video or 
                         fps: Optional[float] = typer.Option(None, help="Frame rate of the windows [default: 30]."),
                         feature_dim: Optional[int] = typer.Option(None, help="Feature width [default: the source's]."),
                         exo_stream: str = typer.Option("0", help="Stream id of exo camera files."),
+                        windows: int = typer.Option(1, help="Cut each segment into N equal spans, one pooled vector each (store <source>-wN)."),
                         overwrite: bool = typer.Option(False, "--overwrite", help="Redo a store (the old one is moved aside)."),
                         progress: bool = typer.Option(True, help="Show a progress bar."),
                         data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
@@ -208,7 +209,7 @@ def import_features_cmd(source: str = typer.Option(..., help="omnivore_video or 
     summaries = import_features(layout, source, features_dir, parse_splits(split), view=view, tag=tag,
                                 window_frames=window_frames, stride_frames=stride_frames, fps=fps,
                                 exo_stream=exo_stream, progress=progress, feature_dim=feature_dim,
-                                overwrite=overwrite)
+                                overwrite=overwrite, windows=windows)
     for s in summaries:
         typer.echo(f"{s.split}: imported {s.extracted}, skipped {s.skipped} (already done), failed {s.failed} of "
                    f"{s.total} clips; {s.nearest} used the nearest window -> {s.store}")

@@ -312,3 +312,31 @@ def test_import_features_cli_then_train_head(sample_root, official, tmp_path):
     res = cli("train-head", "--head", "linear", "--backbone", "omnivore_video", "--data-root", sample_root,
               "--work-dir", work, "--name", "omni")
     assert (work / "runs" / "omni" / "metrics.json").is_file() and "top-1" in res.stdout
+
+
+def test_windows_cut_each_segment_into_spans_for_the_sequence_heads(sample_root, official, tmp_path):
+    from conftest import cli
+
+    folder, info = official
+    work = tmp_path / "work"
+    res = cli("import-features", "--source", "omnivore_video", "--features-dir", folder, "--data-root", sample_root,
+              "--work-dir", work, "--split", "train,val", "--windows", "3", "--no-progress")
+    assert "omnivore_video-w3" in res.stdout and "failed 0" in res.stdout
+    layout = layout_for(sample_root, work)
+    store = FeatureStore(layout.features_dir("omnivore_video-w3", "train"))
+    assert store.config["sampling"]["windows"] == 3 and store.feature_shape == (3, D)
+    seg = next(s for s in Benchmark(layout).segments("train") if s.start == 4.31022)
+    feats = store.get([seg.ego.name])[0]
+    times = store.get([seg.ego.name], "frame_times")[0]
+    edges = np.linspace(seg.start, seg.end, 4)
+    n = info[seg.ego.name][0]
+    for w in range(3):  # span w pools the published windows overlapping it, by the brute-force rule
+        hit = expected_windows(edges[w], edges[w + 1], n)
+        np.testing.assert_array_equal(feats[w], np.full(D, np.mean(hit), np.float32))
+        np.testing.assert_allclose(times[2 * w:2 * w + 2], [hit[0] * 16 / 30 - seg.start,
+                                                             (hit[-1] * 16 + 32) / 30 - seg.start], atol=1e-5)
+    res = cli("train-head", "--head", "context", "--backbone", "omnivore_video-w3", "--data-root", sample_root,
+              "--work-dir", work, "--name", "ctx-w3", "--epochs", "2")
+    assert "top-1" in res.stdout
+    with pytest.raises(KscliError, match="--windows must be at least 1"):
+        import_features(layout, "omnivore_video", folder, ["train"], windows=0, progress=False)

@@ -31,6 +31,9 @@ unique ``<take_uid>_aria*_rgb.pt`` / ``<take_uid>_aria*_*.pt``. Exo: ``<take_uid
 Store rows: ``features`` (n, D) float32; ``frame_times`` (n, 2) = [start of the first pooled
 window, end of the last pooled window] in seconds relative to the segment start (window
 boundaries on the regular grid above); ``num_frames`` = windows pooled; ``fps`` = source fps.
+With ``windows=W`` (``--windows W``, store ``<source>-w<W>``) the segment is cut into W equal
+spans, each pooled the same way: ``features`` (n, W, D), ``frame_times`` (n, 2W) = the
+[first, last] pair of each span, for the heads that read window sequences (attentive, context).
 
 Assumptions, stated where they matter:
 - Omnivore's last window: the official extractor backs the last window up so that it ends at the
@@ -61,7 +64,7 @@ from kscli.extract.run import (SplitSummary, _prepare_store, _versions, report_i
 from kscli.extract.store import StoreRows, StoreWriter
 
 __all__ = ["SourceSpec", "ImportJob", "ImportSummary", "register_source", "get_source", "list_sources",
-           "import_features", "pool_windows", "load_feature_file", "camera_file_ids", "FeatureFiles"]
+           "import_features", "pool_windows", "pool_segment", "load_feature_file", "camera_file_ids", "FeatureFiles"]
 
 BATCH_SIZE = 256  # clips per store part
 ARIA_RGB_STREAM = "rgb"
@@ -264,6 +267,27 @@ def pool_windows(feats: np.ndarray, spec: SourceSpec, start: float, end: float
     return vec, float(ws[idx[0]] - start), float(we[idx[-1]] - start), int(idx.size), nearest
 
 
+def pool_segment(feats: np.ndarray, spec: SourceSpec, start: float, end: float, windows: int = 1
+                 ) -> tuple[np.ndarray, list[float], int, bool]:
+    """The store row of one clip: `windows` = 1 pools [start, end] into one (D,) vector;
+    `windows` = W > 1 cuts [start, end] into W equal spans and pools each (`pool_windows`) into
+    a (W, D) sequence, the layout `kscli extract --windows W` writes. Returns (features, frame
+    times [first, last] per span relative to `start`, published windows pooled in all, whether
+    any span took the nearest window)."""
+    if windows == 1:
+        vec, t0, t1, count, nearest = pool_windows(feats, spec, start, end)
+        return vec, [t0, t1], count, nearest
+    edges = np.linspace(start, end, windows + 1)
+    vecs, times, count, nearest = [], [], 0, False
+    for a, b in zip(edges[:-1], edges[1:]):
+        vec, t0, t1, k, near = pool_windows(feats, spec, float(a), float(b))
+        vecs.append(vec)
+        times += [t0 + float(a) - start, t1 + float(a) - start]
+        count += k
+        nearest |= near
+    return np.stack(vecs), times, count, nearest
+
+
 # --------------------------------------------------------------------------------------------
 # the import
 
@@ -312,13 +336,17 @@ def _features_folder(features_dir: Path, spec: SourceSpec) -> Path:
     return features_dir.resolve()
 
 
-def store_config(spec: SourceSpec, folder: Path, split: str, view: str, exo_stream: str) -> dict:
+def store_config(spec: SourceSpec, folder: Path, split: str, view: str, exo_stream: str,
+                 windows: int = 1) -> dict:
     backbone = {"name": spec.name, "kind": "official", "num_frames": spec.window_frames, "size": 0,
                 "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "feature_dim": spec.feature_dim,
                 "weights": f"Ego-Exo4D precomputed {spec.name} features from {folder}", "hf_class": "",
-                "pooling": "mean of the published windows overlapping the segment"}
+                "pooling": "mean of the published windows overlapping the segment"
+                + (f", in each of {windows} equal spans" if windows > 1 else "")}
     sampling = {"mode": "official-windows-mean", "window_frames": spec.window_frames,
                 "stride_frames": spec.stride_frames, "fps": spec.fps}
+    if windows > 1:  # one-window stores keep the config they always had
+        sampling["windows"] = windows
     return {"backbone": backbone, "sampling": sampling, "dtype": "float32", "split": split, "view": view,
             "precision": "precomputed",
             "import": {"source": spec.name, "features_dir": str(folder), "exo_stream": exo_stream},
@@ -329,43 +357,46 @@ def import_features(layout: Layout, source: str, features_dir: Path, splits: lis
                     tag: str | None = None, window_frames: int | None = None, stride_frames: int | None = None,
                     fps: float | None = None, exo_stream: str = "0", progress: bool = True, *,
                     feature_dim: int | None = None, overwrite: bool = False,
-                    batch_size: int = BATCH_SIZE) -> list[ImportSummary]:
+                    batch_size: int = BATCH_SIZE, windows: int = 1) -> list[ImportSummary]:
     """Pool Ego-Exo4D's published features over every segment's clips into `features/<tag>/<split>`.
 
     Resumable (clips already in the store are skipped; a store made with other source settings
     is refused, `overwrite=True` moves it aside as `kscli extract --overwrite` does). Each take
-    file is read once and only one is held at a time. Returns one summary per split.
+    file is read once and only one is held at a time. `windows` W > 1 stores a (W, D) sequence
+    per clip (`pool_segment`) in `<source>-w<W>`. Returns one summary per split.
     """
     spec = get_source(source, window_frames, stride_frames, fps, feature_dim)
     if batch_size < 1:
         raise KscliError("batch size must be at least 1")
+    if windows < 1:
+        raise KscliError(f"--windows must be at least 1, got {windows}")
     folder = _features_folder(features_dir, spec)
     bench = Benchmark(layout)
     jobs_by_split = {s: list_import_jobs(bench, s, view) for s in splits}  # validate all first
     files = FeatureFiles(folder)
-    tag = tag or spec.name
+    tag = tag or (spec.name if windows == 1 else f"{spec.name}-w{windows}")
     return [_import_split(layout, spec, folder, files, split, jobs_by_split[split], view, tag, exo_stream,
-                          progress, overwrite, batch_size) for split in splits]
+                          progress, overwrite, batch_size, windows) for split in splits]
 
 
 def _import_split(layout, spec, folder, files, split, jobs, view, tag, exo_stream, progress, overwrite,
-                  batch_size) -> ImportSummary:
+                  batch_size, windows) -> ImportSummary:
     path = layout.features_dir(tag, split)
-    config = store_config(spec, folder, split, view, exo_stream)
+    config = store_config(spec, folder, split, view, exo_stream, windows)
     store = _prepare_store(path, config, overwrite, 1)
     todo = [j for j in jobs if j.name not in store]
     summary = ImportSummary(split, str(path), total=len(jobs), skipped=len(jobs) - len(todo))
     if not todo:
         return summary
     writer = StoreWriter(path, 0, config)
-    buf: list[tuple[ImportJob, np.ndarray, float, float, int]] = []
+    buf: list[tuple[ImportJob, np.ndarray, list[float], int]] = []
 
     def flush():
         if buf:
             writer.write(StoreRows(
                 names=[j.name for j, *_ in buf], roles=[j.role for j, *_ in buf],
                 features=np.stack([v for _, v, *_ in buf]).astype(np.float32, copy=False),
-                frame_times=np.array([[t0, t1] for _, _, t0, t1, _ in buf], np.float32),
+                frame_times=np.array([t for _, _, t, _ in buf], np.float32),
                 num_frames=np.array([k for *_, k in buf], np.int64),
                 fps=np.full(len(buf), spec.fps, np.float32)))
             summary.extracted += len(buf)
@@ -389,9 +420,9 @@ def _import_split(layout, spec, folder, files, split, jobs, view, tag, exo_strea
             if current[0] != file:
                 current = (None, None)  # drop the previous take's tensor before loading the next
                 current = (file, load_feature_file(file, spec.feature_dim))
-            vec, first, last, count, nearest = pool_windows(current[1], spec, job.start, job.end)
+            vec, times, count, nearest = pool_segment(current[1], spec, job.start, job.end, windows)
             summary.nearest += nearest
-            buf.append((job, vec, first, last, count))
+            buf.append((job, vec, times, count))
             if len(buf) >= batch_size:
                 flush()
             bar.update(1)
