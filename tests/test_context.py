@@ -261,6 +261,25 @@ def test_select_on_val_and_config_checks(sets):
     assert ContextConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
+def test_degenerate_inputs_end_none_one_row_and_nan_rows(sets):
+    train, test = sets
+    # no end times: segments are instants at their start
+    inst = test.subset(np.arange(len(test)))
+    inst.end = None
+    p = predict_context_proba(train_context_head(small_cfg(epochs=1), train, C, progress=False).model, inst)
+    assert p.shape == (len(test), C) and np.isfinite(p).all()
+    # two labelled rows with identical features: nothing to whiten, the weights stay finite
+    takes = np.asarray(train.take)
+    two = train.subset([np.flatnonzero(takes == t)[0] for t in sorted(set(train.take))[:2]])
+    two.ego[:] = two.ego[0]
+    r = train_context_head(small_cfg(epochs=1), two, C, progress=False)
+    assert max(float(v.abs().max()) for v in r.model.state_dict().values()) < 1e3
+    # a NaN ego row is a missing one: its take's predictions stay finite
+    bad = test.subset(np.arange(len(test)))
+    bad.ego[0] = np.nan
+    assert np.isfinite(predict_context_proba(r.model, bad)).all()
+
+
 def test_group_takes_sorts_by_start_within_take():
     names, groups = group_takes(["b", "a", "b", "a", "b"], [5.0, 2.0, 1.0, 0.0, 3.0])
     assert names == ["a", "b"]

@@ -3,13 +3,16 @@
 import json
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 from conftest import cli
 from kscli.data.layout import Benchmark, Layout
+from kscli.errors import KscliError
 from kscli.heads.features import load_feature_set
+from kscli.heads.metrics import compute_metrics
 from kscli.heads.models import build_head_from_checkpoint
 from kscli.heads.run import predict_split
 from kscli.heads.train import predict_proba
@@ -89,6 +92,27 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
     val = cli("train-head", "--head", "context", "--select-on", "val", "--name", "ctx-val", *args(extracted))
     sel = json.loads((work / "runs" / "ctx-val" / "metrics.json").read_text())["selection"]
     assert sel["on"] == "val" and sel["n_select"] == len(bench.segments("val")), val.stdout
+
+
+def test_nonfinite_features_count_as_missing_and_metrics_refuse_nan(extracted, tmp_path):
+    data, work, _ = extracted
+    work2 = tmp_path / "work"
+    shutil.copytree(work / "features", work2 / "features")
+    bench = Benchmark(Layout.resolve(data_root=data, work_dir=work2))
+    seg = bench.segments("val")[0]
+    for part in (work2 / "features" / "tiny-random" / "val").glob("part-*.h5"):
+        with h5py.File(part, "r+") as f:
+            names = list(f["names"].asstr()[()])
+            if seg.ego.name in names:
+                f["features"][names.index(seg.ego.name)] = np.nan
+    fs, asm = load_feature_set(bench, "val", ["tiny-random"], with_exo=False, keep_missing=True)
+    assert asm.nonfinite == [seg.ego.name] and seg.name in asm.missing_ego and "NaN/inf" in asm.line()
+    row = fs.names.index(seg.name)
+    assert not fs.ego_present[row] and np.isfinite(fs.ego).all() and fs.ego_present.sum() == len(fs) - 1
+    left_out, _ = load_feature_set(bench, "val", ["tiny-random"], with_exo=False)
+    assert seg.name not in left_out.names and left_out.ego_present.all()
+    with pytest.raises(KscliError, match="NaN or infinite"):  # a NaN would rank its label first
+        compute_metrics(np.full((2, 6), np.nan), np.array([0, 1]), None, 6)
 
 
 def test_same_seed_same_predictions_and_checkpoint_round_trip(extracted):

@@ -210,6 +210,8 @@ def preconditioner(x: torch.Tensor, shrink: float, gen: torch.Generator,
     e = e.clamp_min(0)
     e64 = e.double()
     mu = float(e64.mean())
+    if mu <= 1e-12:  # no variance to whiten (one row, or identical rows): plain standardisation
+        return torch.eye(p, dtype=torch.float32, device=rows.device), 1.0
     fro2 = float((e64 * e64).sum())  # ||S||_F^2
     sq = (rows * rows).sum(1).double()
     beta = (float((sq * sq).sum()) / max(1, n) - fro2) / (p * max(1, n))

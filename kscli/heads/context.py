@@ -196,7 +196,8 @@ class ContextConfig(GridConfigMixin):
 class ContextResult:
     model: "ContextHead"  # the selected member, eval mode, on CPU
     cfg: ContextConfig
-    # member, lr, wd, select_on, select_top1 (%), select_nll, n_fit, n_fit_takes, n_select,
+    # member, lr, wd, select_on, select_top1 (%), select_nll, n_fit (labelled fit segments),
+    # n_fit_segments (all the fit takes hold), n_fit_takes, n_select,
     # n_select_takes, epochs, steps, grid_size, teacher (bool)
     selected: dict
     # per member (lr-major): member, lr, wd, select_top1, select_nll, train_loss, seconds
@@ -264,9 +265,10 @@ def _slog1p(x: np.ndarray) -> np.ndarray:
 
 def time_features(start, end, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, 10) float32, position of each row within its take (N,) int64), from the
-    full takes `groups` (see the module docstring for the 10 features)."""
+    full takes `groups` (see the module docstring for the 10 features); end=None: segments are
+    taken as instants at their start."""
     start = np.nan_to_num(np.asarray(start, dtype=np.float64))
-    end = np.nan_to_num(np.asarray(end, dtype=np.float64))
+    end = start if end is None else np.nan_to_num(np.asarray(end, dtype=np.float64))
     n = len(start)
     out = np.zeros((n, NUM_TIME_FEATURES), np.float64)
     pos = np.zeros(n, np.int64)
@@ -513,6 +515,19 @@ class ContextHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------- data
+def ego_present(fs: FeatureSet, ego: torch.Tensor | None = None) -> np.ndarray:
+    """(N,) bool: which rows have a usable ego feature. `fs.ego_present` when the loader says
+    (`load_feature_set(keep_missing=True)`), else rows that are not all exact zeros (how a
+    missing clip is filled); either way only rows whose values are all finite."""
+    if ego is None:
+        ego = _windows(fs.ego)
+    flat = ego.reshape(len(ego), -1)
+    finite = np.asarray(torch.isfinite(flat).all(1)) if len(ego) else np.zeros(0, bool)
+    if fs.ego_present is not None:
+        return np.asarray(fs.ego_present, dtype=bool) & finite
+    return np.asarray(flat.abs().amax(1) > 0) & finite if len(ego) else np.zeros(0, bool)
+
+
 class _Takes:
     """One split prepared for the model: standardised ego, time features, takes sorted."""
 
@@ -523,15 +538,15 @@ class _Takes:
             raise KscliError(f"ego features have dimension {ego.shape[-1]} but the context "
                              f"head was trained on {model.in_dim}")
         self.n = len(fs.names)
-        if present is None:  # a row of exact zeros is how load_feature_set fills a missing clip
-            present = np.asarray(ego.reshape(self.n, -1).abs().amax(1) > 0) if self.n else \
-                np.zeros(0, bool)
-        present = np.asarray(present, dtype=bool)
+        present = ego_present(fs, ego) if present is None else np.asarray(present, dtype=bool)
         if present.shape != (self.n,):
             raise KscliError(f"present must be ({self.n},) bool, got shape {present.shape}")
         self.present = present
         dev = model.ego_mean.device
         self.x = ((ego.to(dev) - model.ego_mean) / model.ego_std).contiguous()
+        # rows without a feature read the missing token; zero them so that no stray value (a
+        # NaN times a zero gradient is NaN) reaches the input weights
+        self.x[torch.from_numpy(~present).to(dev)] = 0.0
         self.take_names, self.groups = group_takes(fs.take, fs.start, fs.end)
         t, self.pos = time_features(fs.start, fs.end, self.groups)
         t = torch.from_numpy(t).to(dev)
@@ -663,9 +678,9 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
         proto = ContextHead(train.dim, num_classes, cfg.model_cfg(exo_dim))
         # -- statistics on the fit rows (present ego only), into the buffers
         ego_all = _windows(train.ego)
-        present_tr = np.asarray(ego_all.reshape(len(ego_all), -1).abs().amax(1) > 0)
+        present_tr = ego_present(train, ego_all)
         if not present_tr.all():
-            notes.append(f"{int((~present_tr).sum())} train rows have an all-zero ego feature: "
+            notes.append(f"{int((~present_tr).sum())} train rows have no ego feature: "
                          f"treated as missing (learned missing token)")
         fit_rows = torch.from_numpy(np.flatnonzero(in_fit & present_tr))
         em, es = feature_stats(ego_all, torch.from_numpy(in_fit & present_tr))
@@ -701,7 +716,8 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
             if sel_data is not data:
                 apply_right(sel_data.x, P)
         n_sel = int(sum((sel_data.y[g] >= 0).sum() for g in sel_groups))
-        n_fit = int(sum(len(g) for g in fit_groups))
+        n_fit = int(sum((data.y[g] >= 0).sum() for g in fit_groups))  # labelled, as train.py
+        n_fit_segments = int(sum(len(g) for g in fit_groups))
         del ego_all
 
         nb = len(fit_groups)
@@ -711,7 +727,8 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
         total = epochs * steps_per_epoch
         warmup = max(1, int(round(cfg.warmup_fraction * total)))
         t_prep = time.perf_counter()
-        log(progress, f"[context] {n_fit} fit segments in {nb} takes / {n_sel} select "
+        log(progress, f"[context] {n_fit} labelled fit segments ({n_fit_segments} in all) in {nb} "
+                      f"takes / {n_sel} select "
                        f"({cfg.select_on}, {len(sel_groups)} takes), {train.dim}-d, "
                        f"{num_classes} classes, teacher {'on' if use_exo else 'off'}, grid of "
                        f"{G} (lr x wd) one after another, {epochs} epochs x {steps_per_epoch} "
@@ -795,6 +812,7 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
     selected = {"member": best_g, "lr": grid[best_g][0], "wd": grid[best_g][1],
                 "select_on": cfg.select_on, "select_top1": float(acc_hist[best_g, -1]),
                 "select_nll": float(nll_hist[best_g, -1]), "n_fit": n_fit,
+                "n_fit_segments": n_fit_segments,
                 "n_fit_takes": len(fit_groups), "n_select": n_sel,
                 "n_select_takes": len(sel_groups), "epochs": int(epochs), "steps": int(total),
                 "grid_size": G, "teacher": use_exo, "precondition_rho": rho}
@@ -817,8 +835,8 @@ def predict_context_proba(model: ContextHead, fs: FeatureSet, present: np.ndarra
     Rows are grouped by fs.take and sorted by start inside each take; every take is read
     whole. `present` (N,) bool says which rows have a real ego feature; the others get the
     learned missing token and are predicted from their neighbours and timing. present=None:
-    a row whose ego feature is all exact zeros (how `load_feature_set(keep_missing=True)`
-    fills a missing clip) counts as missing."""
+    `ego_present(fs)` (fs.ego_present from the loader, or rows of exact zeros count as
+    missing; rows with NaN/inf always do)."""
     model.eval()
     n = len(fs.names)
     out = np.zeros((n, model.num_classes), np.float32)

@@ -25,18 +25,24 @@ class Assembly:
     tags: list[str]
     segments: int = 0
     used: int = 0
-    missing_ego: list[str] = field(default_factory=list)
+    missing_ego: list[str] = field(default_factory=list)  # no (finite) ego feature
     exo_views: int = 0  # exo clips with features
-    exo_missing: int = 0  # exo clips named but without features
+    exo_missing: int = 0  # exo clips named but without (finite) features
+    nonfinite: list[str] = field(default_factory=list)  # clips whose stored feature has NaN/inf
     store_configs: dict = field(default_factory=dict)
+    kept_missing: bool = False  # segments without ego are rows (zeros) instead of left out
 
     def line(self) -> str:
         s = (f"{self.split}: {self.used} of {self.segments} segments have ego features "
              f"({'+'.join(self.tags)})")
         if self.missing_ego:
-            s += f"; {len(self.missing_ego)} left out without ego features (e.g. {self.missing_ego[0]})"
+            how = "kept with no ego feature" if self.kept_missing else "left out without ego features"
+            s += f"; {len(self.missing_ego)} {how} (e.g. {self.missing_ego[0]})"
         if self.exo_views or self.exo_missing:
             s += f"; {self.exo_views} exo views, {self.exo_missing} exo clips without features"
+        if self.nonfinite:
+            s += (f"; {len(self.nonfinite)} clips whose features hold NaN/inf count as without "
+                  f"features (e.g. {self.nonfinite[0]}: re-extract them)")
         return s
 
 
@@ -70,19 +76,28 @@ def load_feature_set(bench: Benchmark, split: str, tags: list[str], with_exo: bo
     segments = bench.segments(split)
     asm = Assembly(split, list(tags), segments=len(segments),
                    store_configs={t: s.config for t, s in zip(tags, stores)})
+    asm.kept_missing = keep_missing
     has = [all(seg.ego.name in s for s in stores) for seg in segments]
+    stored = [i for i, ok in enumerate(has) if ok]
+    feats = _read(stores, [segments[i].ego.name for i in stored]) if stored else None
+    if stored:  # a NaN / inf feature would poison statistics and predictions: treat as missing
+        finite = np.isfinite(feats.reshape(len(stored), -1)).all(1)
+        for j in np.flatnonzero(~finite):
+            has[stored[j]] = False
+            asm.nonfinite.append(segments[stored[j]].ego.name)
+        feats, stored = feats[finite], [i for i, ok in zip(stored, finite) if ok]
     asm.missing_ego = [seg.name for seg, ok in zip(segments, has) if not ok]
-    rows = [seg for seg, ok in zip(segments, has) if ok or keep_missing]
+    rows_idx = [i for i, ok in enumerate(has) if ok or keep_missing]
+    rows = [segments[i] for i in rows_idx]
     asm.used = sum(has)
-    if not rows:
+    if not stored:
         raise KscliError(f"{stores[0].path}: none of the {len(segments)} {split} segments has an ego "
                          "feature; did extraction run with --view ego or all?")
     shape = (sum(s.feature_shape[-1] for s in stores),)
     shape = tuple(stores[0].feature_shape[:-1]) + shape
     ego = np.zeros((len(rows), *shape), np.float32)
-    present = [i for i, seg in enumerate(rows) if all(seg.ego.name in s for s in stores)]
-    if present:
-        ego[present] = _read(stores, [rows[i].ego.name for i in present])
+    pos = {i: r for r, i in enumerate(rows_idx)}
+    ego[[pos[i] for i in stored]] = feats
     num_views = max((len(seg.exo) for seg in rows), default=0) if with_exo else 0
     exo = np.zeros((len(rows), num_views, *shape), np.float32)
     mask = np.zeros((len(rows), num_views), bool)
@@ -98,10 +113,16 @@ def load_feature_set(bench: Benchmark, split: str, tags: list[str], with_exo: bo
         if names:
             unique = list(dict.fromkeys(names))
             feats = _read(stores, unique)
+            finite = np.isfinite(feats.reshape(len(unique), -1)).all(1)
+            asm.nonfinite += [n for n, ok in zip(unique, finite) if not ok]
             pos = {n: k for k, n in enumerate(unique)}
-            ii, vv = zip(*slots)
-            exo[list(ii), list(vv)] = feats[[pos[n] for n in names]]
-            mask[list(ii), list(vv)] = True
+            keep = [k for k, n in enumerate(names) if finite[pos[n]]]
+            asm.exo_missing += len(names) - len(keep)
+            slots, names = [slots[k] for k in keep], [names[k] for k in keep]
+            if names:
+                ii, vv = zip(*slots)
+                exo[list(ii), list(vv)] = feats[[pos[n] for n in names]]
+                mask[list(ii), list(vv)] = True
         asm.exo_views = len(names)
     labels = np.array([-1 if seg.label is None else seg.label for seg in rows], np.int64)
     scen = bench.labels.scenarios
@@ -109,5 +130,6 @@ def load_feature_set(bench: Benchmark, split: str, tags: list[str], with_exo: bo
         names=[seg.name for seg in rows], ego=ego, exo=exo, exo_mask=mask, labels=labels,
         take=[seg.take_name for seg in rows], start=np.array([seg.start for seg in rows]),
         end=np.array([seg.end for seg in rows]),
-        scenario=[scen[seg.label] if seg.label is not None else "" for seg in rows])
+        scenario=[scen[seg.label] if seg.label is not None else "" for seg in rows],
+        ego_present=np.array([has[i] for i in rows_idx], dtype=bool))
     return fs.validate(f"{split} features"), asm

@@ -22,6 +22,8 @@ class FeatureSet:
     labels    (N,) int64, -1 when unknown (test)
     take      take name per segment; start / end (N,) float seconds
     scenario  scenario per segment (from the label map), for per-scenario metrics; may be None
+    ego_present (N,) bool or None: False for a segment kept without an ego feature (its ego row
+              is zeros; `load_feature_set(keep_missing=True)`); None: every row has one
     """
 
     names: list[str]
@@ -33,6 +35,7 @@ class FeatureSet:
     start: np.ndarray
     end: np.ndarray
     scenario: list[str] | None = None
+    ego_present: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -66,6 +69,7 @@ class FeatureSet:
             start=take_rows(self.start),
             end=take_rows(self.end),
             scenario=pick(self.scenario),
+            ego_present=take_rows(self.ego_present),
         )
 
     def validate(self, what: str = "features") -> "FeatureSet":
@@ -90,4 +94,7 @@ class FeatureSet:
                                  f"exo's (N, V) = {self.exo.shape[:2]}")
         if self.scenario is not None and len(self.scenario) != n:
             raise KscliError(f"{what}: {len(self.scenario)} scenario entries for {n} segments")
+        if self.ego_present is not None and np.shape(self.ego_present) != (n,):
+            raise KscliError(f"{what}: ego_present must be ({n},) bool, got shape "
+                             f"{np.shape(self.ego_present)}")
         return self

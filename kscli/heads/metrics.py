@@ -41,6 +41,10 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray, scenario: list[str] |
     keep = labels >= 0
     if not keep.any():
         raise KscliError("no labelled segments to score (all labels are -1)")
+    bad = ~np.isfinite(probs[keep]).all(1)
+    if bad.any():  # a NaN would rank its true class first and count as a hit
+        raise KscliError(f"{int(bad.sum())} of {int(keep.sum())} score rows hold NaN or infinite "
+                         "values; scores must be finite")
     p, y = probs[keep], labels[keep]
     rank = _ranks_of_true(p, y)
     hit1 = rank < 1

@@ -99,12 +99,11 @@ def predict_split(checkpoint: dict, bench: Benchmark, split: str) -> tuple[list[
     single-segment head, and a prediction from their neighbours from the context head.
     """
     fs, asm = load_feature_set(bench, split, checkpoint["tags"], with_exo=False, keep_missing=True)
-    missing = set(asm.missing_ego)
-    present = np.array([n not in missing for n in fs.names])
+    present = fs.ego_present
     if checkpoint["head"] == CONTEXT_HEAD:
         from kscli.heads.context import build_context_from_checkpoint, predict_context_proba
 
-        probs = predict_context_proba(build_context_from_checkpoint(checkpoint), fs, present)
+        probs = predict_context_proba(build_context_from_checkpoint(checkpoint), fs)
     else:
         probs = predict_proba(build_head_from_checkpoint(checkpoint), fs.ego)
         probs[~present] = np.asarray(checkpoint["prior"], dtype=np.float32)
@@ -135,9 +134,7 @@ def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
             print(line)
     val_for_selection = None
     if val_fs is not None and cfg.select_on == "val":
-        missing = set(val_asm.missing_ego)
-        val_for_selection = val_fs if context else \
-            val_fs.subset([i for i, n in enumerate(val_fs.names) if n not in missing])
+        val_for_selection = val_fs if context else val_fs.subset(val_fs.ego_present)
     result, ckpt = _train(cfg, train_fs, labels.num_classes, val_for_selection, progress)
     run_dir = _new_run_dir(layout, name, head, tags)
     ckpt.update({"tags": list(tags), "labels": labels.to_rows(),
