@@ -33,7 +33,9 @@ window, end of the last pooled window] in seconds relative to the segment start 
 boundaries on the regular grid above); ``num_frames`` = windows pooled; ``fps`` = source fps.
 With ``windows=W`` (``--windows W``, store ``<source>-w<W>``) the segment is cut into W equal
 spans, each pooled the same way: ``features`` (n, W, D), ``frame_times`` (n, 2W) = the
-[first, last] pair of each span, for the heads that read window sequences (attentive, context).
+[first, last] pair of each span, ``num_frames`` = windows pooled summed over the spans (a
+published window that overlaps two spans counts in both), for the heads that read window
+sequences (attentive, context).
 
 Assumptions, stated where they matter:
 - Omnivore's last window: the official extractor backs the last window up so that it ends at the
