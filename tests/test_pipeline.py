@@ -92,6 +92,11 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
     val = cli("train-head", "--head", "context", "--select-on", "val", "--name", "ctx-val", *args(extracted))
     sel = json.loads((work / "runs" / "ctx-val" / "metrics.json").read_text())["selection"]
     assert sel["on"] == "val" and sel["n_select"] == len(bench.segments("val")), val.stdout
+    for bad, msg in ((["--head", "bogus"], "known heads: attentive, distill, linear, mlp, context"),
+                     (["--head", "context", "--set", "nope=1"], "unknown context-head option(s): nope"),
+                     (["--head", "context", "--class-balance"], "not available for the context head")):
+        r = cli("train-head", *bad, *args(extracted), check=False)
+        assert r.exit_code == 2 and msg in r.stderr, r.stderr
 
 
 def test_nonfinite_features_count_as_missing_and_metrics_refuse_nan(extracted, tmp_path):

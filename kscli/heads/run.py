@@ -37,6 +37,10 @@ CONTEXT_HEAD = "context"  # classifies a segment from its whole take: kscli.head
 def config_for(head: str, **overrides):
     """The training config of `head` with its tuned defaults: a ContextConfig for the
     take-context head, else TrainConfig.for_head (unknown heads and options: KscliError)."""
+    from kscli.heads.models import list_heads
+
+    if head not in (*list_heads(), CONTEXT_HEAD):
+        raise KscliError(f"unknown head {head!r}; known heads: {', '.join([*list_heads(), CONTEXT_HEAD])}")
     if head == CONTEXT_HEAD:
         from kscli.heads.context import ContextConfig
 
