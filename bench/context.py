@@ -98,7 +98,7 @@ class Simulator:
         self.views = [A + 0.3 * rng.normal(size=(k, D)) / np.sqrt(k) for _ in range(V)]
         self.scale = np.exp(rng.normal(0, 0.3, size=D))
         self.offset = rng.normal(0, 1, size=D)
-        u = rng.normal(size=D)
+        u = np.random.default_rng([seed, 7]).normal(size=D)  # own stream: W=1 data unchanged
         self.salient = u / np.linalg.norm(u) * np.sqrt(D) * 0.1
 
     def take_sequence(self) -> np.ndarray:
