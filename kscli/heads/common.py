@@ -56,6 +56,15 @@ class GridConfigMixin:
         need = math.ceil(self.min_steps / max(1, steps_per_epoch))
         return int(min(self.max_epochs, max(self.min_epochs, need)))
 
+    def schedule(self, n_items: int, batch: int) -> tuple[int, int, int, int, int]:
+        """(batch size, steps per epoch, epochs, total steps, warmup steps) for n_items
+        mini-batch units (segments, or takes for the context head) in batches of `batch`."""
+        bs = min(batch, n_items)
+        steps_per_epoch = math.ceil(n_items / bs)
+        epochs = self.resolve_epochs(steps_per_epoch)
+        total = epochs * steps_per_epoch
+        return bs, steps_per_epoch, epochs, total, max(1, int(round(self.warmup_fraction * total)))
+
     def check_common(self) -> None:
         if self.epochs is not None and self.epochs < 1:
             raise KscliError(f"epochs must be >= 1 (got {self.epochs})")

@@ -90,7 +90,6 @@ by start inside each take, and the probabilities come back in `fs` row order.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -721,18 +720,14 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
         del ego_all
 
         nb = len(fit_groups)
-        bs = min(cfg.batch_takes, nb)
-        steps_per_epoch = math.ceil(nb / bs)
-        epochs = cfg.resolve_epochs(steps_per_epoch)
-        total = epochs * steps_per_epoch
-        warmup = max(1, int(round(cfg.warmup_fraction * total)))
+        bs, steps_per_epoch, epochs, total, warmup = cfg.schedule(nb, cfg.batch_takes)
         t_prep = time.perf_counter()
         log(progress, f"[context] {n_fit} labelled fit segments ({n_fit_segments} in all) in {nb} "
                       f"takes / {n_sel} select "
-                       f"({cfg.select_on}, {len(sel_groups)} takes), {train.dim}-d, "
-                       f"{num_classes} classes, teacher {'on' if use_exo else 'off'}, grid of "
-                       f"{G} (lr x wd) one after another, {epochs} epochs x {steps_per_epoch} "
-                       f"steps")
+                      f"({cfg.select_on}, {len(sel_groups)} takes), {train.dim}-d, "
+                      f"{num_classes} classes, teacher {'on' if use_exo else 'off'}, grid of "
+                      f"{G} (lr x wd) one after another, {epochs} epochs x {steps_per_epoch} "
+                      f"steps")
 
         loss_hist = np.zeros((G, epochs))
         acc_hist = np.zeros((G, epochs))

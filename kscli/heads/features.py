@@ -65,6 +65,11 @@ def _read(stores: list[FeatureStore], names: list[str]) -> np.ndarray:
     return np.concatenate([s.get(names).astype(np.float32, copy=False) for s in stores], axis=-1)
 
 
+def _finite_rows(feats: np.ndarray) -> np.ndarray:
+    """(n,) bool: which clips' features hold no NaN / inf."""
+    return np.isfinite(feats.reshape(len(feats), -1)).all(1)
+
+
 def load_feature_set(bench: Benchmark, split: str, tags: list[str], with_exo: bool = True,
                      keep_missing: bool = False) -> tuple[FeatureSet, Assembly]:
     """The FeatureSet of one split from the stores `tags` (joined along features).
@@ -81,7 +86,7 @@ def load_feature_set(bench: Benchmark, split: str, tags: list[str], with_exo: bo
     stored = [i for i, ok in enumerate(has) if ok]
     feats = _read(stores, [segments[i].ego.name for i in stored]) if stored else None
     if stored:  # a NaN / inf feature would poison statistics and predictions: treat as missing
-        finite = np.isfinite(feats.reshape(len(stored), -1)).all(1)
+        finite = _finite_rows(feats)
         for j in np.flatnonzero(~finite):
             has[stored[j]] = False
             asm.nonfinite.append(segments[stored[j]].ego.name)
@@ -113,7 +118,7 @@ def load_feature_set(bench: Benchmark, split: str, tags: list[str], with_exo: bo
         if names:
             unique = list(dict.fromkeys(names))
             feats = _read(stores, unique)
-            finite = np.isfinite(feats.reshape(len(unique), -1)).all(1)
+            finite = _finite_rows(feats)
             asm.nonfinite += [n for n, ok in zip(unique, finite) if not ok]
             pos = {n: k for k, n in enumerate(unique)}
             keep = [k for k, n in enumerate(names) if finite[pos[n]]]

@@ -50,7 +50,6 @@ def config_for(head: str, **overrides):
     else:
         from kscli.heads.train import TrainConfig
 
-        TrainConfig.from_dict(overrides)  # unknown keys: one clear error
         cfg = TrainConfig.for_head(head, **overrides)
     cfg.check()
     return cfg

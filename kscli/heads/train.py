@@ -32,7 +32,6 @@ trained on train minus holdout (no refit). `TrainResult.selected["select_on"]` r
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -113,7 +112,7 @@ class TrainConfig(GridConfigMixin):
     @classmethod
     def for_head(cls, head: str, **overrides) -> "TrainConfig":
         head_class(head)  # unknown head -> KscliError
-        return cls(**{"head": head, **HEAD_DEFAULTS.get(head, {}), **overrides})
+        return cls.from_dict({"head": head, **HEAD_DEFAULTS.get(head, {}), **overrides})
 
     def head_cfg(self) -> dict:
         """The keys the head constructors read (each head keeps only its own)."""
@@ -341,11 +340,7 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
         opt = StackedAdamW(list(model.named_parameters()), [lr for lr, _ in grid],
                            [wd for _, wd in grid], model.no_decay, betas=cfg.betas)
         n_fit = len(fit_idx)
-        bs = min(cfg.batch_size, n_fit)
-        steps_per_epoch = math.ceil(n_fit / bs)
-        epochs = cfg.resolve_epochs(steps_per_epoch)
-        total = epochs * steps_per_epoch
-        warmup = max(1, int(round(cfg.warmup_fraction * total)))
+        bs, steps_per_epoch, epochs, total, warmup = cfg.schedule(n_fit, cfg.batch_size)
         gen = torch.Generator().manual_seed(cfg.seed)
         t_prep = time.perf_counter()
         log(progress, f"[{cfg.head}] {n_fit} fit / {len(y_sel)} select ({cfg.select_on}) "
