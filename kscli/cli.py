@@ -112,7 +112,7 @@ def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered bac
                 num_frames: Optional[int] = typer.Option(None, help="Frames per window [default: the backbone's]."),
                 windows: int = typer.Option(1, help="Temporal windows per clip (>1 stores a W x D sequence)."),
                 batch_size: int = typer.Option(8, help="Clips per model batch (one store part per batch)."),
-                workers: Optional[int] = typer.Option(None, help="Decoding processes [default: one per core]."),
+                workers: Optional[int] = typer.Option(None, help="Decoding processes [default: this rank's share of the usable cores]."),
                 device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
                 precision: str = typer.Option("auto", help="auto (bf16 on CUDA), fp32 or bf16."),
                 resize_on: str = typer.Option("auto", help="auto, worker or device: where frames are resized."),
@@ -127,7 +127,7 @@ def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered bac
                 clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
     """Decode every clip, run a frozen backbone, cache features in HDF5 (resumable, shardable)."""
     from kscli.data.layout import parse_splits
-    from kscli.extract.run import ExtractConfig, extract
+    from kscli.extract.run import ExtractConfig, extract, format_summaries
 
     for name, value, allowed in (("--precision", precision, ("auto", "fp32", "bf16")),
                                  ("--resize-on", resize_on, ("auto", "worker", "device")),
@@ -142,18 +142,7 @@ def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered bac
                         device=device, precision=precision, resize_on=resize_on, dtype=dtype, tag=tag,
                         shard=shard, num_shards=num_shards, overwrite=overwrite, limit=limit)
     summaries = extract(layout, cfg, progress=progress)
-    failed = 0
-    for s in summaries:
-        typer.echo(f"{s.split}: extracted {s.extracted}, skipped {s.skipped} (already done), failed {s.failed}"
-                   f" of {s.total} clips in {s.seconds:.1f}s ({s.clips_per_s:.1f} clips/s) -> {s.store}")
-        for name, err in s.failures[:5]:
-            typer.echo(f"  failed: {name}: {err}")
-        if s.failed > 5:
-            typer.echo(f"  ... {s.failed - 5} more in {s.store}/failures-r*.jsonl")
-        failed += s.failed
-    if failed:
-        typer.echo(f"{failed} clips failed (recorded next to the store); fix or re-download them and rerun "
-                   "the same command to extract just those")
+    typer.echo(format_summaries(summaries))
 
 
 @features_app.command("info")
@@ -183,6 +172,8 @@ def features_info_cmd(tag: str = typer.Argument(..., help="Store name (the backb
                    f"{info['failures']} failed clip(s)")
         typer.echo(f"  backbone {cfg['backbone'].get('name')} ({cfg['backbone'].get('weights')}), "
                    f"sampling {cfg['sampling']}, precision {cfg.get('precision')}")
+        for rank, who in info["writing"].items():
+            typer.echo(f"  being written now: rank {rank} by {who}")
 
 
 @app.command("import-features")

@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO, cli, run_kscli
 from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
-from kscli.extract.run import ClipJob, assign_shards, list_clip_jobs, resolve_shard
+from kscli.extract.run import ClipJob, list_clip_jobs
+from kscli.extract.shard import assign_shards, resolve_shard
 from kscli.extract.store import FeatureStore
 
 
@@ -161,17 +162,9 @@ def test_shard_assignment_is_deterministic_and_balanced():
     assert loads[0] >= 100 and loads[-1] == 212
 
 
-def test_shard_from_environment(monkeypatch):
-    for var in ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
-        monkeypatch.delenv(var, raising=False)
-    assert resolve_shard(None, None) == (0, 1)
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "8")
-    assert resolve_shard(None, None) == (4, 8)
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    assert resolve_shard(None, None) == (3, 4)
-    assert resolve_shard(1, 2) == (1, 2)
+def test_explicit_shard_wins_and_is_checked():
+    assert resolve_shard(1, 2, env={"RANK": "0", "WORLD_SIZE": "4"}).shard == 1
     with pytest.raises(KscliError, match="0 <= shard < num-shards"):
-        resolve_shard(2, 2)
+        resolve_shard(2, 2, env={})
+    with pytest.raises(KscliError, match="go together"):
+        resolve_shard(1, None, env={})

@@ -35,12 +35,13 @@ def test_parts_read_as_one_store_and_merge_keeps_everything(tmp_path):
 
 
 def test_stray_tmp_is_ignored_and_cleaned_newest_copy_wins(tmp_path):
-    w = StoreWriter(tmp_path, 0, CFG)
-    w.write(rows(["a"], seed=1))
+    with StoreWriter(tmp_path, 0, CFG) as w:
+        w.write(rows(["a"], seed=1))
     (tmp_path / "part-r000-s000009.h5.tmp").write_bytes(b"half a file")
     assert FeatureStore(tmp_path).names == ["a"]
     newer = rows(["a"], seed=7)
-    StoreWriter(tmp_path, 0, CFG).write(newer)  # a new writer removes the stray tmp
+    with StoreWriter(tmp_path, 0, CFG) as w:  # a new writer removes the stray tmp
+        w.write(newer)
     assert not list(tmp_path.glob("*.tmp"))
     np.testing.assert_array_equal(FeatureStore(tmp_path).get(["a"]), newer.features)
 

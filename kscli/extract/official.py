@@ -61,9 +61,9 @@ from tqdm import tqdm
 
 from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
-from kscli.extract.run import (SplitSummary, _prepare_store, _versions, report_interrupted,
+from kscli.extract.run import (SplitSummary, _versions, report_interrupted,
                                view_clips)
-from kscli.extract.store import StoreRows, StoreWriter
+from kscli.extract.store import StoreRows, open_for_writing
 
 __all__ = ["SourceSpec", "ImportJob", "ImportSummary", "register_source", "get_source", "list_sources",
            "import_features", "pool_windows", "pool_segment", "load_feature_file", "camera_file_ids", "FeatureFiles"]
@@ -385,12 +385,17 @@ def _import_split(layout, spec, folder, files, split, jobs, view, tag, exo_strea
                   batch_size, windows) -> ImportSummary:
     path = layout.features_dir(tag, split)
     config = store_config(spec, folder, split, view, exo_stream, windows)
-    store = _prepare_store(path, config, overwrite, 1)
-    todo = [j for j in jobs if j.name not in store]
-    summary = ImportSummary(split, str(path), total=len(jobs), skipped=len(jobs) - len(todo))
-    if not todo:
-        return summary
-    writer = StoreWriter(path, 0, config)
+    writer, store = open_for_writing(path, config, 0, overwrite)
+    with writer:
+        todo = [j for j in jobs if j.name not in store]
+        summary = ImportSummary(split, str(path), total=len(jobs), skipped=len(jobs) - len(todo))
+        if todo:
+            _import_clips(spec, files, todo, writer, summary, exo_stream, progress, batch_size, windows)
+            writer.merge_parts()
+    return summary
+
+
+def _import_clips(spec, files, todo, writer, summary, exo_stream, progress, batch_size, windows) -> None:
     buf: list[tuple[ImportJob, np.ndarray, list[float], int]] = []
 
     def flush():
@@ -404,7 +409,7 @@ def _import_split(layout, spec, folder, files, split, jobs, view, tag, exo_strea
             summary.extracted += len(buf)
             buf.clear()
 
-    bar = tqdm(total=len(todo), desc=f"import {spec.name} {split}", unit="clip", disable=not progress,
+    bar = tqdm(total=len(todo), desc=f"import {spec.name} {summary.split}", unit="clip", disable=not progress,
                dynamic_ncols=True)
     t0 = time.perf_counter()
     current: tuple[Path | None, np.ndarray | None] = (None, None)  # the one file held in memory
@@ -438,10 +443,8 @@ def _import_split(layout, spec, folder, files, split, jobs, view, tag, exo_strea
         bar.close()
         summary.seconds = time.perf_counter() - t0
         if isinstance(e, KeyboardInterrupt):
-            report_interrupted(summary, path)
+            report_interrupted(summary, writer.path)
         raise
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - t0
-    writer.merge_parts()
-    return summary

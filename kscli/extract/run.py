@@ -9,13 +9,10 @@ decode is logged to the store's failures file and the run goes on.
 
 from __future__ import annotations
 
-import heapq
 import os
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,11 +20,13 @@ from tqdm import tqdm
 
 import kscli
 from kscli.data.layout import Benchmark, Layout
+from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.extract.backbones import create_backbone
 from kscli.extract.preprocess import preprocess_clips, resize_clip_uint8
 from kscli.extract.sampling import SamplingConfig, decode_frames
-from kscli.extract.store import FeatureStore, StoreRows, StoreWriter, config_mismatch
+from kscli.extract.shard import ShardPlan, assign_shards, default_workers, resolve_shard, usable_cores
+from kscli.extract.store import PartWriterThread, StoreRows, StoreWriter, open_for_writing
 
 VIEWS = ("ego", "exo", "all")
 
@@ -49,7 +48,7 @@ class ExtractConfig:
     num_frames: int | None = None  # frames per window; None: the backbone's own
     windows: int = 1
     batch_size: int = 8
-    workers: int | None = None  # decoding processes; None: one per core (measured best)
+    workers: int | None = None  # decoding processes; None: this rank's share of the usable cores
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     resize_on: str = "auto"  # auto: device on CUDA, worker on CPU
@@ -71,49 +70,38 @@ class SplitSummary:
     failed: int = 0
     seconds: float = 0.0
     failures: list = field(default_factory=list)
+    plan: "RunPlan | None" = None  # how this process ran (shard, device, workers)
 
     @property
     def clips_per_s(self) -> float:
         return self.extracted / self.seconds if self.seconds else 0.0
 
 
+def format_summaries(summaries: list[SplitSummary]) -> str:
+    """The lines `kscli extract` prints at the end: what this process chose, then per split
+    what it did. Under several ranks every line starts with the rank, so the ranks' outputs
+    can be told apart when a launcher interleaves them."""
+    plan = next((s.plan for s in summaries if s.plan is not None), None)
+    tag = f"[shard {plan.shard.shard + 1}/{plan.shard.num_shards}] " if plan and plan.shard.num_shards > 1 else ""
+    lines = [f"{tag}{plan.text()}"] if plan else []
+    failed = 0
+    for s in summaries:
+        lines.append(f"{tag}{s.split}: extracted {s.extracted}, skipped {s.skipped} (already done), failed "
+                     f"{s.failed} of {s.total} clips in {s.seconds:.1f}s ({s.clips_per_s:.1f} clips/s) -> {s.store}")
+        lines += [f"{tag}  failed: {name}: {err}" for name, err in s.failures[:5]]
+        if s.failed > 5:
+            lines.append(f"{tag}  ... {s.failed - 5} more in {s.store}/failures-r*.jsonl")
+        failed += s.failed
+    if failed:
+        lines.append(f"{tag}{failed} clips failed (recorded next to the store); fix or re-download them and "
+                     "rerun the same command to extract just those")
+    return "\n".join(lines)
+
+
 def report_interrupted(summary: SplitSummary, path) -> None:
     """What Ctrl-C leaves behind, on stderr: the finished part files stay and a rerun resumes."""
     print(f"\ninterrupted: {summary.extracted} clips of {summary.split} were saved to {path}; "
           "rerun the same command to resume", file=sys.stderr)
-
-
-def resolve_shard(shard: int | None, num_shards: int | None) -> tuple[int, int]:
-    """Explicit --shard/--num-shards, else torchrun (RANK/WORLD_SIZE), else a SLURM array."""
-    env = os.environ
-    if shard is None and num_shards is None:
-        if "RANK" in env and "WORLD_SIZE" in env:
-            shard, num_shards = int(env["RANK"]), int(env["WORLD_SIZE"])
-        elif "SLURM_ARRAY_TASK_ID" in env:
-            tid = int(env["SLURM_ARRAY_TASK_ID"])
-            lo = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-            count = env.get("SLURM_ARRAY_TASK_COUNT")
-            num_shards = int(count) if count else int(env.get("SLURM_ARRAY_TASK_MAX", tid)) - lo + 1
-            shard = tid - lo
-        else:
-            shard, num_shards = 0, 1
-    if shard is None or num_shards is None:
-        raise KscliError("--shard and --num-shards go together (e.g. --shard 0 --num-shards 4)")
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise KscliError(f"--shard {shard} --num-shards {num_shards}: need 0 <= shard < num-shards")
-    return shard, num_shards
-
-
-def assign_shards(jobs: list[ClipJob], num_shards: int) -> list[list[ClipJob]]:
-    """Deterministic, duration-balanced split: longest clip first to the least-loaded shard."""
-    order = sorted(jobs, key=lambda j: (-j.duration, j.name))
-    heap = [(0.0, s) for s in range(num_shards)]
-    out: list[list[ClipJob]] = [[] for _ in range(num_shards)]
-    for job in order:
-        load, s = heapq.heappop(heap)
-        out[s].append(job)
-        heapq.heappush(heap, (load + max(job.duration, 0.1), s))
-    return [sorted(o, key=lambda j: j.name) for o in out]
 
 
 def view_clips(bench: Benchmark, split: str, view: str) -> list[tuple]:
@@ -171,16 +159,6 @@ def _collate(items):
     return items
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KscliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(name)
-
-
 def _versions() -> dict:
     import decord
     import h5py
@@ -196,131 +174,184 @@ def _versions() -> dict:
     return out
 
 
+
 def store_tag(cfg: ExtractConfig) -> str:
     return cfg.tag or (cfg.backbone if cfg.windows == 1 else f"{cfg.backbone}-w{cfg.windows}")
 
 
-def _prepare_store(path: Path, config: dict, overwrite: bool, num_shards: int) -> FeatureStore:
-    store = FeatureStore(path)
-    if store.exists and overwrite:
-        if num_shards > 1:
-            raise KscliError(f"{path}: --overwrite with several shards would let ranks race over "
-                             "the old store; move that folder away yourself, then rerun without --overwrite")
-        aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(str(path), str(aside))
-        print(f"--overwrite: the old store was moved to {aside} (delete it when you no longer need it)",
-              file=sys.stderr)
-        return FeatureStore(path)
-    if store.exists:
-        why = config_mismatch(store.config, config)
-        if why:
-            raise KscliError(f"{path}: the store was made with other settings ({why}); pass --tag NAME "
-                             "for a new store, or --overwrite to redo this one")
-    return store
+@dataclass(frozen=True)
+class RunPlan:
+    """What this process chose before decoding anything; printed with the run's summary."""
+
+    shard: ShardPlan
+    device: str
+    precision: str  # "bfloat16" or "float32"
+    resize_on: str  # "worker" or "device"
+    workers: int
+    workers_why: str
+    model_threads: int  # torch threads of the main process on CPU
+
+    def text(self) -> str:
+        s = self.shard
+        where = (f"shard {s.shard + 1}/{s.num_shards} ({s.source})" if s.num_shards > 1 else "one shard")
+        threads = f", {self.model_threads} model thread(s)" if self.device == "cpu" else ""
+        return (f"{where}: {self.device} {self.precision}, {self.workers} decoder worker(s) "
+                f"({self.workers_why}), resize on {self.resize_on}{threads}")
+
+
+def plan_run(cfg: ExtractConfig) -> RunPlan:
+    """Shard, device, precision, decoder workers and model threads for this process."""
+    shard = resolve_shard(cfg.shard, cfg.num_shards)
+    device = resolve_device(cfg.device, shard.local_rank)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    resize_on = cfg.resize_on if cfg.resize_on != "auto" else ("device" if device.type == "cuda" else "worker")
+    if cfg.workers is not None:
+        workers, why = cfg.workers, "--workers"
+    else:
+        workers, why = default_workers(shard)
+    # On CPU the decoders hold the cores; a multi-threaded model would spin against them
+    # (measured: 0.76 -> 0.93 of the decode-only bound on 2 cores with bench/extract.py).
+    share = max(1, usable_cores()[0] // shard.local_ranks)
+    threads = max(1, share - workers)
+    return RunPlan(shard, str(device), "bfloat16" if bf16 else "float32", resize_on, workers, why, threads)
+
+
+class _Embedder:
+    """The frozen backbone on its device, and how a batch of decoded clips becomes store rows."""
+
+    def __init__(self, cfg: ExtractConfig, plan: RunPlan):
+        self.device = torch.device(plan.device)
+        self.dtype = torch.bfloat16 if plan.precision == "bfloat16" else torch.float32
+        backbone = create_backbone(cfg.backbone, weights=cfg.weights,
+                                   **({"num_frames": cfg.num_frames} if cfg.num_frames else {}))
+        self.backbone = backbone.to(device=self.device, dtype=self.dtype).eval()
+        self.spec = backbone.spec
+        self.sampling = SamplingConfig(num_frames=self.spec.num_frames, windows=cfg.windows)
+        self.resize_to = self.spec.size if plan.resize_on == "worker" else None
+        self.store_dtype = np.dtype(cfg.dtype)
+        self.config = {"backbone": self.spec.to_attrs(), "sampling": self.sampling.to_attrs(),
+                       "dtype": cfg.dtype, "view": cfg.view, "precision": plan.precision,
+                       "resize_on": plan.resize_on, "versions": _versions()}
+
+    @torch.inference_mode()
+    def features(self, items: list[dict]) -> torch.Tensor:
+        """(B, D) or (B, W, D) float32 on the device; the copies in are asynchronous from
+        pinned memory on CUDA, and preprocessing runs on the device in one pass per frame size."""
+        clips = [it["frames"].to(self.device, non_blocking=True) for it in items]
+        by_shape: dict[tuple, list[int]] = {}
+        for i, c in enumerate(clips):
+            by_shape.setdefault(tuple(c.shape), []).append(i)
+        if len(by_shape) == 1:
+            pixels = preprocess_clips(torch.stack(clips), self.spec, dtype=self.dtype)
+        else:  # ego (square) and exo (wide) frames in one batch when resizing on the device
+            pixels = torch.empty((len(clips), clips[0].shape[0], 3, self.spec.size, self.spec.size),
+                                 dtype=self.dtype, device=self.device)
+            for idx in by_shape.values():
+                pixels[idx] = preprocess_clips(torch.stack([clips[i] for i in idx]), self.spec, dtype=self.dtype)
+        b, t = pixels.shape[:2]
+        w = self.sampling.windows
+        out = self.backbone(pixels.reshape(b * w, t // w, *pixels.shape[2:])).float()
+        return out.reshape(b, w, -1) if w > 1 else out
+
+    def rows_later(self, items: list[dict]):
+        """Run the model on a batch now; return a callable that gives its StoreRows once the
+        features are back on the host (the writer thread calls it, so the GPU goes on)."""
+        feats = self.features(items)
+        if self.device.type == "cuda":
+            host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+            host.copy_(feats, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        else:
+            host, done = feats, None
+
+        def make_rows() -> StoreRows:
+            if done is not None:
+                done.synchronize()
+            return StoreRows(names=[it["name"] for it in items], roles=[it["role"] for it in items],
+                             features=host.numpy().astype(self.store_dtype, copy=False),
+                             frame_times=np.stack([it["times"] for it in items]),
+                             num_frames=np.array([it["num_frames"] for it in items]),
+                             fps=np.array([it["fps"] for it in items]))
+        return make_rows
 
 
 def extract(layout: Layout, cfg: ExtractConfig, progress: bool = True) -> list[SplitSummary]:
     """Run extraction for each split; returns one summary per split. Resumable and shardable."""
     threads = torch.get_num_threads()
     try:
-        return _extract(layout, cfg, progress)
+        plan = plan_run(cfg)
+        bench = Benchmark(layout)
+        jobs_by_split = {s: list_clip_jobs(bench, s, cfg.view) for s in cfg.splits}  # validate all first
+        if progress:
+            print(plan.text(), file=sys.stderr)
+        embedder = _Embedder(cfg, plan)
+        if embedder.device.type == "cpu":
+            torch.set_num_threads(plan.model_threads)
+        return [_extract_split(layout, cfg, plan, embedder, split, jobs_by_split[split], progress)
+                for split in cfg.splits]
     finally:
         torch.set_num_threads(threads)
 
 
-def _extract(layout: Layout, cfg: ExtractConfig, progress: bool) -> list[SplitSummary]:
-    shard, num_shards = resolve_shard(cfg.shard, cfg.num_shards)
-    bench = Benchmark(layout)
-    jobs_by_split = {s: list_clip_jobs(bench, s, cfg.view) for s in cfg.splits}  # validate all first
-    device = _device(cfg.device)
-    backbone = create_backbone(cfg.backbone, weights=cfg.weights,
-                               **({"num_frames": cfg.num_frames} if cfg.num_frames else {}))
-    spec = backbone.spec
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    model_dtype = torch.bfloat16 if use_bf16 else torch.float32
-    backbone = backbone.to(device=device, dtype=model_dtype).eval()
-    sampling = SamplingConfig(num_frames=spec.num_frames, windows=cfg.windows)
-    resize_in_worker = cfg.resize_on == "worker" or (cfg.resize_on == "auto" and device.type != "cuda")
-    workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)  # one per core
-    if device.type == "cpu" and workers:
-        # the decoders hold the cores; a multi-threaded model would spin against them (measured:
-        # 0.76 -> 0.93 of the decode-only bound on 2 cores with bench/extract.py)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
-    store_dtype = np.dtype(cfg.dtype)
-    tag = store_tag(cfg)
-    summaries = []
-    for split in cfg.splits:
-        jobs = jobs_by_split[split]
-        if cfg.limit is not None:
-            jobs = sorted(jobs, key=lambda j: j.name)[: cfg.limit]
-        mine = assign_shards(jobs, num_shards)[shard]
-        path = layout.features_dir(tag, split)
-        config = {"backbone": spec.to_attrs(), "sampling": sampling.to_attrs(), "dtype": cfg.dtype,
-                  "split": split, "view": cfg.view, "precision": str(model_dtype).replace("torch.", ""),
-                  "resize_on": "worker" if resize_in_worker else "device", "versions": _versions()}
-        store = _prepare_store(path, config, cfg.overwrite, num_shards)
+def _extract_split(layout: Layout, cfg: ExtractConfig, plan: RunPlan, embedder: _Embedder, split: str,
+                   jobs: list[ClipJob], progress: bool) -> SplitSummary:
+    if cfg.limit is not None:
+        jobs = sorted(jobs, key=lambda j: j.name)[: cfg.limit]
+    mine = assign_shards(jobs, plan.shard.num_shards)[plan.shard.shard]
+    path = layout.features_dir(store_tag(cfg), split)
+    writer, store = open_for_writing(path, {**embedder.config, "split": split}, plan.shard.shard,
+                                     cfg.overwrite, plan.shard.num_shards)
+    try:
         todo = [j for j in mine if j.name not in store]
-        summary = SplitSummary(split, str(path), total=len(mine), skipped=len(mine) - len(todo))
-        summaries.append(summary)
-        if not todo:
-            continue
-        writer = StoreWriter(path, shard, config)
-        loader = torch.utils.data.DataLoader(
-            ClipDataset(todo, sampling, spec.size if resize_in_worker else None),
-            batch_size=cfg.batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-            worker_init_fn=_worker_init, prefetch_factor=4 if workers else None,
-            pin_memory=device.type == "cuda")
-        bar = tqdm(total=len(todo), desc=f"extract {split} [{shard + 1}/{num_shards}]", unit="clip",
-                   disable=not progress, dynamic_ncols=True)
-        t0 = time.perf_counter()
+        summary = SplitSummary(split, str(path), total=len(mine), skipped=len(mine) - len(todo), plan=plan)
+        if todo:
+            _decode_embed_write(embedder, todo, writer, summary, cfg, plan, progress)
+            writer.merge_parts()
+        return summary
+    finally:
+        writer.close()
+
+
+def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreWriter, summary: SplitSummary,
+                        cfg: ExtractConfig, plan: RunPlan, progress: bool) -> None:
+    """Workers decode, the main thread runs the model, a writer thread writes the parts."""
+    loader = torch.utils.data.DataLoader(
+        ClipDataset(todo, embedder.sampling, embedder.resize_to), batch_size=cfg.batch_size, shuffle=False,
+        num_workers=plan.workers, collate_fn=_collate, worker_init_fn=_worker_init,
+        prefetch_factor=4 if plan.workers else None, pin_memory=embedder.device.type == "cuda")
+    s = plan.shard
+    bar = tqdm(total=len(todo), desc=f"extract {summary.split} [{s.shard + 1}/{s.num_shards}]", unit="clip",
+               disable=not progress, dynamic_ncols=True)
+
+    def written(rows: StoreRows) -> None:
+        summary.extracted += len(rows.names)
+
+    parts = PartWriterThread(writer, on_written=written)
+    t0 = time.perf_counter()
+    try:
+        for batch in loader:
+            good = [it for it in batch if it["error"] is None]
+            for it in batch:
+                if it["error"] is not None:
+                    writer.record_failure(it["name"], it["error"])
+                    summary.failures.append((it["name"], it["error"]))
+                    summary.failed += 1
+            if good:
+                parts.submit(embedder.rows_later(good))
+            bar.update(len(batch))
+            bar.set_postfix(failed=summary.failed, refresh=False)
+        parts.close()
+    except BaseException as e:
         try:
-            for batch in loader:
-                good = [it for it in batch if it["error"] is None]
-                for it in batch:
-                    if it["error"] is not None:
-                        writer.record_failure(it["name"], it["error"])
-                        summary.failures.append((it["name"], it["error"]))
-                        summary.failed += 1
-                if good:
-                    feats = _embed(backbone, good, spec, device, model_dtype, sampling.windows)
-                    writer.write(StoreRows(
-                        names=[it["name"] for it in good], roles=[it["role"] for it in good],
-                        features=feats.astype(store_dtype, copy=False),
-                        frame_times=np.stack([it["times"] for it in good]),
-                        num_frames=np.array([it["num_frames"] for it in good]),
-                        fps=np.array([it["fps"] for it in good])))
-                    summary.extracted += len(good)
-                bar.update(len(batch))
-                bar.set_postfix(failed=summary.failed, refresh=False)
-        except KeyboardInterrupt:
-            bar.close()
+            parts.close()  # what was computed is written: a rerun resumes after it
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            pass
+        bar.close()
+        if isinstance(e, KeyboardInterrupt):
             summary.seconds = time.perf_counter() - t0
-            report_interrupted(summary, path)
-            raise
-        finally:
-            bar.close()
+            report_interrupted(summary, writer.path)
+        raise
+    finally:
+        bar.close()
         summary.seconds = time.perf_counter() - t0
-        writer.merge_parts()
-    return summaries
-
-
-@torch.inference_mode()
-def _embed(backbone, items: list[dict], spec, device, dtype, windows: int) -> np.ndarray:
-    """Features for a batch of decoded clips: (B, D), or (B, W, D) with several windows."""
-    if all(it["frames"].shape == items[0]["frames"].shape for it in items):
-        frames = torch.stack([it["frames"] for it in items])
-        pixels = preprocess_clips(frames, spec, device=device, dtype=dtype)
-    else:  # native sizes differ (ego square, exo wide): resize each on the device, then stack
-        pixels = torch.cat([preprocess_clips(it["frames"][None], spec, device=device, dtype=dtype)
-                            for it in items])
-    b, t = pixels.shape[:2]
-    pixels = pixels.reshape(b * windows, t // windows, *pixels.shape[2:])
-    out = backbone(pixels).float().cpu().numpy()
-    return out.reshape(b, windows, -1) if windows > 1 else out
-
-
-def summary_dict(summary: SplitSummary) -> dict:
-    d = asdict(summary)
-    d["clips_per_s"] = round(summary.clips_per_s, 2)
-    d["failures"] = d["failures"][:20]
-    return d

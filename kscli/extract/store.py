@@ -5,6 +5,7 @@ Layout of a store folder (`<work>/features/<tag>/<split>/`):
     part-r000-s000000.h5   one finished batch: names, roles, features, frame times (+ attrs)
     part-r001-s000000.h5   ... each rank writes its own parts, so ranks never share a file
     failures-r000.jsonl    clips that were missing or did not decode, one JSON line each
+    writer-r000.lock       locked while a run writes rank 0 (records pid, host, since)
 
 A part is written to `*.h5.tmp`, closed, fsynced and renamed, so a `kill -9` at any moment
 leaves only whole parts (a stray `.tmp` is ignored and removed by the next writer of that rank).
@@ -12,21 +13,32 @@ Appending to one big HDF5 file in place is what this avoids: a killed append can
 that were already there. At the end of a run each rank merges its parts into one file the same
 way. Readers see the union of all parts as one store; a clip in several parts (a merge cut off
 between its rename and its clean-up) reads from the newest part, and all copies are identical.
+A reader that finds a part gone (merged away while it read) lists the folder again.
+
+One writer per rank: ``writer-r000.lock`` is ``flock``-ed for as long as a run writes rank 0's
+parts (see :mod:`kscli.extract.lock`), so two runs can never interleave part names or remove
+each other's parts; a merge removes exactly the parts it merged.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import re
+import shutil
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
 
 from kscli.errors import KscliError
+from kscli.extract.lock import RankLock, active_writers
 
 PART_RE = re.compile(r"^part-r(?P<rank>\d{3,})-s(?P<seq>\d{6,})\.h5$")
 STR = h5py.string_dtype("utf-8")
@@ -59,6 +71,13 @@ def _commit(tmp: Path, path: Path) -> Path:
 
 def _strings(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else v for v in values]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # merged away since the folder was listed
+        return 0
 
 
 def _part_key(path: Path) -> tuple[int, int]:
@@ -120,6 +139,21 @@ class FeatureStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._load()
+
+    def _load(self) -> None:
+        """Index every finished part. A part that vanishes while we read (a merge removed it
+        after renaming its merged copy into place) means: list the folder again."""
+        for attempt in range(20):
+            try:
+                self._index_parts()
+                return
+            except FileNotFoundError:
+                time.sleep(0.05 * attempt)
+        raise KscliError(f"{self.path}: parts keep vanishing while reading the store; is a "
+                         "process deleting them? Rerun when it is done")
+
+    def _index_parts(self) -> None:
         self.parts = sorted((p for p in self.path.glob("part-r*-s*.h5") if PART_RE.match(p.name)),
                             key=_part_key) if self.path.is_dir() else []
         self._index: dict[str, tuple[int, int]] = {}
@@ -134,7 +168,11 @@ class FeatureStore:
                     self._shapes.append(f["features"].shape)
                     if self._config is None:
                         self._config = json.loads(f.attrs["config"])
+            except FileNotFoundError:
+                raise
             except (OSError, KeyError) as e:
+                if not part.exists():
+                    raise FileNotFoundError(part) from None
                 raise KscliError(f"{part}: unreadable feature part ({e}); move it away and rerun "
                                  "`kscli extract` to recompute its clips") from None
             for row, (n, r) in enumerate(zip(names, roles)):
@@ -170,7 +208,16 @@ class FeatureStore:
         return self._roles[name]
 
     def get(self, names: list[str], field: str = "features") -> np.ndarray:
-        """Rows for `names` in that order; a name not in the store raises KeyError."""
+        """Rows for `names` in that order; a name not in the store raises KeyError. A merge
+        that removes parts while we read is followed: the store is indexed again."""
+        for _ in range(5):
+            try:
+                return self._get(names, field)
+            except FileNotFoundError:
+                self._load()
+        return self._get(names, field)
+
+    def _get(self, names: list[str], field: str) -> np.ndarray:
         out = None
         by_part: dict[int, list[tuple[int, int]]] = {}
         for pos, n in enumerate(names):
@@ -211,23 +258,40 @@ class FeatureStore:
             roles[r] = roles.get(r, 0) + 1
         return {"path": str(self.path), "clips": len(self), "by_view": roles, "parts": len(self.parts),
                 "feature_shape": list(self.feature_shape), "failures": len(self.failures()),
-                "size_mb": round(sum(p.stat().st_size for p in self.parts) / 2**20, 2), "config": cfg}
+                "size_mb": round(sum(_size(p) for p in self.parts) / 2**20, 2),
+                "writing": {f"r{rank:03d}": who for rank, who in active_writers(self.path).items()},
+                "config": cfg}
 
 
 class StoreWriter:
-    """Write side for one rank: buffers finished clips and writes each batch as a new part."""
+    """Write side for one rank: each batch becomes a new part; ``merge_parts`` folds them into one.
+
+    Holds the rank's lock (:class:`~kscli.extract.lock.RankLock`) from construction until
+    ``close()``: a second writer of the same rank is refused with one line naming the holder.
+    Use it as a context manager.
+    """
 
     def __init__(self, path: str | Path, rank: int, config: dict):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.rank = rank
         self.config = config
+        self.lock = RankLock(self.path, rank)  # before touching any of this rank's files
         for stale in self.path.glob(f"part-r{rank:03d}-s*.h5.tmp"):
             stale.unlink()  # a part that never finished: its clips are not in the store
         seqs = [_part_key(p)[0] for p in self.path.glob(f"part-r{rank:03d}-s*.h5") if PART_RE.match(p.name)]
         self.seq = max(seqs, default=-1) + 1
         self.written: list[Path] = []
         self.failure_log = self.path / f"failures-r{rank:03d}.jsonl"
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _next_path(self) -> Path:
         p = self.path / f"part-r{self.rank:03d}-s{self.seq:06d}.h5"
@@ -289,3 +353,85 @@ class StoreWriter:
             p.unlink(missing_ok=True)
         _fsync_dir(self.path)
         return out
+
+
+def open_for_writing(path: Path, config: dict, rank: int, overwrite: bool = False,
+                     num_shards: int = 1) -> tuple[StoreWriter, FeatureStore]:
+    """Take rank `rank` of the store at `path` for writing: refuse other settings (or, with
+    `overwrite`, move the old store aside), lock the rank, and read what is already done.
+    The store is read after the lock, so a run that just finished is never redone."""
+    old = FeatureStore(path)
+    if old.exists and overwrite:
+        busy = active_writers(path)
+        if num_shards > 1 or busy:
+            why = (f"rank(s) {', '.join(map(str, busy))} of it are being written now ({next(iter(busy.values()))})"
+                   if busy else "several shards would race to move it")
+            raise KscliError(f"{path}: --overwrite refused: {why}; when no run writes it, move that folder "
+                             "away yourself, then rerun without --overwrite")
+        aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(path), str(aside))
+        print(f"--overwrite: the old store was moved to {aside} (delete it when you no longer need it)",
+              file=sys.stderr)
+    elif old.exists:
+        why = config_mismatch(old.config, config)
+        if why:
+            raise KscliError(f"{path}: the store was made with other settings ({why}); pass --tag NAME "
+                             "for a new store, or --overwrite to redo this one")
+    writer = StoreWriter(path, rank, config)
+    try:
+        return writer, FeatureStore(path)
+    except BaseException:
+        writer.close()
+        raise
+
+
+class PartWriterThread:
+    """Writes a rank's parts on a background thread, so the model never waits on HDF5 + fsync.
+
+    ``submit(make_rows)`` queues a callable that returns the :class:`StoreRows` of one batch
+    (it may first wait for the GPU to finish copying the features back); at most `depth`
+    batches wait, then ``submit`` blocks. ``close()`` writes everything queued and re-raises a
+    write error in the caller's thread. A kill loses at most the batches queued or in flight.
+    """
+
+    def __init__(self, writer: StoreWriter, depth: int = 2,
+                 on_written: Callable[[StoreRows], None] | None = None):
+        self.writer, self.on_written = writer, on_written
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="kscli-part-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            make_rows = self.queue.get()
+            if make_rows is None:
+                return
+            if self.error is not None:
+                continue  # keep draining so submit never blocks; the error is raised there
+            try:
+                rows = make_rows()
+                self.writer.write(rows)
+                if self.on_written is not None:
+                    self.on_written(rows)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                self.error = e
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            e, self.error = self.error, None
+            if isinstance(e, OSError):
+                raise KscliError(f"{self.writer.path}: writing a feature part failed ({e.strerror or e}); "
+                                 "the finished parts are kept: fix that, then rerun to resume") from e
+            raise e
+
+    def submit(self, make_rows: Callable[[], StoreRows]) -> None:
+        self._raise()
+        self.queue.put(make_rows)
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread, raise its error if it had one."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        self._raise()

@@ -1,0 +1,43 @@
+"""Choosing a torch device: the one rule every command uses (`--device auto|cpu|cuda|cuda:N`)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kscli.errors import KscliError
+
+
+def local_rank_from_env() -> int:
+    """This process's rank on its node under torchrun (LOCAL_RANK) or srun (SLURM_LOCALID)."""
+    for var in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """`auto`: a GPU when there is one, else the CPU. `auto` and `cuda` take GPU
+    ``local_rank % visible GPUs`` (local_rank: LOCAL_RANK / SLURM_LOCALID unless given), so the
+    ranks of a node spread over its GPUs, and more ranks than GPUs share them. `cuda:N` is taken
+    as given."""
+    name = (name or "auto").strip().lower()
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if name in ("auto", "cuda"):
+        if not torch.cuda.is_available():
+            raise KscliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        rank = local_rank_from_env() if local_rank is None else local_rank
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise KscliError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise KscliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise KscliError(f"--device {name}: this process sees {torch.cuda.device_count()} GPU(s) "
+                             "(check CUDA_VISIBLE_DEVICES)")
+    return dev
