@@ -242,7 +242,7 @@ def train_head_cmd(head: str = typer.Option("linear", help="linear, mlp, distill
                    class_balance: bool = typer.Option(False, "--class-balance", help="Class-balanced loss weights."),
                    select_on: str = typer.Option("holdout", help="holdout (a part of train) or val (only when you mean it)."),
                    seed: int = typer.Option(0, help="Random seed (same seed, same result)."),
-                   device: str = typer.Option("cpu", help="cpu or cuda."),
+                   device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N."),
                    name: Optional[str] = typer.Option(None, help="Run folder name [default: head_backbone_time]."),
                    set_: List[str] = typer.Option([], "--set", help="Other TrainConfig fields (ContextConfig for --head context), key=value (repeatable)."),
                    data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,

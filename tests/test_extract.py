@@ -128,31 +128,6 @@ def test_kill_9_loses_at_most_the_batch_in_flight(sample_root, tmp_path):
     np.testing.assert_array_equal(times, rtimes)
 
 
-def test_two_processes_shard_the_work_into_one_store(sample_root, tmp_path):
-    work = tmp_path / "work"
-    base = [sys.executable, "-m", "kscli", "extract", "--data-root", str(sample_root), "--work-dir", str(work),
-            "--split", "train", "--workers", "0", "--no-progress"]
-    # the second process learns its shard from torchrun's environment
-    procs = [subprocess.Popen(base + ["--shard", "0", "--num-shards", "2"], cwd=REPO, stdout=subprocess.PIPE, text=True),
-             subprocess.Popen(base, cwd=REPO, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "RANK": "1", "WORLD_SIZE": "2"})]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    assert "[1/2]" not in outs[0]
-    store = FeatureStore(work / "features" / "tiny-random" / "train")
-    assert sorted({p.name.split("-s")[0] for p in store.parts}) == ["part-r000", "part-r001"]
-    expected = all_clip_names(sample_root, "train")
-    seen = []
-    for part in store.parts:
-        import h5py
-        with h5py.File(part) as f:
-            seen += [n.decode() for n in f["names"][()]]
-    assert sorted(seen) == expected  # the complete union, no clip twice
-    single = tmp_path / "single"
-    run_kscli("extract", "--data-root", sample_root, "--work-dir", single, "--split", "train", "--workers", "0", "--no-progress")
-    np.testing.assert_allclose(store_arrays(work, "train")[1], store_arrays(single, "train")[1], rtol=0, atol=1e-6)
-
-
 def test_shard_assignment_is_deterministic_and_balanced():
     jobs = [ClipJob(f"c{i}", "ego", "", d) for i, d in enumerate([212, 100, 90, 60, 50, 5, 4, 3, 1, 0.16])]
     shards = assign_shards(jobs, 3)

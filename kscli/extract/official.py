@@ -391,7 +391,7 @@ def _import_split(layout, spec, folder, files, split, jobs, view, tag, exo_strea
         summary = ImportSummary(split, str(path), total=len(jobs), skipped=len(jobs) - len(todo))
         if todo:
             _import_clips(spec, files, todo, writer, summary, exo_stream, progress, batch_size, windows)
-            writer.merge_parts()
+        writer.merge_parts()  # also finishes a merge that an earlier run was killed in
     return summary
 
 

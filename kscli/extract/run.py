@@ -307,7 +307,7 @@ def _extract_split(layout: Layout, cfg: ExtractConfig, plan: RunPlan, embedder: 
         summary = SplitSummary(split, str(path), total=len(mine), skipped=len(mine) - len(todo), plan=plan)
         if todo:
             _decode_embed_write(embedder, todo, writer, summary, cfg, plan, progress)
-            writer.merge_parts()
+        writer.merge_parts()  # also finishes a merge that an earlier run was killed in
         return summary
     finally:
         writer.close()

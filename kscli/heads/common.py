@@ -144,6 +144,25 @@ def torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
+@contextmanager
+def seeded(seed: int, device: torch.device):
+    """A deterministic stretch of training: torch's CPU generator (and the training GPU's) seeded
+    with `seed`, and the caller's RNG states given back afterwards, CPU and CUDA alike."""
+    gpus = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        reseed(seed, device)
+        yield
+
+
+def reseed(seed: int, device: torch.device) -> None:
+    """Seed the generators `seeded` forked, and no other (torch.manual_seed would reseed every GPU)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
 def cosine_scale(step: int, total: int, warmup: int) -> float:
     """Learning-rate factor: linear warmup over `warmup` steps, then cosine decay to 0."""
     if step < warmup:

@@ -98,10 +98,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.common import (GridConfigMixin, apply_right, check_selection_val,
                                 check_train_labels, cosine_scale, feature_stats, log,
-                                preconditioner, torch_threads)
+                                preconditioner, reseed, seeded, torch_threads)
 from kscli.heads.featureset import FeatureSet
 from kscli.heads.models import check_checkpoint, checkpoint_state, load_checkpoint_weights
 
@@ -163,7 +164,7 @@ class ContextConfig(GridConfigMixin):
     view_dropout: float = 0.3
     use_exo: bool = True  # False: no teacher even if train has exo
     # execution
-    device: str = "cpu"
+    device: str = "auto"  # auto: a GPU when there is one (kscli.device.resolve_device)
     num_threads: int | None = None  # None: all cores this process may use (1 for tiny batches)
     eval_tokens: int = 8192  # padded tokens per inference batch
 
@@ -666,14 +667,13 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
     exo_dim = int(train.exo.shape[-1]) if use_exo else 0
     grid = cfg.grid()
     G = len(grid)
-    dev = torch.device(cfg.device)
+    dev = resolve_device(cfg.device)
 
     threads = cfg.num_threads
     n_fit_takes = max(1, len(fit_takes))
     if threads is None and min(cfg.batch_takes, n_fit_takes) * in_fit.sum() / n_fit_takes < 256:
         threads = 1  # a few dozen tokens per step: a second thread only adds sync cost
-    with torch_threads(threads), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with torch_threads(threads), seeded(cfg.seed, dev):
         proto = ContextHead(train.dim, num_classes, cfg.model_cfg(exo_dim))
         # -- statistics on the fit rows (present ego only), into the buffers
         ego_all = _windows(train.ego)
@@ -737,7 +737,7 @@ def train_context_head(cfg: ContextConfig, train: FeatureSet, num_classes: int,
         best_g, best_key, best_state = -1, None, None
         for g, (lr, wd) in enumerate(grid):
             t_m = time.perf_counter()
-            torch.manual_seed(cfg.seed)  # same dropout / view-dropout stream for every member
+            reseed(cfg.seed, dev)  # same dropout / view-dropout stream for every member
             model = proto
             model.load_state_dict(init_state)
             model.train()

@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.common import (GridConfigMixin, apply_right, as_f32, check_selection_val,
                                 check_train_labels, cosine_scale, feature_stats, log,
-                                preconditioner, torch_threads)
+                                preconditioner, seeded, torch_threads)
 from kscli.heads.featureset import FeatureSet
 from kscli.heads.models import (StackedHead, checkpoint_state,
                                 build_head_from_checkpoint, create_head, head_class, list_heads)
@@ -105,7 +106,7 @@ class TrainConfig(GridConfigMixin):
     num_heads: int = 4  # attentive
     attn_dim: int = 512  # attentive: total value dim over heads
     attn_dropout: float = 0.1  # attentive
-    device: str = "cpu"
+    device: str = "auto"  # auto: a GPU when there is one (kscli.device.resolve_device)
     num_threads: int | None = None  # None: all cores this process may use (1 if tiny)
     eval_batch_size: int = 4096
 
@@ -283,13 +284,12 @@ def train_head(cfg: TrainConfig, train: FeatureSet, num_classes: int,
                              f"have none")
     grid = cfg.grid()
     G = len(grid)
-    dev = torch.device(cfg.device)
+    dev = resolve_device(cfg.device)
 
     threads = cfg.num_threads
     if threads is None and G * min(cfg.batch_size, len(fit_idx)) * train.dim * num_classes < 2e7:
         threads = 1  # tiny matmuls: a second thread only adds sync cost (and hurts when shared)
-    with torch_threads(threads), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with torch_threads(threads), seeded(cfg.seed, dev):
         head_cfg = cfg.head_cfg()
         if cls.uses_exo:
             head_cfg["exo_dim"] = int(train.exo.shape[-1])
