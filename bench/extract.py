@@ -1,16 +1,27 @@
-"""Extraction throughput: decode-only bound vs `kscli extract` end to end vs a naive loop.
+"""Extraction throughput: decode-only and model-only bounds vs `kscli extract` end to end vs a naive loop.
 
     python bench/extract.py                      # 448p generated clips, tiny backbone, CPU
     python bench/extract.py --random-model vjepa2-vitl --device cuda   # ViT-L-sized random model on a GPU
 
-All three are measured in this one process on the same clips with the same worker count, and
-printed as clips/s and as ratios (these machines are noisy: compare ratios, not absolutes).
+All are measured in this one process on the same clips with the same worker count, and printed
+as clips/s and as ratios (these machines are noisy: compare ratios, not absolutes):
+
+- decode only: the DataLoader workers alone (decord + the worker-side resize on CPU);
+- model only: the backbone on random pixels already on the device, with its FLOPs counted
+  (torch's FlopCounterMode) and the achieved rate as a share of the device's peak
+  (`--peak-tflops`, or the dense bf16 figure of known GPUs);
+- end to end: `kscli extract` (workers, transfer, preprocessing, model, the writer thread),
+  reported against min(decode, model): the share of the slower stage it reaches;
+- a naive loop: decode one clip, run it, write it.
+
 Peak memory is measured in child runs over N and 2N clips: it should stay flat in N.
+`--out FILE` also writes the figures as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -24,6 +35,7 @@ import torch
 
 from kscli.data.layout import Benchmark, Layout
 from kscli.data.sample import write_sample_benchmark
+from kscli.device import resolve_device
 from kscli.extract.backbones import create_backbone
 from kscli.extract.preprocess import preprocess_clips
 from kscli.extract.run import ClipDataset, ExtractConfig, _collate, _worker_init, extract, list_clip_jobs
@@ -65,14 +77,44 @@ def decode_only(jobs, sampling, resize_to, workers, batch_size) -> float:
 
 def naive_loop(jobs, backbone, sampling, device, dtype, store_dir: Path) -> float:
     """Decode one clip, run it, write it: no workers, no batching across clips."""
-    writer = StoreWriter(store_dir, 0, {"backbone": backbone.spec.to_attrs()})
+    with StoreWriter(store_dir, 0, {"backbone": backbone.spec.to_attrs()}) as writer:
+        t0 = time.perf_counter()
+        for job in jobs:
+            frames, times, n, fps = decode_frames(job.path, sampling)
+            pixels = preprocess_clips(torch.from_numpy(frames)[None], backbone.spec, device=device, dtype=dtype)
+            feat = backbone(pixels).float().cpu().numpy()
+            writer.write(StoreRows([job.name], [job.role], feat, times[None], np.array([n]), np.array([fps])))
+        return len(jobs) / (time.perf_counter() - t0)
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name substring.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
+
+
+def peak_tflops(device: torch.device, given: float | None) -> float | None:
+    if given or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def model_only(backbone, spec, batch_size, device, dtype, reps=5) -> tuple[float, float]:
+    """(clips/s, TFLOP/s) of the backbone alone on a batch of pixels already on the device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pixels = torch.randn(batch_size, spec.num_frames, 3, spec.size, spec.size, device=device, dtype=dtype)
+    with FlopCounterMode(display=False) as counter:
+        backbone(pixels)
+    flops = counter.get_total_flops()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    backbone(pixels)
+    sync()
     t0 = time.perf_counter()
-    for job in jobs:
-        frames, times, n, fps = decode_frames(job.path, sampling)
-        pixels = preprocess_clips(torch.from_numpy(frames)[None], backbone.spec, device=device, dtype=dtype)
-        feat = backbone(pixels).float().cpu().numpy()
-        writer.write(StoreRows([job.name], [job.role], feat, times[None], np.array([n]), np.array([fps])))
-    return len(jobs) / (time.perf_counter() - t0)
+    for _ in range(reps):
+        backbone(pixels)
+    sync()
+    seconds = time.perf_counter() - t0
+    return reps * batch_size / seconds, reps * flops / seconds / 1e12
 
 
 def peak_rss_mb_child(argv: list[str]) -> float:
@@ -91,6 +133,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--root", default=None, help="where to generate clips [default: a temp folder]")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's bf16 peak [default: known GPUs]")
+    ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure peak memory over N and 2N clips (two more runs)")
+    ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -115,8 +161,7 @@ def main() -> None:
     jobs = list_clip_jobs(bench, "train", "all")
     if args.limit:
         jobs = jobs[: args.limit]
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     backbone = create_backbone(backbone_name, weights=weights).to(device=device, dtype=dtype)
     spec = backbone.spec
@@ -134,30 +179,33 @@ def main() -> None:
     e2e_rate = summary.clips_per_s
     naive_rate = naive_loop(jobs, backbone, sampling, device, dtype, work / "naive")
 
-    # model alone on a batch of already-decoded clips: is decode or the model the bound?
-    pixels = torch.randn(args.batch_size, spec.num_frames, 3, spec.size, spec.size, device=device, dtype=dtype)
-    backbone(pixels)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    reps = 5
-    for _ in range(reps):
-        backbone(pixels)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    model_rate = reps * args.batch_size / (time.perf_counter() - t0)
-
+    model_rate, tflops = model_only(backbone, spec, args.batch_size, device, dtype)
+    peak = peak_tflops(device, args.peak_tflops)
+    bound = min(decode_rate, model_rate)
+    figures = {"clips": len(jobs), "backbone": spec.name, "device": str(device),
+               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "precision": str(dtype).replace("torch.", ""), "workers": args.workers, "batch_size": args.batch_size,
+               "decode_clips_per_s": decode_rate, "model_clips_per_s": model_rate, "model_tflops": tflops,
+               "model_share_of_peak": tflops / peak if peak else None, "end_to_end_clips_per_s": e2e_rate,
+               "end_to_end_over_bound": e2e_rate / bound, "end_to_end_over_decode": e2e_rate / decode_rate,
+               "naive_clips_per_s": naive_rate, "bound": "decode" if decode_rate < model_rate else "model"}
+    share = f", {100 * tflops / peak:.0f}% of the {peak:.0f} TFLOP/s peak" if peak else ""
     print(f"decode only (bound)      {decode_rate:8.1f} clips/s")
-    print(f"model only (no decode)   {model_rate:8.1f} clips/s")
-    print(f"kscli extract end to end {e2e_rate:8.1f} clips/s  = {e2e_rate / decode_rate:.2f} x decode bound")
+    print(f"model only (no decode)   {model_rate:8.1f} clips/s  ({tflops:.1f} TFLOP/s{share})")
+    print(f"kscli extract end to end {e2e_rate:8.1f} clips/s  = {e2e_rate / bound:.2f} x min(decode, model), "
+          f"{e2e_rate / decode_rate:.2f} x decode")
     print(f"naive loop               {naive_rate:8.1f} clips/s  -> kscli is {e2e_rate / naive_rate:.2f} x naive")
-    print(f"bound: {'decode' if decode_rate < model_rate else 'model'}")
-    half = max(1, len(jobs) // 2)
-    argv = [a for a in sys.argv[1:] if a != "--memory-probe"] + ["--root", str(root)]
-    m1 = peak_rss_mb_child(argv + ["--limit", str(half)])
-    m2 = peak_rss_mb_child(argv + ["--limit", str(2 * half)])
-    print(f"peak memory (main + workers) {half} clips: {m1:.0f} MB, {2 * half} clips: {m2:.0f} MB "
-          f"(ratio {m2 / m1:.2f}, flat is ~1.0)")
+    print(f"bound: {figures['bound']}")
+    if args.memory:
+        half = max(1, len(jobs) // 2)
+        argv = [a for a in sys.argv[1:] if a != "--memory-probe"] + ["--root", str(root)]
+        m1 = peak_rss_mb_child(argv + ["--limit", str(half)])
+        m2 = peak_rss_mb_child(argv + ["--limit", str(2 * half)])
+        figures.update(peak_rss_mb_half=m1, peak_rss_mb_full=m2)
+        print(f"peak memory (main + workers) {half} clips: {m1:.0f} MB, {2 * half} clips: {m2:.0f} MB "
+              f"(ratio {m2 / m1:.2f}, flat is ~1.0)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,18 @@ from kscli.data.sample import tiny_sample_kwargs, write_sample_benchmark
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run only where torch sees a GPU (bench/gpu_check.sh runs them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
     """The tiny sample benchmark; read-only by convention: copy it (`sample_copy`) to change it."""
@@ -49,3 +61,9 @@ def run_kscli(*args, env=None, check=True, **kw) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"kscli {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def torchrun_cmd() -> list[str]:
+    """The torchrun launcher of this Python's torch (its script, or `python -m torch.distributed.run`)."""
+    script = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    return [script] if script else [sys.executable, "-m", "torch.distributed.run"]

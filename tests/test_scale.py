@@ -6,7 +6,6 @@ Everything goes through the real CLI in real processes: two `kscli extract` on o
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, run_kscli
+from conftest import REPO, run_kscli, torchrun_cmd
 from kscli.data.layout import Benchmark, Layout
 from kscli.extract.lock import RankLock
 from kscli.extract.run import list_clip_jobs
@@ -186,18 +185,16 @@ def test_torchrun_two_ranks_build_the_store_of_one_process(sample_copy, referenc
     broken = [sorted(s, key=lambda j: j.name)[0] for s in assign_shards(jobs, 2)]  # one clip of each rank
     for job in broken:
         os.unlink(job.path)
-    launcher = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    assert launcher, "torchrun comes with torch"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for var in ("SLURM_ARRAY_TASK_ID", "SLURM_STEP_NUM_TASKS", "SLURM_CPUS_PER_TASK"):
         env.pop(var, None)
-    p = subprocess.run([launcher, "--standalone", "--nproc-per-node", "2", "-m", "kscli", "extract",
+    p = subprocess.run([*torchrun_cmd(), "--standalone", "--nproc-per-node", "2", "-m", "kscli", "extract",
                         "--data-root", str(sample_copy), "--work-dir", str(work), "--batch-size", "8", *TRAIN],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     cores = len(os.sched_getaffinity(0))
     for rank in (1, 2):
-        assert f"[shard {rank}/2] shard {rank}/2 (torchrun RANK/WORLD_SIZE): cpu float32, " \
+        assert f"[shard {rank}/2] torchrun RANK/WORLD_SIZE: cpu float32, " \
                f"{max(1, cores // 2)} decoder worker(s)" in p.stdout
         assert f"[shard {rank}/2] train: extracted" in p.stdout and "failed 1 of" in p.stdout
     store = FeatureStore(store_dir(work))
@@ -279,6 +276,7 @@ def test_launcher_traps_are_avoided_or_refused():
     (torchrun(0, 8, 8), 96, (12, "96 cores this process may use / 8 ranks on this node")),
     ({**torchrun(0, 8, 8), "SLURM_CPUS_PER_TASK": "32"}, 96, (4, "32 cores (SLURM_CPUS_PER_TASK) / 8 ranks on this node")),
     ({**srun(1, 4), "SLURM_CPUS_PER_TASK": "6"}, 96, (6, "6 cores (SLURM_CPUS_PER_TASK)")),
+    ({**srun(1, 4), "SLURM_CPUS_PER_TASK": "1"}, 96, (1, "1 core (SLURM_CPUS_PER_TASK)")),
     (srun(1, 4), 96, (24, "96 cores this process may use / 4 ranks on this node")),
     (torchrun(0, 16, 16), 2, (1, "2 cores this process may use / 16 ranks on this node")),
 ])

@@ -192,10 +192,8 @@ class RunPlan:
     model_threads: int  # torch threads of the main process on CPU
 
     def text(self) -> str:
-        s = self.shard
-        where = (f"shard {s.shard + 1}/{s.num_shards} ({s.source})" if s.num_shards > 1 else "one shard")
         threads = f", {self.model_threads} model thread(s)" if self.device == "cpu" else ""
-        return (f"{where}: {self.device} {self.precision}, {self.workers} decoder worker(s) "
+        return (f"{self.shard.source}: {self.device} {self.precision}, {self.workers} decoder worker(s) "
                 f"({self.workers_why}), resize on {self.resize_on}{threads}")
 
 

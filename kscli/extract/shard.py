@@ -129,9 +129,10 @@ def default_workers(plan: ShardPlan, env=None) -> tuple[int, str]:
     the reason in words for the run summary."""
     cores, what = usable_cores(env)
     share = max(1, cores // plan.local_ranks)
+    what = f"{cores} {what}" if cores > 1 else f"1 {what.replace('cores', 'core', 1)}"
     if plan.local_ranks > 1:
-        return share, f"{cores} {what} / {plan.local_ranks} ranks on this node"
-    return share, f"{cores} {what}"
+        return share, f"{what} / {plan.local_ranks} ranks on this node"
+    return share, what
 
 
 def assign_shards(jobs: list, num_shards: int) -> list[list]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from kscli.data.layout import Benchmark, Layout
+from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.features import load_feature_set
 from kscli.heads.metrics import compute_metrics, format_summary
@@ -143,7 +144,7 @@ def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
     ckpt.update({"tags": list(tags), "labels": labels.to_rows(),
                  "prior": class_prior(train_fs.labels, labels.num_classes).tolist(),
                  "backbones": {t: c for t, c in train_asm.store_configs.items()}})
-    metrics = {"head": head, "backbones": list(tags), "run": run_dir.name,
+    metrics = {"head": head, "backbones": list(tags), "run": run_dir.name, "device": str(resolve_device(cfg.device)),
                "selection": {"on": result.selected.get("select_on", cfg.select_on), **result.selected},
                "train_segments_used": train_asm.used,
                "train_segments_without_ego_feature": len(train_asm.missing_ego),
@@ -174,7 +175,8 @@ def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
 def format_run_summary(metrics: dict, run_dir: Path) -> str:
     sel = metrics["selection"]
     lines = [f"run {run_dir}",
-             f"head {metrics['head']} on {'+'.join(metrics['backbones'])}: selected lr={sel.get('lr')} "
+             f"head {metrics['head']} on {'+'.join(metrics['backbones'])} ({metrics.get('device', 'cpu')}): "
+             f"selected lr={sel.get('lr')} "
              f"wd={sel.get('wd')} on {sel['on']} (top-1 {sel.get('select_top1', float('nan')):.2f}%)"]
     if "val" in metrics:
         lines.append(format_summary(metrics["val"]))
