@@ -219,6 +219,10 @@ class _Embedder:
 
     def __init__(self, cfg: ExtractConfig, plan: RunPlan):
         self.device = torch.device(plan.device)
+        if self.device.type == "cuda":
+            # pinning (DataLoader) and pinned buffers use the current device: without this every
+            # rank of a node would also open a CUDA context on GPU 0
+            torch.cuda.set_device(self.device)
         self.dtype = torch.bfloat16 if plan.precision == "bfloat16" else torch.float32
         backbone = create_backbone(cfg.backbone, weights=cfg.weights,
                                    **({"num_frames": cfg.num_frames} if cfg.num_frames else {}))
@@ -314,10 +318,13 @@ def _extract_split(layout: Layout, cfg: ExtractConfig, plan: RunPlan, embedder: 
 def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreWriter, summary: SplitSummary,
                         cfg: ExtractConfig, plan: RunPlan, progress: bool) -> None:
     """Workers decode, the main thread runs the model, a writer thread writes the parts."""
+    # Batches waiting per worker: full-size frames (resize on the device) are ~5x the bytes of
+    # resized ones, so fewer wait; host memory is ~ workers x prefetch x batch x clip bytes.
+    prefetch = (4 if embedder.resize_to else 2) if plan.workers else None
     loader = torch.utils.data.DataLoader(
         ClipDataset(todo, embedder.sampling, embedder.resize_to), batch_size=cfg.batch_size, shuffle=False,
         num_workers=plan.workers, collate_fn=_collate, worker_init_fn=_worker_init,
-        prefetch_factor=4 if plan.workers else None, pin_memory=embedder.device.type == "cuda")
+        prefetch_factor=prefetch, pin_memory=embedder.device.type == "cuda")
     s = plan.shard
     bar = tqdm(total=len(todo), desc=f"extract {summary.split} [{s.shard + 1}/{s.num_shards}]", unit="clip",
                disable=not progress, dynamic_ncols=True)
