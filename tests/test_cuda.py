@@ -2,7 +2,8 @@
 
 bf16 extraction with a full-size (randomly initialised) V-JEPA 2 ViT-L against an fp32 CPU run,
 `train-head` on the GPU leaving the caller's RNG alone, `torchrun` with two ranks sharing one
-GPU, and pinned batches.
+GPU, and pinned batches. Where a check can also run on the CPU (bf16 on the CPU, train-head on
+the CPU) it does, unmarked, so the code of the GPU checks runs in every test session too.
 """
 
 import json
@@ -16,8 +17,6 @@ import torch
 
 from conftest import REPO, run_kscli, torchrun_cmd
 from kscli.extract.store import FeatureStore
-
-pytestmark = pytest.mark.cuda
 
 VAL_EGO = ["--split", "val", "--view", "ego", "--no-progress"]
 
@@ -56,20 +55,35 @@ def vjepa2_vitl(tmp_path_factory):
     return folder
 
 
+def extract_three_ways(root, work, device, model_args):
+    """The same clips in bf16 and in fp32 on `device`, and in fp32 on the CPU: the stores."""
+    common = ["--data-root", root, *model_args, "--limit", "6", "--batch-size", "3", *VAL_EGO]
+    tag = model_args[model_args.index("--backbone") + 1]
+    bf16 = run_kscli("extract", *common, "--work-dir", work / "bf16", "--device", device, "--precision", "bf16",
+                     "--resize-on", "device")
+    assert f"{device} bfloat16" in bf16.stdout and "resize on device" in bf16.stdout
+    fp32 = run_kscli("extract", *common, "--work-dir", work / "fp32", "--device", device, "--precision", "fp32")
+    assert f"{device} float32" in fp32.stdout
+    run_kscli("extract", *common, "--work-dir", work / "cpu", "--device", "cpu")
+    assert FeatureStore(work / "bf16" / "features" / tag / "val").config["precision"] == "bfloat16"
+    return [store_content(work / w, tag) for w in ("bf16", "fp32", "cpu")]
+
+
+@pytest.mark.cuda
 def test_bf16_vitl_on_the_gpu_matches_fp32_on_the_cpu(sample_root, vjepa2_vitl, tmp_path):
-    common = ["--data-root", sample_root, "--backbone", "vjepa2-vitl", "--weights", vjepa2_vitl,
-              "--limit", "6", "--batch-size", "3", *VAL_EGO]
-    gpu = run_kscli("extract", *common, "--work-dir", tmp_path / "gpu", "--device", "cuda")
-    assert "cuda:0 bfloat16" in gpu.stdout and "resize on device" in gpu.stdout
-    fp32 = run_kscli("extract", *common, "--work-dir", tmp_path / "gpu32", "--device", "cuda", "--precision", "fp32")
-    assert "cuda:0 float32" in fp32.stdout
-    run_kscli("extract", *common, "--work-dir", tmp_path / "cpu", "--device", "cpu")
-    cpu = store_content(tmp_path / "cpu", "vjepa2-vitl")
-    assert FeatureStore(tmp_path / "gpu" / "features" / "vjepa2-vitl" / "val").config["precision"] == "bfloat16"
-    assert_same_store(store_content(tmp_path / "gpu32", "vjepa2-vitl"), cpu, min_cosine=0.9999)
-    assert_same_store(store_content(tmp_path / "gpu", "vjepa2-vitl"), cpu, min_cosine=0.99)
+    bf16, fp32, cpu = extract_three_ways(sample_root, tmp_path, "cuda:0",
+                                         ["--backbone", "vjepa2-vitl", "--weights", vjepa2_vitl])
+    assert_same_store(fp32, cpu, min_cosine=0.9999)
+    assert_same_store(bf16, cpu, min_cosine=0.99)
 
 
+def test_bf16_with_resize_on_the_device_on_the_cpu_matches_fp32(sample_root, tmp_path):
+    bf16, fp32, cpu = extract_three_ways(sample_root, tmp_path, "cpu", ["--backbone", "tiny-random"])
+    assert_same_store(fp32, cpu, min_cosine=0.999999)
+    assert_same_store(bf16, cpu, min_cosine=0.99)
+
+
+@pytest.mark.cuda
 def test_torchrun_two_ranks_share_one_gpu(sample_root, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")[:1]}
     p = subprocess.run([*torchrun_cmd(), "--standalone", "--nproc-per-node", "2", "-m", "kscli", "extract",
@@ -84,33 +98,42 @@ def test_torchrun_two_ranks_share_one_gpu(sample_root, tmp_path):
                       min_cosine=0.995)
 
 
-def test_train_head_on_the_gpu_leaves_the_callers_rng_alone():
-    from test_heads_train import acc, cfg_for, make_set
+ON_GPU_AND_CPU = pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.cuda), "cpu"])
 
+
+@ON_GPU_AND_CPU
+def test_train_head_leaves_the_callers_rng_alone(device):
+    from test_heads_train import C, acc, cfg_for, make_set
+
+    from kscli.heads.context import ContextConfig, predict_context_proba, train_context_head
     from kscli.heads.train import predict_proba, train_head
 
     train, val = make_set(seed=0), make_set(n=300, seed=1)
     torch.manual_seed(123)
-    torch.cuda.manual_seed_all(456)
-    cpu_state, gpu_state = torch.get_rng_state(), torch.cuda.get_rng_state()
+    states = lambda: [torch.get_rng_state()] + ([torch.cuda.get_rng_state()] if device == "cuda" else [])  # noqa: E731
+    before = states()
     for head in ("linear", "distill"):
-        result = train_head(train, cfg_for(head, device="auto"))
-        assert acc(predict_proba(result.model, val), val.labels) > 0.8
-    assert torch.equal(torch.get_rng_state(), cpu_state)
-    assert torch.equal(torch.cuda.get_rng_state(), gpu_state)
+        result = train_head(cfg_for(head, device=device), train, C, progress=False)
+        assert acc(predict_proba(result.model, val.ego), val.labels) > 0.8
+    ctx = train_context_head(ContextConfig(device=device, epochs=5, seed=0), train, C, progress=False)
+    assert predict_context_proba(ctx.model, val).shape == (len(val), C)
+    assert all(torch.equal(a, b) for a, b in zip(states(), before))
 
 
-def test_train_head_cli_defaults_to_the_gpu(sample_root, tmp_path):
+@ON_GPU_AND_CPU
+def test_train_head_cli_trains_on_the_device(sample_root, tmp_path, device):
     work = tmp_path / "work"
     run_kscli("extract", "--data-root", sample_root, "--work-dir", work, "--split", "train,val", "--no-progress")
     p = run_kscli("train-head", "--head", "distill", "--data-root", sample_root, "--work-dir", work,
-                  "--name", "gpu")
-    run = work / "runs" / "gpu"
+                  "--name", "run", *(["--device", "cpu"] if device == "cpu" else []))
+    run = work / "runs" / "run"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["device"] == "cuda:0" and "(cuda:0)" in p.stdout and 0 <= metrics["val"]["top1"] <= 100
-    assert json.loads((run / "config.json").read_text())["train"]["device"] == "auto"
+    expect = "cuda:0" if device == "cuda" else "cpu"
+    assert metrics["device"] == expect and f"({expect})" in p.stdout and 0 <= metrics["val"]["top1"] <= 100
+    assert json.loads((run / "config.json").read_text())["train"]["device"] == ("auto" if device == "cuda" else "cpu")
 
 
+@pytest.mark.cuda
 def test_pinned_batches_for_asynchronous_copies(sample_root):
     from kscli.data.layout import Benchmark, Layout
     from kscli.extract.run import ClipDataset, _collate, list_clip_jobs

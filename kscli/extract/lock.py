@@ -30,7 +30,7 @@ from pathlib import Path
 from kscli.errors import KscliError
 
 LOCK_GLOB = "writer-r*.lock"
-_HELD: set[str] = set()  # lock files this process holds (see the module doc for why)
+_HELD: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the lock files this process holds
 
 
 def lock_path(store: Path, rank: int) -> Path:
@@ -59,35 +59,60 @@ def _busy(path: Path, rank: int, who: str) -> KscliError:
                       "that run to end (or stop it), then rerun this command: it resumes where that run stopped")
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _open(path: Path, rank: int) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # 0o666 minus the umask: a group-shared store stays writable by the group
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        raise KscliError(f"{path}: no permission to open this lock file for rank {rank} (the store was "
+                         "made by another user?); use your own --work-dir, or make the folder and its "
+                         "files group-writable") from None
+
+
 class RankLock:
     """An exclusive, non-blocking record lock on one rank's lock file; ``release()`` or process
-    death frees it. The file records who holds it (pid, host, since) for the refusal message."""
+    death frees it. The file records who holds it (pid, host, since) for the refusal message.
+
+    After locking, the open file must still be the file at the path: a folder moved aside
+    (``--overwrite``) takes its lock files with it, and a lock on one of those guards nothing.
+    `wait_s` rides out a reader's momentary probe (:func:`held_by`) or such a move."""
 
     def __init__(self, store: str | Path, rank: int, wait_s: float = 2.0):
         self.path = lock_path(Path(store), rank)
         self.fd = None
-        if str(self.path.resolve()) in _HELD:
+        if _file_id(self.path) in _HELD:
             raise _busy(self.path, rank, f"this process (pid {os.getpid()})")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + wait_s  # a reader's momentary probe (held_by) is not a run
+        deadline = time.monotonic() + wait_s
         while True:
+            fd = _open(self.path, rank)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except (BlockingIOError, PermissionError):
+                os.close(fd)  # holds no lock of ours: closing it releases nothing
                 if time.monotonic() < deadline:
                     time.sleep(0.1)
                     continue
-                os.close(fd)
                 raise _busy(self.path, rank, _holder_text(self.path)) from None
             except OSError as e:
                 os.close(fd)
                 if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     raise _no_locks(self.path, e) from None
                 raise
-        self.fd = fd
-        _HELD.add(str(self.path.resolve()))
+            st = os.fstat(fd)
+            if _file_id(self.path) == (st.st_dev, st.st_ino):
+                break
+            fcntl.lockf(fd, fcntl.LOCK_UN)  # the file was moved away meanwhile: lock the new one
+            os.close(fd)
+        self.fd, self.key = fd, (st.st_dev, st.st_ino)
+        _HELD.add(self.key)
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         os.ftruncate(fd, 0)
@@ -95,7 +120,7 @@ class RankLock:
 
     def release(self) -> None:
         if self.fd is not None:
-            _HELD.discard(str(self.path.resolve()))
+            _HELD.discard(self.key)
             fcntl.lockf(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
@@ -109,7 +134,7 @@ class RankLock:
 
 def held_by(path: Path) -> str | None:
     """Who holds a lock file now (``None`` if nobody): probes with a shared lock, never blocks."""
-    if str(Path(path).resolve()) in _HELD:
+    if _file_id(Path(path)) in _HELD:
         return f"this process (pid {os.getpid()})"  # opening it again would drop our own lock
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -128,11 +153,16 @@ def held_by(path: Path) -> str | None:
         os.close(fd)
 
 
+def lock_ranks(store: Path) -> list[int]:
+    """The ranks that have a lock file in a store (written now or before)."""
+    return sorted(int(p.stem.split("-r")[-1]) for p in Path(store).glob(LOCK_GLOB))
+
+
 def active_writers(store: Path) -> dict[int, str]:
     """rank -> holder, for every rank of a store being written right now."""
     out = {}
-    for p in sorted(Path(store).glob(LOCK_GLOB)):
-        who = held_by(p)
+    for rank in lock_ranks(store):
+        who = held_by(lock_path(Path(store), rank))
         if who is not None:
-            out[int(p.stem.split("-r")[-1])] = who
+            out[rank] = who
     return out

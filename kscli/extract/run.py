@@ -257,25 +257,32 @@ class _Embedder:
 
     def rows_later(self, items: list[dict]):
         """Run the model on a batch now; return a callable that gives its StoreRows once the
-        features are back on the host (the writer thread calls it, so the GPU goes on)."""
+        features are back on the host (the writer thread calls it, so the GPU goes on). It keeps
+        only the batch's metadata, not its frames."""
         feats = self.features(items)
         if self.device.type == "cuda":
             host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
             host.copy_(feats, non_blocking=True)
-            done = torch.cuda.Event()
+            done = torch.cuda.Event(blocking=True)  # the waiting thread sleeps instead of spinning a core
             done.record()
         else:
             host, done = feats, None
+        names, roles = [it["name"] for it in items], [it["role"] for it in items]
+        times = np.stack([it["times"] for it in items])
+        counts = np.array([it["num_frames"] for it in items])
+        fps = np.array([it["fps"] for it in items])
 
         def make_rows() -> StoreRows:
             if done is not None:
                 done.synchronize()
-            return StoreRows(names=[it["name"] for it in items], roles=[it["role"] for it in items],
-                             features=host.numpy().astype(self.store_dtype, copy=False),
-                             frame_times=np.stack([it["times"] for it in items]),
-                             num_frames=np.array([it["num_frames"] for it in items]),
-                             fps=np.array([it["fps"] for it in items]))
+            return StoreRows(names=names, roles=roles, features=host.numpy().astype(self.store_dtype, copy=False),
+                             frame_times=times, num_frames=counts, fps=fps)
         return make_rows
+
+    def thread_init(self) -> None:
+        """For the writer thread: CUDA calls there use the current device, which is per thread."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
 
 
 def extract(layout: Layout, cfg: ExtractConfig, progress: bool = True) -> list[SplitSummary]:
@@ -332,7 +339,7 @@ def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreW
     def written(rows: StoreRows) -> None:
         summary.extracted += len(rows.names)
 
-    parts = PartWriterThread(writer, on_written=written)
+    parts = PartWriterThread(writer, on_written=written, thread_init=embedder.thread_init)
     t0 = time.perf_counter()
     try:
         for batch in loader:

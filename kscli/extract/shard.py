@@ -75,9 +75,11 @@ def _array_task(env) -> tuple[int, int] | None:
     hi = _int(env, "SLURM_ARRAY_TASK_MAX")
     step = _int(env, "SLURM_ARRAY_TASK_STEP") or 1
     count = _int(env, "SLURM_ARRAY_TASK_COUNT")
-    lo = tid if lo is None else lo
+    if lo is None or (count is None and hi is None):
+        raise KscliError(f"SLURM_ARRAY_TASK_ID={tid} without SLURM_ARRAY_TASK_MIN and _COUNT (or _MAX): "
+                         "this task's shard cannot be worked out; pass --shard and --num-shards")
     if count is None:
-        count = ((hi if hi is not None else tid) - lo) // step + 1
+        count = (hi - lo) // step + 1
     regular = (tid - lo) % step == 0 and (hi is None or (hi - lo) // step + 1 == count
                                           and (hi - lo) % step == 0)
     if not regular:

@@ -15,7 +15,7 @@ way. Readers see the union of all parts as one store; a clip in several parts (a
 between its rename and its clean-up) reads from the newest part, and all copies are identical.
 A reader that finds a part gone (merged away while it read) lists the folder again.
 
-One writer per rank: ``writer-r000.lock`` is ``flock``-ed for as long as a run writes rank 0's
+One writer per rank: ``writer-r000.lock`` is locked for as long as a run writes rank 0's
 parts (see :mod:`kscli.extract.lock`), so two runs can never interleave part names or remove
 each other's parts; a merge removes exactly the parts it merged.
 """
@@ -26,7 +26,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import sys
 import threading
 import time
@@ -38,7 +37,7 @@ import h5py
 import numpy as np
 
 from kscli.errors import KscliError
-from kscli.extract.lock import RankLock, active_writers
+from kscli.extract.lock import RankLock, active_writers, lock_ranks
 
 PART_RE = re.compile(r"^part-r(?P<rank>\d{3,})-s(?P<seq>\d{6,})\.h5$")
 STR = h5py.string_dtype("utf-8")
@@ -355,6 +354,28 @@ class StoreWriter:
         return out
 
 
+def _move_aside(path: Path) -> None:
+    """--overwrite: move a store folder aside while holding every rank's lock in it, so no run
+    is writing it (one is refused with its holder) and none can start until it has moved."""
+    held = []
+    try:
+        for rank in lock_ranks(path):
+            try:
+                held.append(RankLock(path, rank, wait_s=0.5))
+            except KscliError as e:
+                raise KscliError(f"--overwrite refused: {e}") from None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = path.with_name(f"{path.name}.replaced-{stamp}")
+        if aside.exists():
+            aside = path.with_name(f"{path.name}.replaced-{stamp}-{os.getpid()}")
+        os.rename(path, aside)
+    finally:
+        for lock in held:
+            lock.release()
+    print(f"--overwrite: the old store was moved to {aside} (delete it when you no longer need it)",
+          file=sys.stderr)
+
+
 def open_for_writing(path: Path, config: dict, rank: int, overwrite: bool = False,
                      num_shards: int = 1) -> tuple[StoreWriter, FeatureStore]:
     """Take rank `rank` of the store at `path` for writing: refuse other settings (or, with
@@ -362,16 +383,10 @@ def open_for_writing(path: Path, config: dict, rank: int, overwrite: bool = Fals
     The store is read after the lock, so a run that just finished is never redone."""
     old = FeatureStore(path)
     if old.exists and overwrite:
-        busy = active_writers(path)
-        if num_shards > 1 or busy:
-            why = (f"rank(s) {', '.join(map(str, busy))} of it are being written now ({next(iter(busy.values()))})"
-                   if busy else "several shards would race to move it")
-            raise KscliError(f"{path}: --overwrite refused: {why}; when no run writes it, move that folder "
-                             "away yourself, then rerun without --overwrite")
-        aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(str(path), str(aside))
-        print(f"--overwrite: the old store was moved to {aside} (delete it when you no longer need it)",
-              file=sys.stderr)
+        if num_shards > 1:
+            raise KscliError(f"{path}: --overwrite refused: several shards would race to move it; when no "
+                             "run writes it, move that folder away yourself, then rerun without --overwrite")
+        _move_aside(path)
     elif old.exists:
         why = config_mismatch(old.config, config)
         if why:
@@ -395,14 +410,20 @@ class PartWriterThread:
     """
 
     def __init__(self, writer: StoreWriter, depth: int = 2,
-                 on_written: Callable[[StoreRows], None] | None = None):
-        self.writer, self.on_written = writer, on_written
+                 on_written: Callable[[StoreRows], None] | None = None,
+                 thread_init: Callable[[], None] | None = None):
+        self.writer, self.on_written, self.thread_init = writer, on_written, thread_init
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="kscli-part-writer", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
+        if self.thread_init is not None:
+            try:
+                self.thread_init()
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                self.error = e
         while True:
             make_rows = self.queue.get()
             if make_rows is None:
