@@ -361,3 +361,27 @@ def test_a_failed_part_write_stops_with_one_line_and_keeps_finished_parts(sample
     again = cli("extract", "--data-root", sample_root, "--work-dir", work, "--workers", "0", *TRAIN)
     assert "skipped 8 (already done)" in again.stdout
     assert_complete(work, sample_root)
+
+
+def test_on_the_cpu_the_slower_stage_gets_the_cores():
+    import torch
+
+    from kscli.extract.run import RunPlan, _CpuThreads
+    from kscli.extract.shard import resolve_shard
+
+    plan = RunPlan(resolve_shard(env={}), "cpu", "float32", "worker", workers=2, workers_why="", model_threads=1,
+                   cores=2)
+    batch = [{"decode_s": 0.2}] * 8  # 0.8 s of decoding per batch on 2 workers
+    threads = torch.get_num_threads()
+    try:
+        decode_bound = _CpuThreads(plan, torch.device("cpu"))
+        for _ in range(5):
+            decode_bound.observe(batch, model_s=0.05)
+        assert decode_bound.note is None and torch.get_num_threads() == threads
+        model_bound = _CpuThreads(plan, torch.device("cpu"))
+        for _ in range(5):
+            model_bound.observe(batch, model_s=3.0)
+        assert "the model is the slower stage" in model_bound.note and torch.get_num_threads() == 2
+        assert _CpuThreads(plan, torch.device("cuda")).deciding is False
+    finally:
+        torch.set_num_threads(threads)

@@ -71,6 +71,7 @@ class SplitSummary:
     seconds: float = 0.0
     failures: list = field(default_factory=list)
     plan: "RunPlan | None" = None  # how this process ran (shard, device, workers)
+    notes: list = field(default_factory=list)  # what the run changed on the way, in words
 
     @property
     def clips_per_s(self) -> float:
@@ -88,6 +89,7 @@ def format_summaries(summaries: list[SplitSummary]) -> str:
     for s in summaries:
         lines.append(f"{tag}{s.split}: extracted {s.extracted}, skipped {s.skipped} (already done), failed "
                      f"{s.failed} of {s.total} clips in {s.seconds:.1f}s ({s.clips_per_s:.1f} clips/s) -> {s.store}")
+        lines += [f"{tag}  note: {note}" for note in s.notes]
         lines += [f"{tag}  failed: {name}: {err}" for name, err in s.failures[:5]]
         if s.failed > 5:
             lines.append(f"{tag}  ... {s.failed - 5} more in {s.store}/failures-r*.jsonl")
@@ -135,6 +137,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         job = self.jobs[i]
         item = {"name": job.name, "role": job.role, "error": None}
+        t0 = time.perf_counter()
         try:
             if not os.path.exists(job.path):
                 raise FileNotFoundError("clip file is missing")
@@ -144,7 +147,7 @@ class ClipDataset(torch.utils.data.Dataset):
             frames = torch.from_numpy(frames)
             if self.resize_to:
                 frames = resize_clip_uint8(frames, self.resize_to)
-            item.update(frames=frames, times=times, num_frames=n, fps=fps)
+            item.update(frames=frames, times=times, num_frames=n, fps=fps, decode_s=time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 - any decode failure is recorded, not raised
             msg = str(e).strip().splitlines()
             item["error"] = f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
@@ -189,7 +192,8 @@ class RunPlan:
     resize_on: str  # "worker" or "device"
     workers: int
     workers_why: str
-    model_threads: int  # torch threads of the main process on CPU
+    model_threads: int  # torch threads of the main process on CPU (at the start; see _CpuThreads)
+    cores: int = 1  # this rank's share of the usable cores
 
     def text(self) -> str:
         threads = f", {self.model_threads} model thread(s)" if self.device == "cpu" else ""
@@ -211,7 +215,40 @@ def plan_run(cfg: ExtractConfig) -> RunPlan:
     # (measured: 0.76 -> 0.93 of the decode-only bound on 2 cores with bench/extract.py).
     share = max(1, usable_cores()[0] // shard.local_ranks)
     threads = max(1, share - workers)
-    return RunPlan(shard, str(device), "bfloat16" if bf16 else "float32", resize_on, workers, why, threads)
+    return RunPlan(shard, str(device), "bfloat16" if bf16 else "float32", resize_on, workers, why, threads, share)
+
+
+class _CpuThreads:
+    """Who gets the cores on the CPU. The model starts on the cores the decoders leave (one on a
+    machine where workers = cores): right when decoding is the slower stage (0.76 -> 0.93 of the
+    decode-only bound with a tiny model). A real backbone on the CPU is the slower stage by far,
+    and there one thread halves it (0.51 of the model-only bound, VideoMAE-B on 2 cores). So after
+    a few batches the two are compared, with the decoders' own clock (each item carries its
+    decode seconds): if the model takes over 1.5x the decoders' time per batch, it gets all the
+    cores of this rank (the decoders then mostly wait on their full prefetch queues)."""
+
+    WARMUP, MEASURE, MARGIN = 1, 2, 1.5
+
+    def __init__(self, plan: RunPlan, device: torch.device):
+        self.plan, self.model_s, self.decode_s, self.seen = plan, 0.0, 0.0, 0
+        self.deciding = device.type == "cpu" and plan.model_threads < plan.cores
+        self.note: str | None = None
+
+    def observe(self, batch: list[dict], model_s: float) -> None:
+        if not self.deciding:
+            return
+        self.seen += 1
+        if self.seen <= self.WARMUP:  # the first batch also pays for starting the workers
+            return
+        self.model_s += model_s
+        self.decode_s += sum(it.get("decode_s", 0.0) for it in batch) / max(1, self.plan.workers)
+        if self.seen < self.WARMUP + self.MEASURE:
+            return
+        self.deciding = False
+        if self.model_s > self.MARGIN * self.decode_s:
+            torch.set_num_threads(self.plan.cores)
+            self.note = (f"the model is the slower stage ({self.model_s:.2f}s vs {self.decode_s:.2f}s of decoding "
+                         f"over {self.MEASURE} batches): it now runs on {self.plan.cores} thread(s)")
 
 
 class _Embedder:
@@ -340,6 +377,7 @@ def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreW
         summary.extracted += len(rows.names)
 
     parts = PartWriterThread(writer, on_written=written, thread_init=embedder.thread_init)
+    threads = _CpuThreads(plan, embedder.device)
     t0 = time.perf_counter()
     try:
         for batch in loader:
@@ -350,7 +388,9 @@ def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreW
                     summary.failures.append((it["name"], it["error"]))
                     summary.failed += 1
             if good:
+                t_model = time.perf_counter()
                 parts.submit(embedder.rows_later(good))
+                threads.observe(good, time.perf_counter() - t_model)
             bar.update(len(batch))
             bar.set_postfix(failed=summary.failed, refresh=False)
         parts.close()
@@ -367,3 +407,5 @@ def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreW
     finally:
         bar.close()
         summary.seconds = time.perf_counter() - t0
+        if threads.note:
+            summary.notes.append(threads.note)
