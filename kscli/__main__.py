@@ -2,4 +2,5 @@
 
 from kscli.cli import app
 
-app(prog_name="kscli")
+if __name__ == "__main__":  # not when a spawned worker process imports this module
+    app(prog_name="kscli")

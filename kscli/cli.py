@@ -75,6 +75,7 @@ def check_data_cmd(split: str = typer.Option("train,val,test", help="Comma-separ
                    decode: bool = typer.Option(True, help="Open each clip and read a frame (--no-decode: existence only)."),
                    jobs: Optional[int] = typer.Option(None, help="Parallel processes [default: cores]."),
                    report: Optional[Path] = typer.Option(None, help="JSON report path [default: <work>/reports/check-data.json]."),
+                   progress: bool = typer.Option(True, help="Show a progress bar."),
                    parts: str = Parts, data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                    clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
     """Check a download against its annotations: counts, missing, empty, undecodable and short clips."""
@@ -84,7 +85,8 @@ def check_data_cmd(split: str = typer.Option("train,val,test", help="Comma-separ
     layout = _layout(data_root, annotations_dir, clips_root, work_dir, parts)
     if view not in ("ego", "exo", "all"):
         raise KscliError(f"--view {view!r}: choose from ego, exo, all")
-    rep = check_data(layout, parse_splits(split), view=view, min_frames=min_frames, decode=decode, jobs=jobs)
+    rep = check_data(layout, parse_splits(split), view=view, min_frames=min_frames, decode=decode, jobs=jobs,
+                     progress=progress)
     path = write_report(rep, report or layout.reports_dir / "check-data.json")
     typer.echo(format_report(rep))
     typer.echo(f"report: {path}")

@@ -96,8 +96,8 @@ def test_broken_clips_are_recorded_and_the_run_goes_on(sample_copy, tmp_path):
 
 
 def test_check_data_passes_on_the_sample(sample_root, tmp_path):
-    p = cli("check-data", "--data-root", sample_root, "--work-dir", tmp_path, "--no-decode")
-    assert "OK: every clip checked" in p.stdout
+    p = cli("check-data", "--data-root", sample_root, "--work-dir", tmp_path, "--no-decode", "--no-progress")
+    assert "OK: every clip checked is present and not empty (not decoded: --no-decode)" in p.stdout
     p = cli("check-data", "--data-root", sample_root, "--work-dir", tmp_path, "--split", "test", "--view", "ego")
     rep = json.loads((tmp_path / "reports" / "check-data.json").read_text())
     assert rep["ok"] and rep["splits"]["test"]["ego"]["ok"] == rep["splits"]["test"]["segments"]
@@ -143,3 +143,32 @@ def test_explicit_shard_wins_and_is_checked():
         resolve_shard(2, 2, env={})
     with pytest.raises(KscliError, match="go together"):
         resolve_shard(1, None, env={})
+
+
+def test_check_data_workers_inherit_no_lock_held_by_a_parent_thread(sample_root, tmp_path, monkeypatch):
+    """The check-data hang: a forked worker inherits a lock that another thread of the parent held
+    at the fork (in the field: the dynamic loader's, held by tqdm's monitor thread) and waits on it
+    forever. Here a probe that needs such a lock: with a forked pool this never finishes."""
+    import threading
+
+    from kscli.data import check
+
+    held, real = threading.Lock(), check.probe_clip
+
+    def probe_needing_the_lock(path, decode=True):
+        with held:
+            return real(path, decode)
+
+    monkeypatch.setattr(check, "probe_clip", probe_needing_the_lock)
+    layout = Layout.resolve(data_root=sample_root, work_dir=tmp_path)
+    out = {}
+    held.acquire()  # held by "another thread" while the pool starts
+    try:
+        t = threading.Thread(target=lambda: out.setdefault("rep", check.check_data(
+            layout, ["train"], jobs=2, progress=False)), daemon=True)
+        t.start()
+        t.join(timeout=120)
+    finally:
+        held.release()
+    assert not t.is_alive(), "check-data hung: its workers inherited a held lock"
+    assert out["rep"].ok and out["rep"].splits["train"]["ego"]["ok"] > 0
