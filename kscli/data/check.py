@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from kscli.data.layout import Benchmark, Layout
 from kscli.data.manifest import load_manifest
+from kscli.data.video import VideoError, read_frames
 
 PROBLEMS = ("missing", "empty", "corrupt")  # a clip with any of these cannot be used
 
@@ -50,17 +51,10 @@ def probe_clip(path: str | Path, decode: bool = True) -> dict:
     if not decode:
         return {"status": "ok"}
     try:
-        import decord
-
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        n = len(vr)
-        if n == 0:
-            return {"status": "corrupt", "error": "no frames"}
-        frame = vr[0].asnumpy()
-        return {"status": "ok", "frames": n, "fps": float(vr.get_avg_fps()),
-                "height": int(frame.shape[0]), "width": int(frame.shape[1])}
-    except Exception as e:  # decord raises its own DECORDError and RuntimeErrors
-        return {"status": "corrupt", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        n, fps, frames = read_frames(path, choose=lambda n: [0])
+    except VideoError as e:
+        return {"status": "corrupt", "error": str(e)}
+    return {"status": "ok", "frames": n, "fps": fps, "height": int(frames.shape[1]), "width": int(frames.shape[2])}
 
 
 def _probe_job(job):

@@ -44,14 +44,15 @@ def decode_frames(path: str, sampling: SamplingConfig) -> tuple[np.ndarray, np.n
     Returns uint8 frames (W*F, H, W, 3), their times in seconds from the clip's first frame,
     the clip's frame count and its frame rate (probed, not assumed).
     """
-    import decord
+    from kscli.data.video import read_frames
 
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    n = len(vr)
-    if n < 1:
-        raise RuntimeError("clip has no frames")
-    fps = float(vr.get_avg_fps()) or 30.0
-    idx = sample_frame_indices(n, sampling.num_frames, sampling.windows).reshape(-1)
-    unique, inverse = np.unique(idx, return_inverse=True)
-    frames = vr.get_batch(unique.tolist()).asnumpy()[inverse]
-    return frames, (idx / fps).astype(np.float32), n, fps
+    chosen = {}
+
+    def choose(n: int) -> list[int]:
+        idx = sample_frame_indices(n, sampling.num_frames, sampling.windows).reshape(-1)
+        chosen["idx"], chosen["unique"] = idx, np.unique(idx, return_inverse=True)
+        return chosen["unique"][0].tolist()
+
+    n, fps, frames = read_frames(path, choose)
+    idx, (_, inverse) = chosen["idx"], chosen["unique"]
+    return frames[inverse], (idx / fps).astype(np.float32), n, fps
