@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kscli.data.check import check_data, format_report, write_report
-from kscli.data.layout import Layout
+from kscli.data.layout import Benchmark, Layout
 from kscli.data.sample import write_sample_benchmark
 from kscli.errors import KscliError
 from kscli.extract.run import ExtractConfig, extract
 from kscli.heads.run import config_for, train_run
-from kscli.heads.submit import Submission, submit
+from kscli.heads.submit import Submission, rank_runs, submit
 
 DEMO_HEADS = ("linear", "mlp", "distill", "context")
 DEMO_BACKBONE = "tiny-random"
@@ -64,12 +64,41 @@ def run_demo(root: Path, seed: int = 0, heads: tuple[str, ...] = DEMO_HEADS, wor
         result.results[head] = run.metrics["val"]
         runs[head] = run.path
     say("")
-    say(f"{'head':<10} {'val top-1':>10} {'top-5':>8} {'mean class':>11}   run")
-    for head, m in result.results.items():
-        say(f"{head:<10} {m['top1']:>9.1f}% {m['top5']:>7.1f}% {m['mean_class_acc']:>10.1f}%   {runs[head]}")
-    best = max(result.results, key=lambda h: result.results[h]["top1"])
-    say(f"[5/5] test submission from the best head ({best})")
-    result.submission = submit(layout, [str(runs[best])], "test")
+    say(results_table(result.results, runs, layout))
+    best = rank_runs(runs.values())[0][1]
+    head = next(h for h, r in runs.items() if r == best)
+    say(f"[5/5] test submission from the best head ({head}; ties go to the run name sorting first, as in "
+        "`kscli submit`)")
+    result.submission = submit(layout, [str(best)], "test")
     say(f"  {result.submission.segments} test segments -> {result.submission.path}")
     say(NOTICE)
+    say(next_steps(layout, [r for _, r in rank_runs(runs.values())]))
     return result
+
+
+def results_table(results: dict, runs: dict, layout: Layout) -> str:
+    """The heads side by side, with what the numbers mean on this small val split."""
+    any_metrics = next(iter(results.values()))
+    n = int(any_metrics["n"])
+    classes = Benchmark(layout).labels.num_classes
+    lines = [f"{'head':<10} {'val top-1':>10} {'top-5':>8} {'per-class':>10}   run"]
+    for head, m in results.items():
+        lines.append(f"{head:<10} {m['top1']:>9.1f}% {m['top5']:>7.1f}% {m['mean_class_acc']:>9.1f}%   {runs[head]}")
+    lines += [f"val: {n} segments (one segment = {100 / max(n, 1):.1f} points), {classes} keysteps: chance is "
+              f"{100 / classes:.1f}% top-1.",
+              "top-1: the benchmark's metric (share of segments whose first guess is right); top-5: right among "
+              "the first five; per-class: top-1 averaged over keysteps, so rare ones weigh as much as common ones."]
+    return "\n".join(lines)
+
+
+def next_steps(layout: Layout, ranked: list[Path]) -> str:
+    """The commands to go on with, pointed at the demo's folders."""
+    best, others = ranked[0], ranked[1:2]
+    return "\n".join([
+        "next, on the demo's files (these commands read the two variables):",
+        f"  export KSCLI_DATA_ROOT={Path(layout.data_root).resolve()} KSCLI_WORK_DIR={Path(layout.work_dir).resolve()}",
+        f"  kscli features info {DEMO_BACKBONE}            # what the store holds",
+        f"  kscli report {best.resolve()}     # pictures of the best run",
+        f"  kscli submit --split val --run {best.name}" + "".join(f" --run {o.name}" for o in others)
+        + "   # an ensemble, scored on val",
+        "then with your own download: see README.md, 'With your download'."])

@@ -9,7 +9,6 @@ the CPU) it does, unmarked, so the code of the GPU checks runs in every test ses
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest

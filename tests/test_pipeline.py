@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli
+from conftest import cli, run_kscli
 from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
 from kscli.heads.features import load_feature_set
@@ -192,12 +192,63 @@ def test_report_draws_valid_pngs(extracted):
     cli("train-head", "--head", "mlp", "--name", "rep", *args(extracted))
     res = cli("report", "rep", "--work-dir", work)
     md = (work / "runs" / "rep" / "report.md").read_text()
-    assert "report.md" in res.stdout and "val top-1" in md
+    assert "report.md" in res.stdout and "val top-1" in md and "one segment = " in md
     import matplotlib.image as mpimg
     for name in ("per_scenario", "confusions", "by_length", "training_curve"):
         png = work / "runs" / "rep" / "report" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"report/{name}.png" in md
         assert mpimg.imread(png).shape[0] > 100
+    assert not list((work / "runs" / "rep").rglob("*.tmp"))
+
+
+def test_report_pictures_say_what_they_show():
+    from kscli.heads.report import plot_confusions, plot_per_scenario, plot_training_curve
+
+    val = {"top1": 50.0, "n": 10, "per_scenario": {"bike": {"top1": 40.0, "n": 5}, "cooking": {"top1": 60.0, "n": 5}}}
+    fig = plot_per_scenario(val)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["n=5", "n=5"]
+    fig = plot_confusions(np.array([0, 0, 1, 2, 2, 2]), np.array([1, 1, 0, 0, 0, 1]), ["a", "b", "c"])
+    ticks = fig.axes[0].get_xticks()
+    assert np.allclose(ticks, np.round(ticks))  # counts of segments: no 0.25 ticks
+    hist = [{"epoch": e, "train_loss": [1.0 / e, 2.0], "select_top1": [10.0 * e, 0.0]} for e in range(1, 4)]
+    fig = plot_training_curve(hist, member=0, select_on="holdout")
+    assert len(fig.axes) == 2  # one y quantity per panel, no twin axis
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+    assert labels == ["training loss", "top-1 on the selection split (held-out part of train)"]
+    np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), [10, 20, 30])
+
+
+def test_best_run_is_one_rule_ties_go_to_the_name_sorting_first(tmp_path):
+    from kscli.heads.submit import rank_runs
+
+    for name, top1 in (("b-run", 50.0), ("a-run", 50.0), ("c-run", 60.0), ("unfinished", 99.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"val": {"top1": top1}}))
+        if name != "unfinished":
+            (tmp_path / name / "checkpoint.pt").write_bytes(b"x")
+    ranked = [p.name for _, p in rank_runs(sorted(tmp_path.iterdir(), reverse=True))]
+    assert ranked == ["c-run", "a-run", "b-run"]
+
+
+def test_a_kill_while_saving_the_checkpoint_leaves_no_checkpoint(extracted, monkeypatch):
+    import torch
+
+    data, work, _ = extracted
+    real_save = torch.save
+
+    def dies_half_way(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    r = cli("train-head", "--head", "linear", "--name", "cut", *args(extracted), check=False)
+    assert r.exit_code == 130
+    run = work / "runs" / "cut"
+    assert not (run / "checkpoint.pt").exists() and not list(run.glob("*.tmp"))
+    monkeypatch.setattr(torch, "save", real_save)
+    from kscli.heads.submit import find_runs
+    assert run not in [p for _, p in find_runs(Layout.resolve(data_root=data, work_dir=work))]
 
 
 def test_demo_end_to_end(tmp_path):
@@ -206,5 +257,12 @@ def test_demo_end_to_end(tmp_path):
     assert "RANDOMLY INITIALISED" in out and "OK: every clip checked" in out
     for head in ("linear", "mlp", "distill", "context"):
         assert f"\n{head} " in out
+    assert "12 keysteps: chance is 8.3% top-1" in out and "(one segment = " in out
     subs = list((tmp_path / "demo" / "work" / "submissions").glob("test_*.json"))
     assert len(subs) == 1 and json.loads(subs[0].read_text())["results"]
+    # the commands it ends with work as printed (with the variables it says to export)
+    env_line = next(line for line in out.splitlines() if line.strip().startswith("export KSCLI_DATA_ROOT="))
+    env = dict(kv.split("=", 1) for kv in env_line.split()[1:])
+    report_cmd = next(line.split("#")[0].split() for line in out.splitlines() if line.strip().startswith("kscli report"))
+    for cmd in (["features", "info", "tiny-random"], report_cmd[1:]):
+        run_kscli(*cmd, env=env, cwd=tmp_path)

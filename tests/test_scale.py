@@ -126,7 +126,7 @@ MERGE_HOOK = textwrap.dedent("""
         while not (signals / "go").exists():
             time.sleep(0.02)
 
-    merge, commit, unlink = store.StoreWriter.merge_parts, store._commit, Path.unlink
+    merge, commit, unlink = store.StoreWriter.merge_parts, store.commit, Path.unlink
     def merge_parts(self):
         state["merging"] = True
         return merge(self)
@@ -140,7 +140,7 @@ MERGE_HOOK = textwrap.dedent("""
             if (at.endswith("after-rename") and state["removed"] == 1) or (at == "kill-mid-cleanup" and state["removed"] == 3):
                 stop()
         return unlink(self, missing_ok=missing_ok)
-    store.StoreWriter.merge_parts, store._commit, Path.unlink = merge_parts, commit_hook, unlink_hook
+    store.StoreWriter.merge_parts, store.commit, Path.unlink = merge_parts, commit_hook, unlink_hook
     from kscli.cli import app
     app(sys.argv[1:], prog_name="kscli")
 """)

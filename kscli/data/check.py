@@ -9,7 +9,6 @@ start from a fresh interpreter and inherit no lock; they cost a few hundred ms t
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 from collections import Counter
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from kscli.data.layout import Benchmark, Layout
 from kscli.data.manifest import load_manifest
 from kscli.data.video import VideoError, read_frames
+from kscli.fileio import write_json_atomic
 
 PROBLEMS = ("missing", "empty", "corrupt")  # a clip with any of these cannot be used
 
@@ -167,8 +167,4 @@ def format_report(report: CheckReport) -> str:
 
 
 def write_report(report: CheckReport, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, report.to_json())

@@ -37,35 +37,13 @@ import h5py
 import numpy as np
 
 from kscli.errors import KscliError
+from kscli.fileio import commit, fsync_dir
 from kscli.extract.lock import RankLock, active_writers, lock_ranks
 
 PART_RE = re.compile(r"^part-r(?P<rank>\d{3,})-s(?P<seq>\d{6,})\.h5$")
 STR = h5py.string_dtype("utf-8")
 # Config keys that must agree between parts of one store: features made otherwise don't mix.
 CONFIG_KEYS_MUST_MATCH = ("backbone", "sampling", "dtype")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _commit(tmp: Path, path: Path) -> Path:
-    """Make a closed tmp file durable, then give it its final name in one atomic step."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
 
 
 def _strings(values) -> list[str]:
@@ -108,7 +86,7 @@ def write_part(path: Path, rows: StoreRows, config: dict) -> Path:
         f.create_dataset("fps", data=rows.fps.astype(np.float32))
         f.attrs["config"] = json.dumps(config, sort_keys=True)
         f.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return _commit(tmp, path)
+    return commit(tmp, path)
 
 
 def read_part(path: Path) -> tuple[StoreRows, dict]:
@@ -347,10 +325,10 @@ class StoreWriter:
                 for key in ("features", "frame_times", "num_frames", "fps"):
                     g[key][sl] = getattr(rows, key)[keep]
                 at += len(keep)
-        _commit(tmp, out)
+        commit(tmp, out)
         for p in parts:
             p.unlink(missing_ok=True)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         return out
 
 

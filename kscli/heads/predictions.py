@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from kscli.data.labels import LabelMap
 from kscli.data.segments import Segment
 from kscli.errors import KscliError
+from kscli.fileio import atomic_write, write_json_atomic  # noqa: F401 - write_json_atomic: for callers
 
 VERSION = "1.0"
 CHALLENGE = "egoexo4d_fine_grained_keystep_recognition"
@@ -72,26 +72,16 @@ def validate_doc(doc: dict, segments: list[Segment], label_map: LabelMap, where:
                          f"e.g. {sorted(missing)[0]}")
 
 
-def write_json_atomic(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-    return path
-
-
 def write_csv(path: Path, doc: dict) -> Path:
     """Flat CSV: ego_segment_name,label_id,top5_ids,top5_scores (space-separated lists)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["ego_segment_name", "label_id", "top5_ids", "top5_scores"])
-        for r in doc["results"]:
-            w.writerow([r["ego_segment_name"], r["label_id"], " ".join(str(t["label_id"]) for t in r["top5"]),
-                        " ".join(f"{t['score']:.6f}" for t in r["top5"])])
-    os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["ego_segment_name", "label_id", "top5_ids", "top5_scores"])
+            for r in doc["results"]:
+                w.writerow([r["ego_segment_name"], r["label_id"], " ".join(str(t["label_id"]) for t in r["top5"]),
+                            " ".join(f"{t['score']:.6f}" for t in r["top5"])])
+    return atomic_write(path, write)
 
 
 def read_doc(path: str | Path) -> dict:

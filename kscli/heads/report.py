@@ -1,16 +1,15 @@
 """`kscli report RUN`: the pictures people look at, as PNG files, plus a Markdown page linking them.
 
-    per_scenario.png     top-1 per scenario (val)
-    confusions.png       the most-confused keystep pairs (true -> predicted)
-    by_length.png        top-1 by clip length
-    training_curve.png   training loss and selection top-1 per epoch
+    report/per_scenario.png     top-1 per scenario (val), n segments per bar
+    report/confusions.png       the most-confused keystep pairs (true -> predicted), in segments
+    report/by_length.png        top-1 by clip length, n segments per bar
+    report/training_curve.png   training loss, and top-1 on the selection split, per epoch
     report.md            the numbers and the pictures
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from kscli.data.segments import CLIP_NAME_RE
 from kscli.errors import KscliError
+from kscli.fileio import atomic_write, write_text_atomic
 from kscli.heads.run import load_checkpoint
 
 LENGTH_BINS = (0, 1, 2, 5, 10, 20, 60, float("inf"))
@@ -33,16 +33,79 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        _plt().close(fig)
 
 
 def _duration(name: str) -> float:
     m = CLIP_NAME_RE.match(name.rsplit("/", 1)[-1])
     return float(m.group("end")) - float(m.group("start")) if m else float("nan")
+
+
+def plot_per_scenario(val: dict):
+    """Top-1 per scenario, each bar with its segment count, and the overall top-1 as a line."""
+    plt = _plt()
+    scen = val.get("per_scenario", {})
+    keys = sorted(scen)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    tops = [scen[k]["top1"] for k in keys]
+    ax.bar(keys, tops, color="#4a7ab5")
+    for i, k in enumerate(keys):
+        ax.text(i, tops[i], f"n={scen[k]['n']}", ha="center", va="bottom", fontsize=7)
+    ax.axhline(val["top1"], color="k", ls="--", lw=1, label=f"all: {val['top1']:.1f}% (n={val['n']})")
+    ax.set_ylabel("top-1 (%)"), ax.set_title("Val top-1 per scenario (n: val segments)"), ax.legend(fontsize=7)
+    ax.set_ylim(0, max([100.0] + tops) * 1.08)
+    return fig
+
+
+def plot_confusions(y: np.ndarray, yhat: np.ndarray, names: list[str], top: int = 15):
+    """The most frequent (true -> predicted) mistakes, counted in val segments."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _plt()
+    pairs = Counter((int(a), int(b)) for a, b in zip(y, yhat) if a != b).most_common(top)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * max(len(pairs), 1) + 1))
+    ax.barh(range(len(pairs)), [c for _, c in pairs], color="#c0504d")
+    ax.set_yticks(range(len(pairs)), [f"{names[a][:32]} -> {names[b][:32]}" for (a, b), _ in pairs], fontsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts: whole segments only
+    ax.invert_yaxis(), ax.set_xlabel("val segments"), ax.set_title("Most-confused keystep pairs (true -> predicted)")
+    return fig
+
+
+def plot_by_length(y: np.ndarray, yhat: np.ndarray, dur: np.ndarray):
+    plt = _plt()
+    rows = []
+    for lo, hi in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]):
+        m = (dur >= lo) & (dur < hi)
+        if m.any():
+            rows.append((f"{lo:g}-{hi:g}s" if hi != float("inf") else f">{lo:g}s",
+                         100 * float((y[m] == yhat[m]).mean()), int(m.sum())))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar([r[0] for r in rows], [r[1] for r in rows], color="#9bbb59")
+    for i, r in enumerate(rows):
+        ax.text(i, r[1], f"n={r[2]}", ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("top-1 (%)"), ax.set_title("Val top-1 by clip length (n: val segments)")
+    return fig
+
+
+def plot_training_curve(history: list[dict], member: int, select_on: str):
+    """Two panels on one epoch axis: the training loss, and top-1 on the selection split (the
+    held-out part of train, or val with --select-on val) that picked the grid member shown."""
+    plt = _plt()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 4.5), sharex=True)
+    pick = lambda v: v[member] if isinstance(v, list) else v  # noqa: E731 - per-member lists
+    ep = [h["epoch"] for h in history]
+    top.plot(ep, [pick(h["train_loss"]) for h in history], "-o", ms=3, label="training loss")
+    top.set_ylabel("loss"), top.legend(fontsize=7)
+    top.set_title("Training curve of the selected grid member")
+    where = "val" if select_on == "val" else "held-out part of train"
+    if history and "select_top1" in history[0]:
+        bottom.plot(ep, [pick(h["select_top1"]) for h in history], "-s", ms=3, color="#c0504d",
+                    label=f"top-1 on the selection split ({where})")
+    bottom.set_xlabel("epoch"), bottom.set_ylabel("top-1 (%)"), bottom.legend(fontsize=7)
+    return fig
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -57,67 +120,25 @@ def write_report(run_dir: str | Path) -> Path:
     preds = json.loads(preds_path.read_text())["results"]
     history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else {}
     names = [k["step_name"] for k in load_checkpoint(run_dir)["labels"]]
-    plt = _plt()
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     val = metrics["val"]
-
-    scen = val.get("per_scenario", {})
-    fig, ax = plt.subplots(figsize=(6, 3))
-    keys = sorted(scen)
-    ax.bar(keys, [scen[k]["top1"] if isinstance(scen[k], dict) else scen[k] for k in keys], color="#4a7ab5")
-    ax.axhline(val["top1"], color="k", ls="--", lw=1, label=f"all: {val['top1']:.1f}%")
-    ax.set_ylabel("top-1 (%)"), ax.set_title("Val top-1 per scenario"), ax.legend()
-    _save(fig, out / "per_scenario.png")
-
     y = np.array([p["true_label_id"] for p in preds])
     yhat = np.array([p["label_id"] for p in preds])
-    pairs = Counter((int(a), int(b)) for a, b in zip(y, yhat) if a != b).most_common(15)
-    fig, ax = plt.subplots(figsize=(8, 0.35 * max(len(pairs), 1) + 1))
-    labels = [f"{names[a][:32]} -> {names[b][:32]}" for (a, b), _ in pairs]
-    ax.barh(range(len(pairs)), [c for _, c in pairs], color="#c0504d")
-    ax.set_yticks(range(len(pairs)), labels, fontsize=7)
-    ax.invert_yaxis(), ax.set_xlabel("val segments"), ax.set_title("Most-confused keystep pairs (true -> predicted)")
-    _save(fig, out / "confusions.png")
-
     dur = np.array([_duration(p["ego_segment_name"]) for p in preds])
-    rows = []
-    for lo, hi in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]):
-        m = (dur >= lo) & (dur < hi)
-        if m.any():
-            rows.append((f"{lo:g}-{hi:g}s" if hi != float("inf") else f">{lo:g}s", 100 * float((y[m] == yhat[m]).mean()),
-                         int(m.sum())))
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar([r[0] for r in rows], [r[1] for r in rows], color="#9bbb59")
-    for i, r in enumerate(rows):
-        ax.text(i, r[1], f"n={r[2]}", ha="center", va="bottom", fontsize=7)
-    ax.set_ylabel("top-1 (%)"), ax.set_title("Val top-1 by clip length")
-    _save(fig, out / "by_length.png")
-
-    hist = history.get("history", [])
-    fig, ax = plt.subplots(figsize=(6, 3))
-    if hist:
-        member = metrics.get("selection", {}).get("member", 0)
-        ep = [h["epoch"] for h in hist]
-        loss = [h["train_loss"][member] if isinstance(h["train_loss"], list) else h["train_loss"] for h in hist]
-        ax.plot(ep, loss, "-o", ms=3, label="train loss")
-        ax.set_xlabel("epoch"), ax.set_ylabel("loss")
-        if "select_top1" in hist[0]:
-            ax2 = ax.twinx()
-            acc = [h["select_top1"][member] if isinstance(h["select_top1"], list) else h["select_top1"] for h in hist]
-            ax2.plot(ep, acc, "-s", ms=3, color="#c0504d", label="selection top-1")
-            ax2.set_ylabel("selection top-1 (%)")
-    ax.set_title("Training curve (selected grid member)")
-    _save(fig, out / "training_curve.png")
-
+    sel = metrics.get("selection", {})
+    _save(plot_per_scenario(val), out / "per_scenario.png")
+    _save(plot_confusions(y, yhat, names), out / "confusions.png")
+    _save(plot_by_length(y, yhat, dur), out / "by_length.png")
+    _save(plot_training_curve(history.get("history", []), sel.get("member", 0), sel.get("on", "holdout")),
+          out / "training_curve.png")
     md = [f"# Run {run_dir.name}", "",
-          f"Head `{metrics['head']}` on `{'+'.join(metrics['backbones'])}`, selected on {metrics['selection']['on']} "
-          f"(lr {metrics['selection'].get('lr')}, wd {metrics['selection'].get('wd')}).", "",
+          f"Head `{metrics['head']}` on `{'+'.join(metrics['backbones'])}`, selected on {sel.get('on')} "
+          f"(lr {sel.get('lr')}, wd {sel.get('wd')}).", "",
           "| metric | value |", "|---|---|",
           f"| val top-1 (benchmark metric) | {val['top1']:.2f}% |", f"| val top-5 | {val['top5']:.2f}% |",
-          f"| val mean per-class accuracy | {val['mean_class_acc']:.2f}% |", f"| val segments | {val['n']} |", "",
+          f"| val mean per-class accuracy (top-1 averaged over keysteps) | {val['mean_class_acc']:.2f}% |",
+          f"| val segments | {val['n']} (one segment = {100 / max(val['n'], 1):.2f} points) |", "",
           "![per scenario](report/per_scenario.png)", "", "![confusions](report/confusions.png)", "",
           "![by length](report/by_length.png)", "", "![training curve](report/training_curve.png)", ""]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(md))
-    return path
+    return write_text_atomic(run_dir / "report.md", "\n".join(md))

@@ -25,6 +25,7 @@ import torch
 from kscli.data.layout import Benchmark, Layout
 from kscli.device import resolve_device
 from kscli.errors import KscliError
+from kscli.fileio import atomic_write
 from kscli.heads.features import load_feature_set
 from kscli.heads.metrics import compute_metrics, format_summary
 from kscli.heads.models import build_head_from_checkpoint
@@ -160,7 +161,7 @@ def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
         validate_doc(doc, bench.segments("val"), labels, "val predictions")
         write_json_atomic(run_dir / "predictions_val.json", doc)
     ckpt["metrics"] = json.loads(json.dumps(metrics))
-    torch.save(ckpt, run_dir / "checkpoint.pt")
+    atomic_write(run_dir / "checkpoint.pt", lambda tmp: torch.save(ckpt, tmp))
     write_json_atomic(run_dir / "metrics.json", metrics)
     write_json_atomic(run_dir / "history.json", {"history": ckpt.get("history", []), "grid": ckpt.get("grid", [])})
     write_json_atomic(run_dir / "config.json", {"train": cfg.to_dict(), "tags": list(tags),

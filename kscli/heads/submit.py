@@ -32,16 +32,25 @@ class Submission:
     metrics: dict | None = None  # for val: the file scored against the annotations
 
 
-def find_runs(layout: Layout) -> list[tuple[float, Path]]:
-    """(score, run folder) of every finished run, best first: val top-1, else the selection top-1."""
+def rank_runs(run_dirs) -> list[tuple[float, Path]]:
+    """(score, run folder), best first: the one rule for "the best run" (submit, the demo).
+
+    Score: val top-1, else the selection top-1. A tie goes to the run whose folder name sorts
+    first, so the same runs always give the same answer. Folders without a finished run
+    (metrics.json and checkpoint.pt) are skipped."""
     found = []
-    for m in layout.runs_dir.glob("*/metrics.json"):
-        if not (m.parent / "checkpoint.pt").is_file():
+    for run in map(Path, run_dirs):
+        if not ((run / "metrics.json").is_file() and (run / "checkpoint.pt").is_file()):
             continue
-        metrics = json.loads(m.read_text())
+        metrics = json.loads((run / "metrics.json").read_text())
         score = metrics.get("val", {}).get("top1", metrics.get("selection", {}).get("select_top1", 0.0))
-        found.append((float(score), m.parent))
+        found.append((float(score), run))
     return sorted(found, key=lambda x: (-x[0], x[1].name))
+
+
+def find_runs(layout: Layout) -> list[tuple[float, Path]]:
+    """Every finished run of the work folder, best first (see :func:`rank_runs`)."""
+    return rank_runs(m.parent for m in layout.runs_dir.glob("*/metrics.json"))
 
 
 def resolve_run(layout: Layout, run: str) -> Path:
