@@ -124,6 +124,7 @@ def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered bac
                 num_shards: Optional[int] = typer.Option(None, help="Number of shards [default: WORLD_SIZE or array size]."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Redo a store (the old one is moved aside)."),
                 limit: Optional[int] = typer.Option(None, help="Only the first N clips per split (smoke test)."),
+                strict: bool = typer.Option(False, "--strict", help="Exit 1 if any clip of this run failed (for pipelines)."),
                 progress: bool = typer.Option(True, help="Show a progress bar."),
                 parts: str = Parts, data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                 clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
@@ -145,6 +146,11 @@ def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered bac
                         shard=shard, num_shards=num_shards, overwrite=overwrite, limit=limit)
     summaries = extract(layout, cfg, progress=progress)
     typer.echo(format_summaries(summaries))
+    failed = sum(s.failed for s in summaries)
+    if strict and failed:
+        typer.echo(f"error: --strict: {failed} clip(s) failed in this run (listed above and in failures-r*.jsonl)",
+                   err=True)
+        raise typer.Exit(1)
 
 
 @features_app.command("info")

@@ -199,15 +199,6 @@ def test_tiny_random_features_are_linearly_separable():
     assert (head(f2).argmax(1) == y2).float().mean() >= 0.85
 
 
-def test_tiny_random_is_fast():
-    bb = create_backbone("tiny-random")
-    x = _tiny_input(bb, batch=8)
-    bb(x)
-    t = time.perf_counter()
-    bb(x)
-    assert time.perf_counter() - t < 2.0  # ~20-50 ms on 2 cores; loose for a loaded machine
-
-
 # ------------------------------------------------------------------------------------ spec & registry
 
 
@@ -279,12 +270,10 @@ def test_hub_id_not_available_offline(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    t = time.perf_counter()
     with pytest.raises(KscliError) as e:
         create_backbone("videomae-base", weights="kscli-test/no-such-model")
     msg = str(e.value)
     assert "kscli-test/no-such-model" in msg and "download" in msg and "--weights" in msg
-    assert time.perf_counter() - t < 20
 
 
 # ------------------------------------------------------------------------------------ HF families

@@ -87,6 +87,9 @@ def test_broken_clips_are_recorded_and_the_run_goes_on(sample_copy, tmp_path):
     fails = store.failures()
     assert set(fails) == {missing, empty, truncated}
     assert "missing" in fails[missing] and "empty" in fails[empty]
+    strict = cli("extract", "--data-root", sample_copy, "--work-dir", work, "--split", "val", "--strict",
+                 "--no-progress", check=False)  # the failed clips are tried again, and fail again
+    assert strict.exit_code == 1 and "--strict: 3 clip(s) failed" in strict.stderr
     check = cli("check-data", "--data-root", sample_copy, "--work-dir", work, "--split", "val",
                       "--jobs", "2", check=False)
     assert check.exit_code == 1 and "PROBLEMS: 3 clips" in check.stdout
