@@ -10,10 +10,12 @@ import typer
 from typer.core import TyperGroup
 
 from kscli.errors import KscliError
+from kscli.fileio import os_error_line
 
 
 class KscliGroup(TyperGroup):
-    """Turns a KscliError into one line on stderr and exit code 2, Ctrl-C into exit code 130."""
+    """Turns a KscliError or a failed file operation into one line on stderr and exit code 2,
+    Ctrl-C into exit code 130."""
 
     def invoke(self, ctx):
         try:
@@ -24,6 +26,9 @@ class KscliGroup(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             ctx.exit(130)
+        except OSError as e:
+            typer.echo(f"error: {os_error_line(e)}", err=True)
+            ctx.exit(2)
 
 
 app = typer.Typer(cls=KscliGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -182,6 +187,33 @@ def features_info_cmd(tag: str = typer.Argument(..., help="Store name (the backb
                    f"sampling {cfg['sampling']}, precision {cfg.get('precision')}")
         for rank, who in info["writing"].items():
             typer.echo(f"  being written now: rank {rank} by {who}")
+
+
+@features_app.command("verify")
+def features_verify_cmd(tag: str = typer.Argument(..., help="Store name (the backbone, or --tag of extract)."),
+                        split: str = typer.Option("train,val,test", help="Comma-separated splits."),
+                        move_aside: bool = typer.Option(False, "--move-aside",
+                                                        help="Rename unreadable parts to *.unreadable-<time>, so a rerun of extract recomputes their clips."),
+                        work_dir: Optional[Path] = WorkDir):
+    """Read every part of a store in full and list those that cannot be read (exit 1 if any stays)."""
+    from kscli.data.layout import DEFAULT_WORK_DIR, parse_splits
+    from kscli.extract.store import verify_store
+
+    root = Path(work_dir or DEFAULT_WORK_DIR) / "features" / tag
+    folders = [root / s for s in parse_splits(split) if (root / s).is_dir()]
+    if not folders:
+        raise KscliError(f"{root}: no feature store for {split}; run `kscli extract --backbone {tag}` first")
+    left = 0
+    for folder in folders:
+        parts = len(list(folder.glob("part-r*-s*.h5")))
+        bad = verify_store(folder, move_aside=move_aside)
+        typer.echo(f"{folder}: {parts - len(bad)} readable part(s)" + (f", {len(bad)} unreadable" if bad else ""))
+        for part, why in bad:
+            typer.echo(f"  {'moved aside' if move_aside else 'unreadable'}: {part.name} ({why})")
+        left += 0 if move_aside else len(bad)
+    if left:
+        typer.echo(f"{left} unreadable part(s); rerun with --move-aside, then `kscli extract` recomputes their clips")
+        raise typer.Exit(1)
 
 
 @app.command("import-features")

@@ -7,10 +7,28 @@ the old file (or none) and perhaps a stray ``.tmp``, never a truncated file unde
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Callable
+
+_OS_HINTS = {
+    errno.EACCES: "kscli cannot write there: pass a --work-dir (or KSCLI_WORK_DIR) you can write to",
+    errno.EPERM: "kscli cannot write there: pass a --work-dir (or KSCLI_WORK_DIR) you can write to",
+    errno.EROFS: "that filesystem is read-only: pass a --work-dir (or KSCLI_WORK_DIR) on a writable one",
+    errno.ENOSPC: "the disk is full: free some space, then rerun the same command (finished work is kept)",
+    errno.EDQUOT: "your disk quota is used up: free some space, then rerun the same command (finished work is kept)",
+    errno.EFBIG: "the file grew past a size limit (ulimit -f): raise it, then rerun the same command (finished "
+                 "work is kept)",
+}
+
+
+def os_error_line(e: OSError, path=None) -> str:
+    """One line for a failed file operation: which file, what the system said, what to do."""
+    where = path or e.filename
+    hint = _OS_HINTS.get(e.errno)
+    return (f"{where}: " if where else "") + f"{e.strerror or e}" + (f"; {hint}" if hint else "")
 
 
 def fsync_dir(path: Path) -> None:

@@ -355,7 +355,8 @@ def test_a_failed_part_write_stops_with_one_line_and_keeps_finished_parts(sample
     p = cli("extract", "--data-root", sample_root, "--work-dir", work, "--workers", "0", "--batch-size", "4",
             *TRAIN, check=False)
     assert p.exit_code == 2 and p.stderr.count("\n") == 1
-    assert "writing a feature part failed (No space left on device); the finished parts are kept" in p.stderr
+    assert "No space left on device; the disk is full: free some space, then rerun the same command (finished " \
+           "work is kept)" in p.stderr
     assert len(FeatureStore(store_dir(work))) == 8
     monkeypatch.setattr(store_mod, "write_part", real)
     again = cli("extract", "--data-root", sample_root, "--work-dir", work, "--workers", "0", *TRAIN)

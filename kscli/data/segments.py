@@ -122,7 +122,7 @@ def read_segments(path: str | Path, split: str, labels: LabelMap | None = None) 
                          "`egoexo -o OUT --parts annotations --benchmarks keystep` and pass "
                          "--data-root OUT (or --annotations-dir)")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a BOM (Windows editors) is not an error
             doc = json.load(f)
     except json.JSONDecodeError as e:
         raise KscliError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None

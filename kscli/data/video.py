@@ -52,7 +52,9 @@ def _quiet_stderr():
 
 def _reason(exc: Exception, printed: str, path) -> str:
     """One line: decord's own last word when it printed one, else the exception's first line."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    first = _DECORD_PREFIX.sub("", (str(exc).strip().splitlines() or [type(exc).__name__])[0])[:300]
+    if "cannot find video stream" in first:
+        return "no video stream in the file (audio only?)"
     lines = [_DECORD_PREFIX.sub("", ln).strip() for ln in printed.splitlines() if ln.strip()]
     said = lines[-1].replace(str(path), os.path.basename(str(path))) if lines else ""
     opening = re.match(r"ERROR opening: .+?, (.+)$", said)

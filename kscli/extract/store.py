@@ -22,13 +22,16 @@ each other's parts; a merge removes exactly the parts it merged.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
 import re
+import shutil
 import sys
 import threading
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,7 +40,7 @@ import h5py
 import numpy as np
 
 from kscli.errors import KscliError
-from kscli.fileio import commit, fsync_dir
+from kscli.fileio import commit, fsync_dir, os_error_line
 from kscli.extract.lock import RankLock, active_writers, lock_ranks
 
 PART_RE = re.compile(r"^part-r(?P<rank>\d{3,})-s(?P<seq>\d{6,})\.h5$")
@@ -77,16 +80,51 @@ class StoreRows:
 def write_part(path: Path, rows: StoreRows, config: dict) -> Path:
     """Write one part atomically: tmp file, close, fsync, rename, fsync the folder."""
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("names", data=np.array(rows.names, dtype=object), dtype=STR)
-        f.create_dataset("roles", data=np.array(rows.roles, dtype=object), dtype=STR)
-        f.create_dataset("features", data=rows.features)
-        f.create_dataset("frame_times", data=rows.frame_times.astype(np.float32))
-        f.create_dataset("num_frames", data=rows.num_frames.astype(np.int64))
-        f.create_dataset("fps", data=rows.fps.astype(np.float32))
-        f.attrs["config"] = json.dumps(config, sort_keys=True)
-        f.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_h5(tmp, lambda f: _fill_part(f, rows, config), size_hint=rows.features.nbytes)
     return commit(tmp, path)
+
+
+# Up to this size an HDF5 file is built in memory and written with one plain write(): a full
+# disk then fails that write cleanly. HDF5 itself, failing a write half-way, leaves h5py in a
+# state where it later crashes the process (seen: segfault at exit after a "File too large").
+IN_MEMORY_MAX = 256 * 2**20
+
+
+def write_h5(tmp: Path, fill, size_hint: int = 0) -> None:
+    """Write an HDF5 file to `tmp` with `fill(h5py.File)`; on any failure no tmp is left and a
+    full disk is one clear error. Files over IN_MEMORY_MAX are streamed after a free-space check."""
+    try:
+        if size_hint <= IN_MEMORY_MAX:
+            image = io.BytesIO()
+            with h5py.File(image, "w") as f:
+                fill(f)
+            with open(tmp, "wb") as out:
+                out.write(image.getbuffer())
+        else:
+            free = shutil.disk_usage(tmp.parent).free
+            if free < size_hint * 1.05 + 2**24:
+                raise KscliError(f"{tmp.parent}: writing {tmp.name[:-4]} needs about {size_hint / 2**20:.0f} MB and "
+                                 f"the disk has {free / 2**20:.0f} MB free; free some space, then rerun the same "
+                                 "command (finished work is kept)")
+            with h5py.File(tmp, "w") as f:
+                fill(f)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # never a half-written part under any name
+        raise KscliError(os_error_line(e, tmp.with_name(tmp.name[:-4]))) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fill_part(f, rows: StoreRows, config: dict) -> None:
+    f.create_dataset("names", data=np.array(rows.names, dtype=object), dtype=STR)
+    f.create_dataset("roles", data=np.array(rows.roles, dtype=object), dtype=STR)
+    f.create_dataset("features", data=rows.features)
+    f.create_dataset("frame_times", data=rows.frame_times.astype(np.float32))
+    f.create_dataset("num_frames", data=rows.num_frames.astype(np.int64))
+    f.create_dataset("fps", data=rows.fps.astype(np.float32))
+    f.attrs["config"] = json.dumps(config, sort_keys=True)
+    f.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def read_part(path: Path) -> tuple[StoreRows, dict]:
@@ -150,8 +188,9 @@ class FeatureStore:
             except (OSError, KeyError) as e:
                 if not part.exists():
                     raise FileNotFoundError(part) from None
-                raise KscliError(f"{part}: unreadable feature part ({e}); move it away and rerun "
-                                 "`kscli extract` to recompute its clips") from None
+                raise KscliError(f"{part}: unreadable feature part ({e}); `kscli features verify "
+                                 "--move-aside` moves such parts away, then rerun `kscli extract` to "
+                                 "recompute their clips") from None
             for row, (n, r) in enumerate(zip(names, roles)):
                 self._index[n] = (i, row)  # later parts win: they are the newest copy
                 self._roles[n] = r
@@ -303,10 +342,21 @@ class StoreWriter:
             with h5py.File(p, "r") as f:
                 for row, n in enumerate(_strings(f["names"][()])):
                     owner[n] = (i, row)
-        total = len(owner)
         out = self._next_path()
         tmp = out.with_name(out.name + ".tmp")
-        with h5py.File(parts[0], "r") as f0, h5py.File(tmp, "w") as g:
+        size = sum(_size(p) for p in parts)
+        write_h5(tmp, lambda g: self._fill_merged(parts, owner, g), size_hint=size)  # fails: the parts stay the store
+        commit(tmp, out)
+        for p in parts:
+            p.unlink(missing_ok=True)
+        fsync_dir(self.path)
+        return out
+
+    @staticmethod
+    def _fill_merged(parts: list[Path], owner: dict, g) -> None:
+        """Stream the parts into one file, each clip's newest copy once."""
+        total = len(owner)
+        with h5py.File(parts[0], "r") as f0:
             for key in ("names", "roles"):
                 g.create_dataset(key, shape=(total,), dtype=STR)
             for key in ("features", "frame_times", "num_frames", "fps"):
@@ -325,31 +375,65 @@ class StoreWriter:
                 for key in ("features", "frame_times", "num_frames", "fps"):
                     g[key][sl] = getattr(rows, key)[keep]
                 at += len(keep)
-        commit(tmp, out)
-        for p in parts:
-            p.unlink(missing_ok=True)
-        fsync_dir(self.path)
-        return out
 
 
-def _move_aside(path: Path) -> None:
-    """--overwrite: move a store folder aside while holding every rank's lock in it, so no run
-    is writing it (one is refused with its holder) and none can start until it has moved."""
+def check_part(path: Path) -> str | None:
+    """Why a part file cannot be used (every dataset is read in full), or None when it is whole."""
+    try:
+        with h5py.File(path, "r") as f:
+            n = len(f["names"])
+            for key in ("roles", "features", "frame_times", "num_frames", "fps"):
+                if len(f[key][()]) != n:
+                    return f"{key} has {len(f[key])} rows, names has {n}"
+            f["names"][()]
+            json.loads(f.attrs["config"])
+    except (OSError, KeyError, ValueError) as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return None
+
+
+@contextmanager
+def no_writers(path: Path, what: str):
+    """Hold every rank's lock of a store for the block: no run writes it meanwhile (one that is
+    writing makes this refuse, naming it), and none can start."""
     held = []
     try:
         for rank in lock_ranks(path):
             try:
                 held.append(RankLock(path, rank, wait_s=0.5))
             except KscliError as e:
-                raise KscliError(f"--overwrite refused: {e}") from None
+                raise KscliError(f"{what} refused: {e}") from None
+        yield
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def verify_store(path: Path, move_aside: bool = False) -> list[tuple[Path, str]]:
+    """Every part of a store that cannot be read, with why. `move_aside` renames each to
+    ``<part>.unreadable-<time>`` (kept for inspection, no longer part of the store), so the next
+    `kscli extract` recomputes its clips; no run may be writing the store meanwhile."""
+    path = Path(path)
+    with (no_writers(path, "features verify --move-aside") if move_aside else nullcontext()):
+        parts = sorted((p for p in path.glob("part-r*-s*.h5") if PART_RE.match(p.name)), key=_part_key)
+        bad = [(p, why) for p in parts if (why := check_part(p)) is not None]
+        if move_aside:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for p, _ in bad:
+                os.rename(p, p.with_name(f"{p.name}.unreadable-{stamp}"))
+            fsync_dir(path)
+    return bad
+
+
+def _move_aside(path: Path) -> None:
+    """--overwrite: move a store folder aside while holding every rank's lock in it, so no run
+    is writing it (one is refused with its holder) and none can start until it has moved."""
+    with no_writers(path, "--overwrite"):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = path.with_name(f"{path.name}.replaced-{stamp}")
         if aside.exists():
             aside = path.with_name(f"{path.name}.replaced-{stamp}-{os.getpid()}")
         os.rename(path, aside)
-    finally:
-        for lock in held:
-            lock.release()
     print(f"--overwrite: the old store was moved to {aside} (delete it when you no longer need it)",
           file=sys.stderr)
 
@@ -420,8 +504,7 @@ class PartWriterThread:
         if self.error is not None:
             e, self.error = self.error, None
             if isinstance(e, OSError):
-                raise KscliError(f"{self.writer.path}: writing a feature part failed ({e.strerror or e}); "
-                                 "the finished parts are kept: fix that, then rerun to resume") from e
+                raise KscliError(os_error_line(e, self.writer.path)) from e
             raise e
 
     def submit(self, make_rows: Callable[[], StoreRows]) -> None:
