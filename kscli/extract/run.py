@@ -369,6 +369,7 @@ def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreW
         ClipDataset(todo, embedder.sampling, embedder.resize_to), batch_size=cfg.batch_size, shuffle=False,
         num_workers=plan.workers, collate_fn=_collate, worker_init_fn=_worker_init,
         prefetch_factor=prefetch, pin_memory=embedder.device.type == "cuda")
+    batches = iter(loader)  # forks the decoders now, before the progress bar starts a thread
     s = plan.shard
     bar = tqdm(total=len(todo), desc=f"extract {summary.split} [{s.shard + 1}/{s.num_shards}]", unit="clip",
                disable=not progress, dynamic_ncols=True)
@@ -380,7 +381,7 @@ def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreW
     threads = _CpuThreads(plan, embedder.device)
     t0 = time.perf_counter()
     try:
-        for batch in loader:
+        for batch in batches:
             good = [it for it in batch if it["error"] is None]
             for it in batch:
                 if it["error"] is not None:
