@@ -228,6 +228,7 @@ def import_features_cmd(source: str = typer.Option(..., help="omnivore_video or 
                         feature_dim: Optional[int] = typer.Option(None, help="Feature width [default: the source's]."),
                         exo_stream: str = typer.Option("0", help="Stream id of exo camera files."),
                         windows: int = typer.Option(1, help="Cut each segment into N equal spans, one pooled vector each (store <source>-wN)."),
+                        takes_json: Optional[Path] = typer.Option(None, help="Ego-Exo4D's takes.json (take lengths: places the back-padded last window) [default: <data-root>/takes.json if there]."),
                         overwrite: bool = typer.Option(False, "--overwrite", help="Redo a store (the old one is moved aside)."),
                         progress: bool = typer.Option(True, help="Show a progress bar."),
                         data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
@@ -240,7 +241,7 @@ def import_features_cmd(source: str = typer.Option(..., help="omnivore_video or 
     summaries = import_features(layout, source, features_dir, parse_splits(split), view=view, tag=tag,
                                 window_frames=window_frames, stride_frames=stride_frames, fps=fps,
                                 exo_stream=exo_stream, progress=progress, feature_dim=feature_dim,
-                                overwrite=overwrite, windows=windows)
+                                overwrite=overwrite, windows=windows, takes_json=takes_json)
     for s in summaries:
         typer.echo(f"{s.split}: imported {s.extracted}, skipped {s.skipped} (already done), failed {s.failed} of "
                    f"{s.total} clips; {s.nearest} used the nearest window -> {s.store}")

@@ -4,6 +4,7 @@ Fake official files are written for the tiny sample's takes: row i of a file is 
 `i + offset(camera)`, so the pooled value of a clip tells exactly which windows were averaged.
 """
 
+import json
 import math
 
 import numpy as np
@@ -139,8 +140,16 @@ def test_camera_to_file(tmp_path):
     assert files.resolve(uid, "cam03", "exo", exo_stream="1").name == f"{uid}_cam03_1.pt"
     with pytest.raises(ValueError, match="cannot tell which"):
         files.resolve(uid, "cam03", "exo", exo_stream="5")  # two cam03 files, neither exact
-    with pytest.raises(FileNotFoundError, match=f"{uid}_cam04_0.pt is missing"):
+    with pytest.raises(FileNotFoundError, match=r"no feature file for camera cam04 of take .*: looked for "
+                       r"<take_uid>_\{cam04_0.pt, gp04_0.pt, cam04_\*.pt, gp04_\*.pt\}; this take has aria01_214-1.pt"):
         files.resolve(uid, "cam04", "exo")
+    # GoPros are camNN in some takes and gpNN in others: a clip's camNN finds the take's gpNN file
+    (tmp_path / f"{uid}_gp04_0.pt").write_bytes(b"")
+    (tmp_path / f"{uid}_cam05_0.pt").write_bytes(b"")
+    files = FeatureFiles(tmp_path)
+    assert files.resolve(uid, "cam04", "exo").name == f"{uid}_gp04_0.pt"
+    assert files.resolve(uid, "gp05", "exo").name == f"{uid}_cam05_0.pt"
+    assert files.resolve(uid, "cam01", "exo").name == f"{uid}_cam01_0.pt"  # the exact name still comes first
     # a bare `aria_214-1` camera: the take's one Aria rgb file, else its one Aria file
     assert files.resolve(uid, "aria_214-1", "ego").name == f"{uid}_aria02_rgb.pt"
     (tmp_path / f"{uid}_aria03_rgb.pt").write_bytes(b"")
@@ -250,8 +259,9 @@ def test_missing_take_file_is_a_failure_and_the_rest_imports_then_resume(sample_
     store = FeatureStore(layout.features_dir("omnivore_video", "val"))
     assert {store.role(n) for n in store.names} == {"ego"} and len(store) == len(ego_only) - len(lost)
     fails = store.failures()
-    assert sorted(fails) == lost and all(f.startswith("FileNotFoundError: feature file ") for f in fails.values())
-    assert f"{seg0.take_uid}_aria02_214-1.pt is missing" in fails[lost[0]]
+    assert sorted(fails) == lost and all(f.startswith("FileNotFoundError: no feature file for camera ")
+                                         for f in fails.values())
+    assert "looked for <take_uid>_{aria02_214-1.pt, aria02_rgb.pt, aria02_*.pt}" in fails[lost[0]]
     assert (layout.features_dir("omnivore_video", "val") / "failures-r000.jsonl").is_file()
     # the file arrives (under the release's Aria name): the rerun imports just those clips
     torch.save(torch.ones(40, D), folder / f"{seg0.take_uid}_aria02_rgb.pt")
@@ -282,7 +292,7 @@ def test_a_bad_file_stops_with_its_name_and_keeps_what_was_pooled(sample_root, t
 
 def test_sources_and_clear_errors(sample_root, tmp_path):
     assert {s["name"]: (s["feature_dim"], s["window_frames"], s["stride_frames"]) for s in list_sources()} == {
-        "omnivore_video": (1536, 32, 16), "maws_clip_2b": (1024, 1, 1)}
+        "omnivore_video": (1536, 32, 16), "maws_clip_2b": (2048, 1, 1)}
     layout = layout_for(sample_root, tmp_path / "work")
     with pytest.raises(KscliError, match="unknown source; choose from omnivore_video, maws_clip_2b"):
         import_features(layout, "slowfast", tmp_path, ["val"])
@@ -337,3 +347,97 @@ def test_windows_cut_each_segment_into_spans_for_the_sequence_heads(sample_root,
     assert "top-1" in res.stdout
     with pytest.raises(KscliError, match="--windows must be at least 1"):
         import_features(layout, "omnivore_video", folder, ["train"], windows=0, progress=False)
+
+
+def write_published(root, folder, source):
+    """Feature files exactly as Ego-Exo4D publishes them, for every take and camera of the sample:
+    `(T, 1, D)` tensors, Omnivore float32 (one window per 16 frames), MAWS float16 L2-normalised
+    (one per frame); Aria files `<uid>_ariaNN_rgb.pt`; GoPros `<uid>_camNN_0.pt`, except one
+    take whose GoPros are `gpNN`; the folder's `config.yaml`. Also the download's `takes.json`.
+    Row i of a file holds the value i (MAWS: a unit vector whose first entry encodes i).
+    Returns {take_uid: frames}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text("model_name: whatever\n")
+    bench = Benchmark(Layout.resolve(data_root=root))
+    segs = [s for split in ("train", "val", "test") for s in bench.segments(split)]
+    takes = sorted({s.take_uid for s in segs})
+    gp_take = takes[0]
+    frames = {}
+    for uid in takes:
+        last = max(s.end for s in segs if s.take_uid == uid)
+        frames[uid] = int(last * 30) + 7  # (frames - 32) % 16 != 0 for most takes: a back-padded window
+    for seg in segs:
+        for clip in seg.clips:
+            cam_id, _ = camera_file_ids(clip.camera, clip.role)
+            stream = "rgb" if clip.role == "ego" else "0"
+            if clip.role == "exo" and seg.take_uid == gp_take:
+                cam_id = cam_id.replace("cam", "gp")
+            n = frames[seg.take_uid]
+            if source == "omnivore_video":
+                room = n - 32
+                rows = room // 16 + 1 + (1 if room % 16 else 0)
+                t = torch.arange(rows, dtype=torch.float32)[:, None, None].expand(rows, 1, 1536).clone()
+            else:
+                t = torch.zeros(n, 1, 2048)
+                t[:, 0, 0] = torch.arange(n) / (2 * n)  # first entry i / 2n, the rest fills the unit norm
+                t[:, 0, 1] = (1 - t[:, 0, 0] ** 2).sqrt()
+                t = t.half()
+            torch.save(t, folder / f"{seg.take_uid}_{cam_id}_{stream}.pt")
+    (root / "takes.json").write_text(json.dumps([{"take_uid": u, "take_name": f"take{i}", "duration_sec": frames[u] / 30}
+                                                 for i, u in enumerate(takes)]))
+    return frames
+
+
+def expected_value(source, seg, n):
+    """What pooling a published file of n frames over a segment must give (see write_published)."""
+    if source == "maws_clip_2b":  # the frames inside the segment, averaged
+        hit = [i for i in range(n) if i / 30 < seg.end and (i + 1) / 30 > seg.start]
+        return np.mean([float(torch.tensor(i / (2 * n)).half()) for i in hit])
+    room = n - 32  # Omnivore: windows every 16 frames, and one ending at the last frame if needed
+    starts = [16 * i for i in range(room // 16 + 1)] + ([room] if room % 16 else [])
+    hit = [i for i, a in enumerate(starts) if a / 30 < seg.end and (a + 32) / 30 > seg.start]
+    return np.mean(hit)
+
+
+@pytest.mark.parametrize("source", ["omnivore_video", "maws_clip_2b"])
+def test_published_files_import_with_no_overrides(sample_copy, tmp_path, source):
+    from conftest import cli
+
+    frames = write_published(sample_copy, tmp_path / "features" / source, source)
+    work = tmp_path / "work"
+    res = cli("import-features", "--source", source, "--features-dir", tmp_path / "features", "--data-root",
+              sample_copy, "--work-dir", work, "--split", "train,val", "--no-progress")
+    assert "failed 0" in res.stdout and "train: imported" in res.stdout
+    store = FeatureStore(work / "features" / source / "train")
+    assert store.feature_shape == (get_source(source).feature_dim,)
+    segments = Benchmark(Layout.resolve(data_root=sample_copy)).segments("train")
+    for seg in segments:
+        for clip in seg.clips:
+            assert store.get([clip.name])[0, 0] == pytest.approx(expected_value(source, seg, frames[seg.take_uid]),
+                                                                  abs=2e-3)
+    if source == "omnivore_video":
+        # the last window ends at the take's last frame (the pooled span of a take's last segment
+        # says where it ends); without the take lengths it sits on the grid, past the video's end
+        (sample_copy / "takes.json").unlink()
+        cli("import-features", "--source", source, "--features-dir", tmp_path / "features", "--data-root",
+            sample_copy, "--work-dir", work, "--split", "train", "--tag", "grid", "--no-progress")
+        grid = FeatureStore(work / "features" / "grid" / "train")
+        padded = 0
+        for uid, n in frames.items():
+            last = [s for s in segments if s.take_uid == uid]
+            if not last or (n - 32) % 16 == 0:
+                continue
+            seg = max(last, key=lambda s: s.end)
+            end = store.get([seg.ego.name], "frame_times")[0, 1] + seg.start
+            assert end == pytest.approx(n / 30, abs=1e-4)
+            assert grid.get([seg.ego.name], "frame_times")[0, 1] + seg.start > n / 30 + 1e-3
+            padded += 1
+        assert padded > 0
+
+
+def test_takes_json_that_is_not_one_is_a_clear_error(sample_copy, tmp_path):
+    folder = tmp_path / "features" / "omnivore_video"
+    write_published(sample_copy, folder, "omnivore_video")
+    (sample_copy / "takes.json").write_text('{"not": "takes"}')
+    with pytest.raises(KscliError, match="no take with take_uid and duration_sec"):
+        import_features(layout_for(sample_copy, tmp_path / "w"), "omnivore_video", folder, ["val"], progress=False)

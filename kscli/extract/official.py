@@ -38,17 +38,21 @@ published window that overlaps two spans counts in both), for the heads that rea
 sequences (attentive, context).
 
 Assumptions, stated where they matter:
-- Omnivore's last window: the official extractor backs the last window up so that it ends at the
-  video's last frame when the stride does not divide the length; without the take's frame count
-  we place it on the regular grid, so its true start may be up to ``stride - 1`` frames earlier.
-- ``maws_clip_2b``: the Ego-Exo4D docs say it is an image model with a feature for every frame,
-  so it is registered as window 1, stride 1 at 30 fps; its feature size 1024 is assumed (not
-  checked against a real file here). Override with ``window_frames`` / ``stride_frames`` /
-  ``fps`` / ``feature_dim`` if the files say otherwise.
+- Omnivore (Swin-L trunk, 1536-d float32; the extractor saves ``(T, 1, D)``): its sampler backs
+  the last window up so that it ends at the video's end when the stride does not divide the
+  length, which gives the file one window more than the grid. With the take's length
+  (``duration_sec`` in the download's ``takes.json``, read from the data root by default) that
+  window is placed where it really is; without it, on the grid, up to ``stride - 1`` frames late.
+- ``maws_clip_2b``: MAWS CLIP ViT-2B (``vit_2b14_xlmr_l``), 2048-d, one feature per frame at
+  30 fps, float16 and L2-normalised by the extractor (read here as float32).
+- Camera names: the Aria stream is ``rgb`` in the file names (``214-1`` in the clip names); a
+  GoPro is ``camNN`` in some takes and ``gpNN`` in others, so a clip's ``cam03`` also finds a
+  ``gp03`` file (and back). A file not found is recorded with every name that was looked for.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -84,9 +88,18 @@ class SourceSpec:
     download_part: str  # the `egoexo --parts` value that downloads them
     description: str = ""
 
-    def window_bounds(self, num_windows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Start and end of each window in seconds of the take (regular grid)."""
+    def window_bounds(self, num_windows: int, take_seconds: float | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end of each window in seconds of the take: the regular grid, except that
+        the official extractor backs the last window up to end at the video's end when the
+        stride does not divide the length. That needs the take's length (`take_seconds`, from
+        takes.json); the file then has one window more than the grid fits, and only then is
+        the last one moved."""
         start = np.arange(num_windows, dtype=np.float64) * self.stride_frames / self.fps
+        if take_seconds is not None:
+            room = int(round(take_seconds * self.fps)) - self.window_frames  # frames after the first window
+            if room >= 0 and room % self.stride_frames and num_windows == room // self.stride_frames + 2:
+                start[-1] = room / self.fps
         return start, start + self.window_frames / self.fps
 
 
@@ -102,9 +115,9 @@ register_source(SourceSpec(
     "omnivore_video", 1536, 32, 16, 30.0, "features/omnivore_video",
     "Omnivore Swin-L video head; 32-frame windows every 16 frames at 30 fps (Ego-Exo4D docs)"))
 register_source(SourceSpec(
-    "maws_clip_2b", 1024, 1, 1, 30.0, "features/maws_clip_2b",
-    "MAWS CLIP ViT-2B image features, one per frame at 30 fps (Ego-Exo4D docs); "
-    "dim 1024 is assumed"))
+    "maws_clip_2b", 2048, 1, 1, 30.0, "features/maws_clip_2b",
+    "MAWS CLIP ViT-2B (vit_2b14_xlmr_l, embed dim 2048) image features, one per frame at 30 fps, "
+    "stored as float16 and L2-normalised by the official extractor"))
 
 
 def list_sources() -> list[dict]:
@@ -165,19 +178,21 @@ class FeatureFiles:
         return self._by_take.get(take_uid, set())
 
     def resolve(self, take_uid: str, camera: str, role: str, exo_stream: str = "0") -> Path:
-        """The file of one take and camera; FileNotFoundError / ValueError (ambiguous) otherwise."""
+        """The file of one take and camera; FileNotFoundError (naming every name looked for) or
+        ValueError (ambiguous) otherwise."""
         if not take_uid:
             raise ValueError("the segment has no take_uid in the annotations")
         cam_id, stream = camera_file_ids(camera, role, exo_stream)
         names = self._names(take_uid)
-        exact = [f"{take_uid}_{cam_id}_{stream}.pt"]
+        ids = [cam_id] + _other_gopro_names(cam_id) if role == "exo" else [cam_id]
+        exact = [f"{take_uid}_{i}_{stream}.pt" for i in ids]
         if role == "ego" and stream != ARIA_RGB_STREAM:
             exact.append(f"{take_uid}_{cam_id}_{ARIA_RGB_STREAM}.pt")
         for n in exact:
             if n in names:
                 return self.folder / n
-        prefix = f"{take_uid}_{cam_id}_"
-        patterns = [(f"{prefix}*.pt", sorted(n for n in names if n.startswith(prefix)))]
+        patterns = [(f"{take_uid}_{i}_*.pt", sorted(n for n in names if n.startswith(f"{take_uid}_{i}_")))
+                    for i in ids]
         if role == "ego" and re.fullmatch(r"aria", cam_id, re.IGNORECASE):
             rx = re.compile(rf"^{re.escape(take_uid)}_aria\d*_")
             aria = sorted(n for n in names if rx.match(n))
@@ -190,8 +205,18 @@ class FeatureFiles:
             if len(found) > 1:
                 raise ValueError(f"{len(found)} feature files match {pattern} in {self.folder} "
                                  f"({', '.join(found[:4])}); cannot tell which is camera {camera}")
-        raise FileNotFoundError(f"feature file {exact[0]} is missing in {self.folder} "
-                                f"(no {prefix}*.pt either)")
+        looked = ", ".join([n[len(take_uid) + 1:] for n in exact] + [p[len(take_uid) + 1:] for p, _ in patterns])
+        have = sorted(n[len(take_uid) + 1:] for n in names)
+        raise FileNotFoundError(f"no feature file for camera {camera} of take {take_uid} in {self.folder}: "
+                                f"looked for <take_uid>_{{{looked}}}; this take has "
+                                f"{', '.join(have[:8]) if have else 'no files'}")
+
+
+def _other_gopro_names(cam_id: str) -> list[str]:
+    """GoPro exo cameras are `camNN` in some takes and `gpNN` in others (Ego-Exo4D's metadata and
+    tools use both); a clip named for one may have its features under the other."""
+    m = re.fullmatch(r"(cam|gp)(\d+)", cam_id)
+    return [f"{'gp' if m.group(1) == 'cam' else 'cam'}{m.group(2)}"] if m else []
 
 
 def _as_windows(t: torch.Tensor) -> torch.Tensor | None:
@@ -243,8 +268,8 @@ def load_feature_file(path: Path, feature_dim: int) -> np.ndarray:
 # pooling
 
 
-def pool_windows(feats: np.ndarray, spec: SourceSpec, start: float, end: float
-                 ) -> tuple[np.ndarray, float, float, int, bool]:
+def pool_windows(feats: np.ndarray, spec: SourceSpec, start: float, end: float,
+                 take_seconds: float | None = None) -> tuple[np.ndarray, float, float, int, bool]:
     """Mean of the windows overlapping [start, end] (seconds of the take).
 
     Returns (vector, first window start, last window end, windows pooled, used_nearest); the times
@@ -254,7 +279,7 @@ def pool_windows(feats: np.ndarray, spec: SourceSpec, start: float, end: float
     segment's middle is used and `used_nearest` is True.
     """
     n = feats.shape[0]
-    ws, we = spec.window_bounds(n)
+    ws, we = spec.window_bounds(n, take_seconds)
     eps = 1e-6
     if end - start > eps:
         hit = (ws < end - eps) & (we > start + eps)
@@ -269,20 +294,20 @@ def pool_windows(feats: np.ndarray, spec: SourceSpec, start: float, end: float
     return vec, float(ws[idx[0]] - start), float(we[idx[-1]] - start), int(idx.size), nearest
 
 
-def pool_segment(feats: np.ndarray, spec: SourceSpec, start: float, end: float, windows: int = 1
-                 ) -> tuple[np.ndarray, list[float], int, bool]:
+def pool_segment(feats: np.ndarray, spec: SourceSpec, start: float, end: float, windows: int = 1,
+                 take_seconds: float | None = None) -> tuple[np.ndarray, list[float], int, bool]:
     """The store row of one clip: `windows` = 1 pools [start, end] into one (D,) vector;
     `windows` = W > 1 cuts [start, end] into W equal spans and pools each (`pool_windows`) into
     a (W, D) sequence, the layout `kscli extract --windows W` writes. Returns (features, frame
     times [first, last] per span relative to `start`, published windows pooled in all, whether
     any span took the nearest window)."""
     if windows == 1:
-        vec, t0, t1, count, nearest = pool_windows(feats, spec, start, end)
+        vec, t0, t1, count, nearest = pool_windows(feats, spec, start, end, take_seconds)
         return vec, [t0, t1], count, nearest
     edges = np.linspace(start, end, windows + 1)
     vecs, times, count, nearest = [], [], 0, False
     for a, b in zip(edges[:-1], edges[1:]):
-        vec, t0, t1, k, near = pool_windows(feats, spec, float(a), float(b))
+        vec, t0, t1, k, near = pool_windows(feats, spec, float(a), float(b), take_seconds)
         vecs.append(vec)
         times += [t0 + float(a) - start, t1 + float(a) - start]
         count += k
@@ -302,6 +327,7 @@ class ImportJob:
     camera: str
     start: float
     end: float
+    take_seconds: float | None = None  # the take's length (takes.json), for the back-padded last window
 
 
 @dataclass
@@ -311,11 +337,32 @@ class ImportSummary(SplitSummary):
     nearest: int = 0
 
 
-def list_import_jobs(bench: Benchmark, split: str, view: str) -> list[ImportJob]:
+def list_import_jobs(bench: Benchmark, split: str, view: str, take_seconds: dict | None = None) -> list[ImportJob]:
     """Every clip of a split in the chosen view(s), each once, in file order (take, camera, time)."""
-    jobs = [ImportJob(clip.name, clip.role, seg.take_uid, clip.camera, seg.start, seg.end)
+    lengths = take_seconds or {}
+    jobs = [ImportJob(clip.name, clip.role, seg.take_uid, clip.camera, seg.start, seg.end, lengths.get(seg.take_uid))
             for seg, clip in view_clips(bench, split, view)]
     return sorted(jobs, key=lambda j: (j.take_uid, j.camera, j.start, j.name))
+
+
+def read_take_seconds(path: Path) -> dict[str, float]:
+    """take_uid -> duration_sec from Ego-Exo4D's metadata file `takes.json` (a list of takes, or
+    a dict holding one); a file that is not that is one clear error."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as e:
+        raise KscliError(f"{path}: cannot read it as takes.json ({e}); pass the metadata file of the "
+                         "Ego-Exo4D download (`egoexo -o OUT --parts metadata`: OUT/takes.json)") from None
+    if isinstance(data, dict):  # a wrapper object holding the list
+        data = next((v for v in data.values() if isinstance(v, list)), [])
+    takes = data if isinstance(data, list) else []
+    out = {}
+    for t in takes:
+        if isinstance(t, dict) and t.get("take_uid") and isinstance(t.get("duration_sec"), (int, float)):
+            out[str(t["take_uid"])] = float(t["duration_sec"])
+    if not out:
+        raise KscliError(f"{path}: no take with take_uid and duration_sec; is this Ego-Exo4D's takes.json?")
+    return out
 
 
 def _has_pt(folder: Path) -> bool:
@@ -359,13 +406,16 @@ def import_features(layout: Layout, source: str, features_dir: Path, splits: lis
                     tag: str | None = None, window_frames: int | None = None, stride_frames: int | None = None,
                     fps: float | None = None, exo_stream: str = "0", progress: bool = True, *,
                     feature_dim: int | None = None, overwrite: bool = False,
-                    batch_size: int = BATCH_SIZE, windows: int = 1) -> list[ImportSummary]:
+                    batch_size: int = BATCH_SIZE, windows: int = 1,
+                    takes_json: Path | None = None) -> list[ImportSummary]:
     """Pool Ego-Exo4D's published features over every segment's clips into `features/<tag>/<split>`.
 
     Resumable (clips already in the store are skipped; a store made with other source settings
     is refused, `overwrite=True` moves it aside as `kscli extract --overwrite` does). Each take
     file is read once and only one is held at a time. `windows` W > 1 stores a (W, D) sequence
-    per clip (`pool_segment`) in `<source>-w<W>`. Returns one summary per split.
+    per clip (`pool_segment`) in `<source>-w<W>`. `takes_json` (default: `takes.json` in the
+    data root, where the downloader puts the metadata) gives each take's length, which places
+    Omnivore's back-padded last window exactly. Returns one summary per split.
     """
     spec = get_source(source, window_frames, stride_frames, fps, feature_dim)
     if batch_size < 1:
@@ -374,7 +424,10 @@ def import_features(layout: Layout, source: str, features_dir: Path, splits: lis
         raise KscliError(f"--windows must be at least 1, got {windows}")
     folder = _features_folder(features_dir, spec)
     bench = Benchmark(layout)
-    jobs_by_split = {s: list_import_jobs(bench, s, view) for s in splits}  # validate all first
+    if takes_json is None and layout.data_root is not None and (Path(layout.data_root) / "takes.json").is_file():
+        takes_json = Path(layout.data_root) / "takes.json"
+    lengths = read_take_seconds(takes_json) if takes_json is not None else None
+    jobs_by_split = {s: list_import_jobs(bench, s, view, lengths) for s in splits}  # validate all first
     files = FeatureFiles(folder)
     tag = tag or (spec.name if windows == 1 else f"{spec.name}-w{windows}")
     return [_import_split(layout, spec, folder, files, split, jobs_by_split[split], view, tag, exo_stream,
@@ -427,7 +480,8 @@ def _import_clips(spec, files, todo, writer, summary, exo_stream, progress, batc
             if current[0] != file:
                 current = (None, None)  # drop the previous take's tensor before loading the next
                 current = (file, load_feature_file(file, spec.feature_dim))
-            vec, times, count, nearest = pool_segment(current[1], spec, job.start, job.end, windows)
+            vec, times, count, nearest = pool_segment(current[1], spec, job.start, job.end, windows,
+                                                      job.take_seconds)
             summary.nearest += nearest
             buf.append((job, vec, times, count))
             if len(buf) >= batch_size:
