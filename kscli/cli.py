@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -27,7 +28,10 @@ class KscliGroup(TyperGroup):
             typer.echo("interrupted", err=True)
             ctx.exit(130)
         except OSError as e:
-            typer.echo(f"error: {os_error_line(e)}", err=True)
+            if os.environ.get("KSCLI_DEBUG"):
+                raise  # the full traceback, for a bug report
+            where = "" if e.filename else "  (KSCLI_DEBUG=1 shows where)"
+            typer.echo(f"error: {os_error_line(e)}{where}", err=True)
             ctx.exit(2)
 
 

@@ -8,6 +8,7 @@ The tiny backbone is random: the numbers only show the pipeline working.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,14 +92,19 @@ def results_table(results: dict, runs: dict, layout: Layout) -> str:
     return "\n".join(lines)
 
 
+def q(path) -> str:
+    """A path as one shell word (spaces, quotes, $ ...)."""
+    return shlex.quote(str(path))
+
+
 def next_steps(layout: Layout, ranked: list[Path]) -> str:
-    """The commands to go on with, pointed at the demo's folders."""
+    """The commands to go on with, pointed at the demo's folders, ready to paste into a shell."""
     best, others = ranked[0], ranked[1:2]
     return "\n".join([
         "next, on the demo's files (these commands read the two variables):",
-        f"  export KSCLI_DATA_ROOT={Path(layout.data_root).resolve()} KSCLI_WORK_DIR={Path(layout.work_dir).resolve()}",
+        f"  export KSCLI_DATA_ROOT={q(Path(layout.data_root).resolve())} KSCLI_WORK_DIR={q(Path(layout.work_dir).resolve())}",
         f"  kscli features info {DEMO_BACKBONE}            # what the store holds",
-        f"  kscli report {best.resolve()}     # pictures of the best run",
-        f"  kscli submit --split val --run {best.name}" + "".join(f" --run {o.name}" for o in others)
+        f"  kscli report {q(best.resolve())}     # pictures of the best run",
+        f"  kscli submit --split val --run {q(best.name)}" + "".join(f" --run {q(o.name)}" for o in others)
         + "   # an ensemble, scored on val",
         "then with your own download: see README.md, 'With your download'."])

@@ -1,6 +1,6 @@
 """Writing a file so that a reader (or a crash) never sees half of it: the one helper every writer uses.
 
-The content goes to ``<name>.tmp`` in the same folder, is flushed to disk, and takes the final
+The content goes to ``<name>.<pid>.tmp`` in the same folder, is flushed to disk, and takes the final
 name in one ``os.replace``; then the folder entry is flushed too. A kill at any moment leaves
 the old file (or none) and perhaps a stray ``.tmp``, never a truncated file under the real name.
 """
@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 _OS_HINTS = {
-    errno.EACCES: "kscli cannot write there: pass a --work-dir (or KSCLI_WORK_DIR) you can write to",
-    errno.EPERM: "kscli cannot write there: pass a --work-dir (or KSCLI_WORK_DIR) you can write to",
+    errno.EACCES: "check its permissions (kscli reads the download and writes under --work-dir / "
+                  "KSCLI_WORK_DIR: pass one you can write to)",
+    errno.EPERM: "check its permissions (kscli reads the download and writes under --work-dir / "
+                 "KSCLI_WORK_DIR: pass one you can write to)",
     errno.EROFS: "that filesystem is read-only: pass a --work-dir (or KSCLI_WORK_DIR) on a writable one",
     errno.ENOSPC: "the disk is full: free some space, then rerun the same command (finished work is kept)",
     errno.EDQUOT: "your disk quota is used up: free some space, then rerun the same command (finished work is kept)",
@@ -28,7 +30,8 @@ def os_error_line(e: OSError, path=None) -> str:
     """One line for a failed file operation: which file, what the system said, what to do."""
     where = path or e.filename
     hint = _OS_HINTS.get(e.errno)
-    return (f"{where}: " if where else "") + f"{e.strerror or e}" + (f"; {hint}" if hint else "")
+    what = f"{e.strerror or e}" if where or hint else f"{type(e).__name__}: {e.strerror or e}"
+    return (f"{where}: " if where else "") + what + (f"; {hint}" if hint else "")
 
 
 def fsync_dir(path: Path) -> None:
@@ -45,7 +48,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
+    """`<name>.<pid>.tmp`: two processes writing the same file never rename each other's half."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
 
 
 def commit(tmp: Path, path: Path) -> Path:

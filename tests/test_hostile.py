@@ -171,7 +171,7 @@ def test_a_read_only_work_dir_is_one_line(sample_root, tmp_path):
     p = run_kscli("extract", "--data-root", sample_root, "--work-dir", work, "--split", "test", "--no-progress",
                   check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
-    assert "kscli cannot write there: pass a --work-dir (or KSCLI_WORK_DIR) you can write to" in p.stderr
+    assert "check its permissions (kscli reads the download and writes under --work-dir" in p.stderr
     assert str(work) in p.stderr
     t = run_kscli("train-head", "--head", "linear", "--data-root", sample_root, "--work-dir", work, check=False)
     assert t.returncode == 2 and t.stderr.count("\n") == 1, t.stderr
@@ -225,3 +225,39 @@ def test_a_damaged_part_is_named_listed_and_moved_aside_for_a_rerun(sample_root,
     assert f"extracted {len(names)}, skipped 0" in again.stdout
     assert sorted(FeatureStore(folder).names) == names
     assert "1 readable part(s)" in run_kscli(*verify).stdout
+
+
+def _reasons(paths):
+    from kscli.data.video import VideoError, read_frames
+
+    out = []
+    for p in paths:
+        try:
+            read_frames(p)
+            out.append("ok")
+        except VideoError as e:
+            out.append(str(e))
+    return out
+
+
+def test_failure_reasons_stay_with_their_clip_across_forks_and_threads(tmp_path):
+    """decord's text is captured per process and per decode: forked decoders and other threads
+    writing to stderr never swap, mix or swallow reasons."""
+    import multiprocessing
+    import threading
+
+    garbage, folder = tmp_path / "garbage.mp4", tmp_path / "a folder.mp4"
+    garbage.write_bytes(b"not a video")
+    folder.mkdir()
+    expect = {str(garbage): _reasons([garbage])[0], str(folder): _reasons([folder])[0]}  # the parent decodes first
+    assert expect[str(garbage)] != expect[str(folder)]
+    jobs = [[str(garbage)] * 40, [str(folder)] * 40]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        for paths, got in zip(jobs, pool.map(_reasons, jobs)):
+            assert set(got) == {expect[paths[0]]}
+    results, threads = {}, [threading.Thread(target=lambda j=j: results.setdefault(j[0], _reasons(j))) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {k: set(v) for k, v in results.items()} == {k: {v} for k, v in expect.items()}

@@ -1,14 +1,17 @@
 """Stage two on real stores: feature assembly, train-head, evaluate, submit, report, demo (real CLI)."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from conftest import cli, run_kscli
+from conftest import REPO, cli
 from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
 from kscli.heads.features import load_feature_set
@@ -233,7 +236,7 @@ def test_best_run_is_one_rule_ties_go_to_the_name_sorting_first(tmp_path):
 def test_a_kill_while_saving_the_checkpoint_leaves_no_checkpoint(extracted, monkeypatch):
     import torch
 
-    data, work, _ = extracted
+    _, work, _ = extracted
     real_save = torch.save
 
     def dies_half_way(obj, f):
@@ -247,22 +250,22 @@ def test_a_kill_while_saving_the_checkpoint_leaves_no_checkpoint(extracted, monk
     run = work / "runs" / "cut"
     assert not (run / "checkpoint.pt").exists() and not list(run.glob("*.tmp"))
     monkeypatch.setattr(torch, "save", real_save)
-    from kscli.heads.submit import find_runs
-    assert run not in [p for _, p in find_runs(Layout.resolve(data_root=data, work_dir=work))]
 
 
 def test_demo_end_to_end(tmp_path):
-    res = cli("demo", "--dir", tmp_path / "demo", "--no-progress")
+    res = cli("demo", "--dir", tmp_path / "my demo $x", "--no-progress")
     out = res.stdout
     assert "RANDOMLY INITIALISED" in out and "OK: every clip checked" in out
     for head in ("linear", "mlp", "distill", "context"):
         assert f"\n{head} " in out
     assert "12 keysteps: chance is 8.3% top-1" in out and "(one segment = " in out
-    subs = list((tmp_path / "demo" / "work" / "submissions").glob("test_*.json"))
+    subs = list((tmp_path / "my demo $x" / "work" / "submissions").glob("test_*.json"))
     assert len(subs) == 1 and json.loads(subs[0].read_text())["results"]
-    # the commands it ends with work as printed (with the variables it says to export)
-    env_line = next(line for line in out.splitlines() if line.strip().startswith("export KSCLI_DATA_ROOT="))
-    env = dict(kv.split("=", 1) for kv in env_line.split()[1:])
-    report_cmd = next(line.split("#")[0].split() for line in out.splitlines() if line.strip().startswith("kscli report"))
-    for cmd in (["features", "info", "tiny-random"], report_cmd[1:]):
-        run_kscli(*cmd, env=env, cwd=tmp_path)
+    # the commands it ends with work when pasted into a shell, from another folder, spaces and all
+    steps = out[out.index("next, on the demo's files"):].splitlines()[1:-1]
+    script = "set -e\n" + "\n".join(line.strip().replace("kscli ", f"{sys.executable} -m kscli ", 1)
+                                     for line in steps)
+    p = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "tiny-random/train: " in p.stdout and "report: " in p.stdout and "2 run(s)" in p.stdout

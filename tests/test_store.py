@@ -66,3 +66,33 @@ def test_config_mismatch_names_the_field():
     other = {**CFG, "sampling": {"num_frames": 16, "windows": 1}}
     assert config_mismatch(CFG, CFG) is None
     assert config_mismatch(CFG, other) == "sampling.num_frames is 2 in the store but 16 now"
+
+
+def test_merge_names_the_part_it_cannot_read(tmp_path):
+    with StoreWriter(tmp_path, 0, CFG) as w:
+        w.write(rows(["a"], seed=1))
+        broken = w.write(rows(["b"], seed=2))
+        w.write(rows(["c"], seed=3))
+        data = broken.read_bytes()
+        broken.write_bytes(data[: len(data) // 2])
+        with pytest.raises(KscliError, match=f"{broken.name}: unreadable feature part"):
+            w.merge_parts()
+    assert not list(tmp_path.glob("*.tmp")) and len(list(tmp_path.glob("part-*.h5"))) == 3  # nothing lost
+
+
+def test_verify_lists_damage_not_parts_merged_away_meanwhile(tmp_path, monkeypatch):
+    from kscli.extract import store as store_mod
+
+    with StoreWriter(tmp_path, 0, CFG) as w:
+        gone, damaged, whole = w.write(rows(["a"])), w.write(rows(["b"])), w.write(rows(["c"]))
+    damaged.write_bytes(b"not hdf5")
+    real = store_mod.check_part
+
+    def a_merge_removes_one_first(path, *a, **k):
+        if path == gone:
+            path.unlink()
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(store_mod, "check_part", a_merge_removes_one_first)
+    bad = store_mod.verify_store(tmp_path)
+    assert [p for p, _ in bad] == [damaged] and whole.exists()

@@ -46,6 +46,8 @@ def probe_clip(path: str | Path, decode: bool = True) -> dict:
         size = path.stat().st_size
     except FileNotFoundError:
         return {"status": "missing"}
+    except OSError as e:  # e.g. a folder on the way that may not be read
+        return {"status": "corrupt", "error": f"cannot read: {e.strerror or e}"}
     if size == 0:
         return {"status": "empty", "error": "zero-byte file"}
     if not decode:
@@ -81,6 +83,9 @@ class CheckReport:
 def check_data(layout: Layout, splits: list[str], view: str = "all", min_frames: int = 16,
                decode: bool = True, jobs: int | None = None, progress: bool = True) -> CheckReport:
     """Check every clip of the given splits and views; `ok` is False if any is missing or unreadable.
+
+    Probes run in spawned processes: a script that calls this at import level needs the usual
+    ``if __name__ == "__main__":`` guard.
 
     `min_frames` is what a backbone samples: shorter clips are counted (they still work, frames
     are repeated) but are no error.

@@ -5,7 +5,10 @@ decord prints to the process's stderr from C++, below Python: ffmpeg's own log l
 `[22:52:42] /github/workspace/src/video/video_reader.cc:83: ERROR opening: ...` before it
 raises. The second cannot be turned off, so file descriptor 2 is pointed at a scratch file
 while decord works; if decord raises, the useful part of what it printed becomes the error's
-text (kscli records it once, as the clip's failure), otherwise it is dropped.
+text (kscli records it once, as the clip's failure). decord's and ffmpeg's own lines are then
+dropped; anything else that reached fd 2 meanwhile (another thread of this process) is written
+back to stderr afterwards, late but not lost. One scratch file per process (a forked child
+opens its own) and one decode at a time per process hold the redirect (a lock).
 """
 
 from __future__ import annotations
@@ -14,40 +17,57 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 
-_scratch = None  # one scratch file per process, reused for every clip
+_scratch = None  # (pid, file): one scratch file per process, reused for every clip
+_redirect = threading.Lock()  # fd 2 is process-wide: one redirect at a time
 _DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # "[22:52:42] /path/video_reader.cc:83: "
+_FFMPEG_LINE = re.compile(r"^\[[\w,]+ @ 0x[0-9a-f]+\] ")  # "[mov,mp4,m4a @ 0x55d5...] moov atom not found"
 
 
 class VideoError(RuntimeError):
     """A clip that cannot be opened or decoded; the message says why, in one line."""
 
 
+def _scratch_file():
+    global _scratch
+    if _scratch is None or _scratch[0] != os.getpid():  # a forked child must not share the parent's
+        _scratch = (os.getpid(), tempfile.TemporaryFile())
+    return _scratch[1]
+
+
+def _is_library_noise(line: str) -> bool:
+    return bool(_DECORD_PREFIX.match(line) or _FFMPEG_LINE.match(line))
+
+
 @contextmanager
 def _quiet_stderr():
-    """Route fd 2 to a scratch file for the block; yields a function that returns what was written."""
-    global _scratch
-    if _scratch is None:
-        _scratch = tempfile.TemporaryFile()
-    _scratch.seek(0)
-    _scratch.truncate()
-    try:
-        sys.stderr.flush()
-    except (AttributeError, ValueError):
-        pass
-    saved = os.dup(2)
-    os.dup2(_scratch.fileno(), 2)
+    """Route fd 2 to a scratch file for the block; yields a function that returns decord's and
+    ffmpeg's lines written meanwhile. Other lines go back to stderr when the block ends."""
+    with _redirect:
+        scratch = _scratch_file()
+        scratch.seek(0)
+        scratch.truncate()
+        try:
+            sys.stderr.flush()
+        except (AttributeError, ValueError):
+            pass
+        saved = os.dup(2)
+        os.dup2(scratch.fileno(), 2)
 
-    def written() -> str:
-        _scratch.seek(0)
-        return _scratch.read().decode("utf-8", errors="replace")
+        def everything() -> list[str]:
+            scratch.seek(0)
+            return scratch.read().decode("utf-8", errors="replace").splitlines()
 
-    try:
-        yield written
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        try:
+            yield lambda: "\n".join(ln for ln in everything() if _is_library_noise(ln))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            others = [ln for ln in everything() if ln.strip() and not _is_library_noise(ln)]
+            if others:
+                os.write(2, ("\n".join(others) + "\n").encode())
 
 
 def _reason(exc: Exception, printed: str, path) -> str:

@@ -53,6 +53,12 @@ def _strings(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else v for v in values]
 
 
+def unreadable_part(part: Path, e: Exception) -> KscliError:
+    """The one line for a part file that cannot be read, whoever finds it."""
+    return KscliError(f"{part}: unreadable feature part ({e}); `kscli features verify --move-aside` moves such "
+                      "parts away, then rerun `kscli extract` to recompute their clips")
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -92,27 +98,32 @@ IN_MEMORY_MAX = 256 * 2**20
 
 def write_h5(tmp: Path, fill, size_hint: int = 0) -> None:
     """Write an HDF5 file to `tmp` with `fill(h5py.File)`; on any failure no tmp is left and a
-    full disk is one clear error. Files over IN_MEMORY_MAX are streamed after a free-space check."""
+    full disk is one clear error naming the file. Files over IN_MEMORY_MAX are streamed after a
+    free-space check (a quota or `ulimit -f` is not seen by that check)."""
+    final = tmp.with_name(tmp.name[:-4])
     try:
         if size_hint <= IN_MEMORY_MAX:
             image = io.BytesIO()
             with h5py.File(image, "w") as f:
-                fill(f)
-            with open(tmp, "wb") as out:
-                out.write(image.getbuffer())
-        else:
-            free = shutil.disk_usage(tmp.parent).free
-            if free < size_hint * 1.05 + 2**24:
-                raise KscliError(f"{tmp.parent}: writing {tmp.name[:-4]} needs about {size_hint / 2**20:.0f} MB and "
-                                 f"the disk has {free / 2**20:.0f} MB free; free some space, then rerun the same "
-                                 "command (finished work is kept)")
+                fill(f)  # reads the inputs: their errors name them and pass through as they are
+            try:
+                with open(tmp, "wb") as out:
+                    out.write(image.getbuffer())
+            except OSError as e:
+                raise KscliError(os_error_line(e, final)) from None
+            return
+        free = shutil.disk_usage(tmp.parent).free
+        if free < size_hint * 1.05 + 2**24:
+            raise KscliError(f"{tmp.parent}: writing {final.name} needs about {size_hint / 2**20:.0f} MB and the "
+                             f"disk has {free / 2**20:.0f} MB free; free some space, then rerun the same command "
+                             "(finished work is kept)")
+        try:
             with h5py.File(tmp, "w") as f:
                 fill(f)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)  # never a half-written part under any name
-        raise KscliError(os_error_line(e, tmp.with_name(tmp.name[:-4]))) from None
+        except OSError as e:
+            raise KscliError(f"writing {os_error_line(e, final)}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # never a half-written part under any name
         raise
 
 
@@ -188,9 +199,7 @@ class FeatureStore:
             except (OSError, KeyError) as e:
                 if not part.exists():
                     raise FileNotFoundError(part) from None
-                raise KscliError(f"{part}: unreadable feature part ({e}); `kscli features verify "
-                                 "--move-aside` moves such parts away, then rerun `kscli extract` to "
-                                 "recompute their clips") from None
+                raise unreadable_part(part, e) from None
             for row, (n, r) in enumerate(zip(names, roles)):
                 self._index[n] = (i, row)  # later parts win: they are the newest copy
                 self._roles[n] = r
@@ -335,13 +344,17 @@ class StoreWriter:
                        key=_part_key)
         if len(parts) < 2:
             return parts[0] if parts else None
-        # Stream part by part, so memory stays at one part however big the store is.
-        # The newest copy of a clip wins (parts sorted oldest first).
+        # Part by part into the new file (built in memory up to IN_MEMORY_MAX, streamed to disk
+        # above). The newest copy of a clip wins (parts sorted oldest first).
         owner: dict[str, tuple[int, int]] = {}
         for i, p in enumerate(parts):
-            with h5py.File(p, "r") as f:
-                for row, n in enumerate(_strings(f["names"][()])):
-                    owner[n] = (i, row)
+            try:
+                with h5py.File(p, "r") as f:
+                    names = _strings(f["names"][()])
+            except (OSError, KeyError) as e:
+                raise unreadable_part(p, e) from None
+            for row, n in enumerate(names):
+                owner[n] = (i, row)
         out = self._next_path()
         tmp = out.with_name(out.name + ".tmp")
         size = sum(_size(p) for p in parts)
@@ -365,7 +378,10 @@ class StoreWriter:
                 g.attrs[k] = v
             at = 0
             for i, p in enumerate(parts):
-                rows, _ = read_part(p)
+                try:
+                    rows, _ = read_part(p)
+                except (OSError, KeyError) as e:
+                    raise unreadable_part(p, e) from None
                 keep = [r for r, n in enumerate(rows.names) if owner[n] == (i, r)]
                 if not keep:
                     continue
@@ -377,16 +393,20 @@ class StoreWriter:
                 at += len(keep)
 
 
-def check_part(path: Path) -> str | None:
-    """Why a part file cannot be used (every dataset is read in full), or None when it is whole."""
+def check_part(path: Path, block: int = 4096) -> str | None:
+    """Why a part file cannot be used (every row of every dataset is read, a block at a time),
+    or None when it is whole."""
     try:
         with h5py.File(path, "r") as f:
             n = len(f["names"])
-            for key in ("roles", "features", "frame_times", "num_frames", "fps"):
-                if len(f[key][()]) != n:
+            for key in ("names", "roles", "features", "frame_times", "num_frames", "fps"):
+                if len(f[key]) != n:
                     return f"{key} has {len(f[key])} rows, names has {n}"
-            f["names"][()]
+                for at in range(0, n, block):
+                    f[key][at:at + block]
             json.loads(f.attrs["config"])
+    except FileNotFoundError:
+        raise
     except (OSError, KeyError, ValueError) as e:
         return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     return None
@@ -416,7 +436,14 @@ def verify_store(path: Path, move_aside: bool = False) -> list[tuple[Path, str]]
     path = Path(path)
     with (no_writers(path, "features verify --move-aside") if move_aside else nullcontext()):
         parts = sorted((p for p in path.glob("part-r*-s*.h5") if PART_RE.match(p.name)), key=_part_key)
-        bad = [(p, why) for p in parts if (why := check_part(p)) is not None]
+        bad = []
+        for p in parts:
+            try:
+                why = check_part(p)
+            except FileNotFoundError:  # merged away by a run since the folder was listed: not damage
+                continue
+            if why is not None and p.exists():
+                bad.append((p, why))
         if move_aside:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             for p, _ in bad:
