@@ -66,8 +66,8 @@ def random_hf_model(family: str, folder: Path) -> str:
     return str(folder)
 
 
-def decode_only(jobs, sampling, resize_to, workers, batch_size) -> float:
-    loader = torch.utils.data.DataLoader(ClipDataset(jobs, sampling, resize_to), batch_size=batch_size,
+def decode_only(jobs, sampling, resize_for, workers, batch_size) -> float:
+    loader = torch.utils.data.DataLoader(ClipDataset(jobs, sampling, resize_for), batch_size=batch_size,
                                          num_workers=workers, collate_fn=_collate, worker_init_fn=_worker_init,
                                          prefetch_factor=4 if workers else None)
     t0 = time.perf_counter()
@@ -171,8 +171,8 @@ def main() -> None:
           f"backbone {spec.name} ({spec.num_frames}x{spec.size} -> {spec.feature_dim}) on {device}, "
           f"{args.workers} decode workers, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
 
-    resize_to = spec.size if device.type != "cuda" else None
-    decode_rate = decode_only(jobs, sampling, resize_to, args.workers, args.batch_size)
+    resize_for = spec if device.type != "cuda" else None
+    decode_rate = decode_only(jobs, sampling, resize_for, args.workers, args.batch_size)
     work = Path(tempfile.mkdtemp(prefix="kscli-bench-work-"))
     e2e_layout = Layout.resolve(data_root=layout.data_root, work_dir=work)
     [summary] = extract(e2e_layout, ExtractConfig(**cfg, limit=args.limit), progress=False)

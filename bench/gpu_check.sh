@@ -14,7 +14,8 @@
 #
 # 1. the tests marked `cuda` (tests/test_cuda.py): bf16 extraction with a full-size random
 #    V-JEPA 2 ViT-L against an fp32 CPU run, torchrun with two ranks sharing one GPU, train-head
-#    on the GPU leaving the caller's RNG alone, pinned batches;
+#    on the GPU leaving the caller's RNG alone, pinned batches; and kscli's pixels against each
+#    family's default (torchvision) processor (tests/test_preprocess.py);
 # 2. bench/extract.py on the GPU: decode-only bound, model-only bound (clips/s and share of the
 #    bf16 peak), end to end, and end to end / min(decode, model) (target >= 0.8).
 # Figures go to OUT_DIR (default: $OUT, else ./gpu-check-out): gpu_check.txt (what to paste into
@@ -59,6 +60,12 @@ say "== tests marked cuda"
 timeout 300 "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT_DIR/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 say "$(tail -1 "$OUT_DIR/gpu_tests.log") (exit $tests_rc)"
+say "== kscli's pixels against each family's default (torchvision) processor"
+timeout 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_preprocess.py -k processor 2>&1 \
+    | tee "$OUT_DIR/processor_tests.log"
+pp_rc=${PIPESTATUS[0]}
+say "$(tail -1 "$OUT_DIR/processor_tests.log") (exit $pp_rc)"
+tests_rc=$((tests_rc + pp_rc))
 
 say "== bench/extract.py --device cuda --random-model vjepa2-vitl"
 timeout 300 "$PY" bench/extract.py --device cuda --random-model vjepa2-vitl --takes 8 --batch-size 8 \

@@ -104,15 +104,27 @@ def check_data_cmd(split: str = typer.Option("train,val,test", help="Comma-separ
 
 
 @app.command("backbones")
-def backbones_cmd():
-    """List the registered backbones (name, kind, frames, size, feature dim, default weights)."""
+def backbones_cmd(name: Optional[str] = typer.Option(None, "--name", help="Show one backbone in full."),
+                  wide: bool = typer.Option(False, "--wide", help="Every backbone in full.")):
+    """List the registered backbones (name, frames, size, feature dim, default weights)."""
     from kscli.extract.backbones import list_backbones
 
     rows = list_backbones()
-    typer.echo(f"{'name':<20} {'kind':<6} {'frames':>6} {'size':>5} {'dim':>6}  weights / description")
+    if name is not None:
+        rows = [r for r in rows if r["name"] == name]
+        if not rows:
+            raise KscliError(f"unknown backbone {name!r}; see `kscli backbones`")
+    if name is not None or wide:
+        for r in rows:
+            typer.echo(f"{r['name']}  ({r['kind']}, {r['num_frames']} frames of {r['size']}x{r['size']} -> "
+                       f"{r['feature_dim']}-d)\n  weights: {r['weights']}\n  {r['description']}\n"
+                       f"  preprocessing: {r['preprocessing']}\n  (a weights folder's preprocessor_config.json "
+                       f"decides over these; --crop full keeps the frame's full height)")
+        return
+    typer.echo(f"{'name':<18} {'frames':>6} {'size':>4} {'dim':>5}  default weights")
     for r in rows:
-        typer.echo(f"{r['name']:<20} {r['kind']:<6} {r['num_frames']:>6} {r['size']:>5} {r['feature_dim']:>6}  "
-                   f"{r['weights']}  - {r['description']}")
+        typer.echo(f"{r['name']:<18} {r['num_frames']:>6} {r['size']:>4} {r['feature_dim']:>5}  {r['weights'][:62]}")
+    typer.echo("details: kscli backbones --name NAME (or --wide)")
 
 
 @app.command("extract")
@@ -127,6 +139,7 @@ def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered bac
                 device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
                 precision: str = typer.Option("auto", help="auto (bf16 on CUDA), fp32 or bf16."),
                 resize_on: str = typer.Option("auto", help="auto, worker or device: where frames are resized."),
+                crop: str = typer.Option("model", help="model: resize and crop as the model's own processor; full: the centre square of the short side (keeps the frame's full height)."),
                 dtype: str = typer.Option("float32", help="Stored feature dtype: float32 or float16."),
                 tag: Optional[str] = typer.Option(None, help="Store name under <work>/features [default: backbone(-wN)]."),
                 shard: Optional[int] = typer.Option(None, help="This shard (0-based) [default: RANK or SLURM array]."),
@@ -143,6 +156,7 @@ def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered bac
 
     for name, value, allowed in (("--precision", precision, ("auto", "fp32", "bf16")),
                                  ("--resize-on", resize_on, ("auto", "worker", "device")),
+                                 ("--crop", crop, ("model", "full")),
                                  ("--dtype", dtype, ("float32", "float16"))):
         if value not in allowed:
             raise KscliError(f"{name} {value!r}: choose from {', '.join(allowed)}")
@@ -151,7 +165,7 @@ def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered bac
     layout = _layout(data_root, annotations_dir, clips_root, work_dir, parts)
     cfg = ExtractConfig(backbone=backbone, weights=weights, splits=tuple(parse_splits(split)), view=view,
                         num_frames=num_frames, windows=windows, batch_size=batch_size, workers=workers,
-                        device=device, precision=precision, resize_on=resize_on, dtype=dtype, tag=tag,
+                        device=device, precision=precision, resize_on=resize_on, crop=crop, dtype=dtype, tag=tag,
                         shard=shard, num_shards=num_shards, overwrite=overwrite, limit=limit)
     summaries = extract(layout, cfg, progress=progress)
     typer.echo(format_summaries(summaries))
@@ -189,6 +203,10 @@ def features_info_cmd(tag: str = typer.Argument(..., help="Store name (the backb
                    f"{info['failures']} failed clip(s)")
         typer.echo(f"  backbone {cfg['backbone'].get('name')} ({cfg['backbone'].get('weights')}), "
                    f"sampling {cfg['sampling']}, precision {cfg.get('precision')}")
+        if cfg["backbone"].get("kind") != "official":
+            from kscli.extract.processors import describe
+
+            typer.echo(f"  preprocessing: {describe(cfg['backbone'])}")
         for rank, who in info["writing"].items():
             typer.echo(f"  being written now: rank {rank} by {who}")
 

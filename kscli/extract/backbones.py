@@ -23,13 +23,14 @@ import inspect
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from kscli.errors import KscliError
+from kscli.extract.processors import CROPS, describe, family_geometry, geometry_from_processor
 
 __all__ = [
     "BackboneSpec",
@@ -87,6 +88,11 @@ class BackboneSpec:
     weights: str  # HF hub id or local path it was loaded from, or TINY_RANDOM_WEIGHTS
     hf_class: str = ""  # transformers class name, for traceability
     pooling: str = ""  # how tokens/frames become one vector, e.g. "mean tokens", "cls per frame, mean over frames"
+    # how frames become the input (kscli.extract.preprocess): "short" (short side -> resize_short,
+    # centre crop size), "squash" (straight to size x size) or "full" (centre square -> size)
+    resize_mode: str = "full"
+    resize_short: int = 0
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", _triple(self.mean, "mean"))
@@ -96,6 +102,13 @@ class BackboneSpec:
         object.__setattr__(self, "feature_dim", int(self.feature_dim))
         if self.kind not in ("video", "image"):
             raise ValueError(f"BackboneSpec.kind must be 'video' or 'image', got {self.kind!r}")
+        object.__setattr__(self, "resize_short", int(self.resize_short))
+        if self.resize_mode not in ("short", "squash", "full"):
+            raise ValueError(f"BackboneSpec.resize_mode must be short, squash or full, got {self.resize_mode!r}")
+        if self.resize_mode == "short" and self.resize_short < self.size:
+            raise ValueError(f"BackboneSpec.resize_short ({self.resize_short}) must be at least size ({self.size})")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"BackboneSpec.interpolation must be bilinear or bicubic, got {self.interpolation!r}")
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-able dict (str / int / list of float) for HDF5 attributes and checkpoints."""
@@ -117,7 +130,7 @@ class BackboneSpec:
             if k not in d:
                 continue
             v = d[k]
-            if k in ("num_frames", "size", "feature_dim"):
+            if k in ("num_frames", "size", "feature_dim", "resize_short"):
                 v = int(v)
             elif k in ("mean", "std"):
                 v = [float(x) for x in (v.tolist() if hasattr(v, "tolist") else v)]
@@ -273,8 +286,12 @@ def _get_registration(name: str) -> _Registration:
     return reg
 
 
-def create_backbone(name: str, weights: str | None = None, **kw) -> Backbone:
+def create_backbone(name: str, weights: str | None = None, crop: str = "model", **kw) -> Backbone:
     """Build a registered backbone, frozen and in eval mode, on CPU in float32.
+
+    ``crop="model"`` preprocesses as the model's own processor does (kscli.extract.processors);
+    ``crop="full"`` takes the centre square of each frame's short side instead (the whole height
+    of a wide frame).
 
     ``weights=None`` -> the registered default (a hub id, which must be in the local Hugging Face
     cache when offline); a local folder (``save_pretrained`` layout) works everywhere. Extra
@@ -290,9 +307,13 @@ def create_backbone(name: str, weights: str | None = None, **kw) -> Backbone:
         raise KscliError(
             f"backbone '{name}' does not take option(s) {', '.join(unknown)}; it takes: {', '.join(options) or 'none'}"
         )
+    if crop not in CROPS:
+        raise KscliError(f"--crop {crop!r}: choose from {', '.join(CROPS)}")
     bb = reg.factory(w, **kw)
     if not isinstance(bb, Backbone):  # pragma: no cover - programming error in a factory
         raise TypeError(f"factory of backbone '{name}' returned {type(bb).__name__}, not a Backbone")
+    if crop == "full":
+        bb.spec = replace(bb.spec, resize_mode="full", resize_short=0)
     return bb.freeze()
 
 
@@ -312,9 +333,20 @@ def list_backbones() -> list[dict[str, Any]]:
                 "size": r.size,
                 "feature_dim": r.feature_dim,
                 "hf_class": r.hf_class,
+                "preprocessing": _default_preprocessing(r),
             }
         )
     return out
+
+
+def _default_preprocessing(r: _Registration) -> str:
+    """How a registered backbone makes its input when its weights folder says nothing else."""
+    if r.name == "tiny-random":
+        geo = family_geometry("", r.size)
+    else:
+        geo = family_geometry(_FAMILY_OF.get(r.name, ""), r.size)
+    return describe({"size": r.size, "resize_mode": geo.mode, "resize_short": geo.resize_short,
+                     "interpolation": geo.interpolation, "mean": r.mean, "std": r.std})
 
 
 # --------------------------------------------------------------------------------------------
@@ -677,7 +709,9 @@ def _make_video_factory(name: str, family: str):
             raise KscliError(f"backbone '{name}': num_frames must be a multiple of the tubelet size {tubelet}, got {frames}")
         if sz % patch:
             raise KscliError(f"backbone '{name}': size must be a multiple of the patch size {patch}, got {sz}")
-        mean, std = _mean_std(_read_preprocessor_config(src, _looks_local(weights), net), reg)
+        pp = _read_preprocessor_config(src, _looks_local(weights), net)
+        mean, std = _mean_std(pp, reg)
+        geo = geometry_from_processor(pp, family_geometry(family, sz), sz)
         spec = BackboneSpec(
             name=name,
             kind="video",
@@ -689,6 +723,9 @@ def _make_video_factory(name: str, family: str):
             weights=src,
             hf_class=type(model).__name__,
             pooling=fam["pooling"],
+            resize_mode=geo.mode,
+            resize_short=geo.resize_short,
+            interpolation=geo.interpolation,
         )
         return HFVideoBackbone(spec, model, fam["pool"], fam["call_kwargs"])
 
@@ -808,6 +845,7 @@ def _make_image_factory(name: str, family: str):
         if frames < 1:
             raise KscliError(f"backbone '{name}': num_frames must be >= 1, got {frames}")
         mean, std = _mean_std(pp, reg)
+        geo = geometry_from_processor(pp, family_geometry(family, sz), sz)
         dim = int(cfg.hidden_size) * (2 if pool == "cls+mean" else 1)
         spec = BackboneSpec(
             name=name,
@@ -820,6 +858,9 @@ def _make_image_factory(name: str, family: str):
             weights=src,
             hf_class=type(model).__name__,
             pooling=fam["pools"][pool],
+            resize_mode=geo.mode,
+            resize_short=geo.resize_short,
+            interpolation=geo.interpolation,
         )
         return HFImageBackbone(spec, model, pool, fam["call_kwargs"])
 

@@ -52,6 +52,7 @@ class ExtractConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     resize_on: str = "auto"  # auto: device on CUDA, worker on CPU
+    crop: str = "model"  # model: as the model's own processor; full: the centre square of the short side
     dtype: str = "float32"  # what the store keeps
     tag: str | None = None  # store folder name; default: backbone (+ -w<windows>)
     shard: int | None = None
@@ -128,8 +129,10 @@ def list_clip_jobs(bench: Benchmark, split: str, view: str) -> list[ClipJob]:
 class ClipDataset(torch.utils.data.Dataset):
     """Decodes one clip per item in a worker; errors travel back as data, never kill the run."""
 
-    def __init__(self, jobs: list[ClipJob], sampling: SamplingConfig, resize_to: int | None):
-        self.jobs, self.sampling, self.resize_to = jobs, sampling, resize_to
+    def __init__(self, jobs: list[ClipJob], sampling: SamplingConfig, resize_for=None):
+        """`resize_for`: a BackboneSpec to resize the frames for in the worker, or None (the
+        device resizes them)."""
+        self.jobs, self.sampling, self.resize_for = jobs, sampling, resize_for
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -145,8 +148,8 @@ class ClipDataset(torch.utils.data.Dataset):
                 raise ValueError("clip file is empty (0 bytes)")
             frames, times, n, fps = decode_frames(job.path, self.sampling)
             frames = torch.from_numpy(frames)
-            if self.resize_to:
-                frames = resize_clip_uint8(frames, self.resize_to)
+            if self.resize_for is not None:
+                frames = resize_clip_uint8(frames, self.resize_for)
             item.update(frames=frames, times=times, num_frames=n, fps=fps, decode_s=time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 - any decode failure is recorded, not raised
             msg = str(e).strip().splitlines()
@@ -261,12 +264,12 @@ class _Embedder:
             # rank of a node would also open a CUDA context on GPU 0
             torch.cuda.set_device(self.device)
         self.dtype = torch.bfloat16 if plan.precision == "bfloat16" else torch.float32
-        backbone = create_backbone(cfg.backbone, weights=cfg.weights,
+        backbone = create_backbone(cfg.backbone, weights=cfg.weights, crop=cfg.crop,
                                    **({"num_frames": cfg.num_frames} if cfg.num_frames else {}))
         self.backbone = backbone.to(device=self.device, dtype=self.dtype).eval()
         self.spec = backbone.spec
         self.sampling = SamplingConfig(num_frames=self.spec.num_frames, windows=cfg.windows)
-        self.resize_to = self.spec.size if plan.resize_on == "worker" else None
+        self.resize_for = self.spec if plan.resize_on == "worker" else None
         self.store_dtype = np.dtype(cfg.dtype)
         self.config = {"backbone": self.spec.to_attrs(), "sampling": self.sampling.to_attrs(),
                        "dtype": cfg.dtype, "view": cfg.view, "precision": plan.precision,
@@ -281,12 +284,13 @@ class _Embedder:
         for i, c in enumerate(clips):
             by_shape.setdefault(tuple(c.shape), []).append(i)
         if len(by_shape) == 1:
-            pixels = preprocess_clips(torch.stack(clips), self.spec, dtype=self.dtype)
+            pixels = preprocess_clips(torch.stack(clips), self.spec, dtype=self.dtype, geometry=self.resize_for is None)
         else:  # ego (square) and exo (wide) frames in one batch when resizing on the device
             pixels = torch.empty((len(clips), clips[0].shape[0], 3, self.spec.size, self.spec.size),
                                  dtype=self.dtype, device=self.device)
             for idx in by_shape.values():
-                pixels[idx] = preprocess_clips(torch.stack([clips[i] for i in idx]), self.spec, dtype=self.dtype)
+                pixels[idx] = preprocess_clips(torch.stack([clips[i] for i in idx]), self.spec, dtype=self.dtype,
+                                               geometry=self.resize_for is None)
         b, t = pixels.shape[:2]
         w = self.sampling.windows
         out = self.backbone(pixels.reshape(b * w, t // w, *pixels.shape[2:])).float()
@@ -364,9 +368,9 @@ def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreW
     """Workers decode, the main thread runs the model, a writer thread writes the parts."""
     # Batches waiting per worker: full-size frames (resize on the device) are ~5x the bytes of
     # resized ones, so fewer wait; host memory is ~ workers x prefetch x batch x clip bytes.
-    prefetch = (4 if embedder.resize_to else 2) if plan.workers else None
+    prefetch = (4 if embedder.resize_for is not None else 2) if plan.workers else None
     loader = torch.utils.data.DataLoader(
-        ClipDataset(todo, embedder.sampling, embedder.resize_to), batch_size=cfg.batch_size, shuffle=False,
+        ClipDataset(todo, embedder.sampling, embedder.resize_for), batch_size=cfg.batch_size, shuffle=False,
         num_workers=plan.workers, collate_fn=_collate, worker_init_fn=_worker_init,
         prefetch_factor=prefetch, pin_memory=embedder.device.type == "cuda")
     batches = iter(loader)  # forks the decoders now, before the progress bar starts a thread
