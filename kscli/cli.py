@@ -36,8 +36,9 @@ class KscliGroup(TyperGroup):
 
 
 app = typer.Typer(cls=KscliGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,  # "[default: ...]" in a help text is text, not a Rich style tag
                   help="Ego-Exo4D fine-grained keystep recognition: extract features, train heads, submit.")
-features_app = typer.Typer(cls=KscliGroup, no_args_is_help=True, help="Inspect feature stores.")
+features_app = typer.Typer(cls=KscliGroup, no_args_is_help=True, rich_markup_mode=None, help="Inspect feature stores.")
 app.add_typer(features_app, name="features")
 
 DataRoot = typer.Option(None, "--data-root", envvar="KSCLI_DATA_ROOT",

@@ -161,3 +161,19 @@ def test_benchmark_reads_each_split_once(tmp_path, labels_path):
     bench = Benchmark(Layout.resolve(data_root=tmp_path))
     assert bench.labels.num_classes == 3
     assert bench.segments("val") is bench.segments("val")
+
+
+def test_every_help_shows_its_defaults():
+    """Help texts keep their "[default: ...]" (it was once read as a Rich style tag and dropped,
+    leaving descriptions that ended in a bare " .")."""
+    import re
+
+    from conftest import cli
+    from kscli.cli import app
+
+    commands = [[c.name] for c in app.registered_commands] + [["features", "info"], ["features", "verify"]]
+    for cmd in commands:
+        out = cli(*cmd, "--help").stdout
+        assert not [line for line in out.splitlines() if re.search(r"\s\.\s*$", line)], (cmd, out)
+        if cmd[0] in ("extract", "check-data", "train-head", "import-features"):
+            assert "[default: " in out, (cmd, out)
