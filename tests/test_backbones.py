@@ -444,3 +444,11 @@ def test_wrong_family_checkpoint_is_refused(tmp_path):
     vpath = _save(tf.VideoMAEModel(tf.VideoMAEConfig(image_size=32, patch_size=16, num_frames=4, **VIT)), tmp_path / "vm", None)
     with pytest.raises(KscliError, match="'videomae' model"):
         create_backbone("dinov2-base", weights=str(vpath))
+
+
+def test_a_too_old_transformers_is_one_line(monkeypatch, tmp_path):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "4.55.4")
+    with pytest.raises(KscliError, match=r"needs transformers >= 4.56 .*has 4.55.4: pip install -U 'transformers>=4.56,<6'"):
+        create_backbone("videomae-base", weights="MCG-NJU/videomae-base-finetuned-kinetics")

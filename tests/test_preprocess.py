@@ -22,6 +22,12 @@ from kscli.extract.preprocess import preprocess_clips, resize_clip_uint8
 from kscli.extract.store import FeatureStore
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+TRANSFORMERS_5_4 = tuple(int(p) for p in __import__("transformers").__version__.split(".")[:2]) >= (5, 4)
+
+
+def _pil(tf, name):
+    """The PIL-based processor class: `XPil` from transformers 5.4 on, the plain `X` before."""
+    return getattr(tf, f"{name}Pil", None) or getattr(tf, name)
 VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
 SIZES = ((448, 448), (448, 796), (480, 640))
@@ -60,21 +66,21 @@ def _processor(family, fast):
     """The family's processor as its hub checkpoints configure it; (processor, input kind, saved)."""
     import transformers as tf
 
-    video_mae = tf.VideoMAEImageProcessor if fast else tf.VideoMAEImageProcessorPil
+    video_mae = tf.VideoMAEImageProcessor if fast else _pil(tf, "VideoMAEImageProcessor")
     if family == "videomae":
         return video_mae(), "images", True
     if family == "timesformer":
         return video_mae(image_mean=[0.45] * 3, image_std=[0.225] * 3), "images", True
     if family == "dinov2":
-        bit = tf.BitImageProcessor if fast else tf.BitImageProcessorPil
+        bit = tf.BitImageProcessor if fast else _pil(tf, "BitImageProcessor")
         return bit(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
                    do_center_crop=True, **IMAGENET), "images", True
     if family == "siglip":
-        return (tf.SiglipImageProcessor if fast else tf.SiglipImageProcessorPil)(), "images", True
+        return (tf.SiglipImageProcessor if fast else _pil(tf, "SiglipImageProcessor"))(), "images", True
     if fast:  # V-JEPA 2: its own class; the folder has no processor file: the registry's default is compared
         return tf.VJEPA2VideoProcessor(), "videos", False
-    return tf.VideoMAEImageProcessorPil(size={"shortest_edge": 292}, crop_size={"height": 256, "width": 256},
-                                        **IMAGENET), "images", False
+    return _pil(tf, "VideoMAEImageProcessor")(size={"shortest_edge": 292}, crop_size={"height": 256, "width": 256},
+                                              **IMAGENET), "images", False
 
 
 BACKBONE = {"videomae": "videomae-base", "timesformer": "timesformer-base", "dinov2": "dinov2-base",
@@ -110,7 +116,8 @@ def test_pixels_match_the_models_own_pil_processor(family, tmp_path):
     assert max(m for m, _ in worst) <= 1.0 + 1e-3 and max(a for _, a in worst) < 0.02, worst
 
 
-@pytest.mark.skipif(not HAS_TORCHVISION, reason="the default (fast) processors need torchvision")
+@pytest.mark.skipif(not (HAS_TORCHVISION and TRANSFORMERS_5_4),
+                    reason="the default (fast) processors need torchvision (and transformers >= 5.4 to be the default)")
 @pytest.mark.parametrize("family", list(BACKBONE))
 def test_pixels_equal_the_models_own_default_processor(family, tmp_path):
     spec, worst = _compare(family, True, tmp_path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Mapping
@@ -494,6 +495,23 @@ def _local_model_type(folder: str) -> str | None:
         return None
 
 
+TRANSFORMERS_FLOOR = (4, 56)  # from_pretrained(dtype=...) (tested: 4.55 fails, 4.56.0 passes the backbone tests)
+
+
+def _transformers_class(name: str, class_name: str):
+    """`transformers.<class_name>`, or one line saying which transformers kscli needs."""
+    import transformers
+
+    have = transformers.__version__
+    nums = tuple(int(p) for p in re.findall(r"\d+", have)[:2])
+    cls = getattr(transformers, class_name, None)
+    if nums < TRANSFORMERS_FLOOR or cls is None:
+        need = ".".join(map(str, TRANSFORMERS_FLOOR))
+        raise KscliError(f"backbone '{name}' needs transformers >= {need} ({class_name}, from_pretrained(dtype=...)); "
+                         f"this environment has {have}: pip install -U 'transformers>={need},<6'")
+    return cls
+
+
 def _load_hf_model(name: str, class_name: str, weights: str, ignore_missing: tuple[str, ...] = ()):
     """``transformers.<class_name>.from_pretrained(weights)`` in float32; every failure -> KscliError.
 
@@ -516,9 +534,7 @@ def _load_hf_model(name: str, class_name: str, weights: str, ignore_missing: tup
             )
         _check_model_type(name, weights, _local_model_type(src))
 
-    import transformers
-
-    cls = getattr(transformers, class_name)
+    cls = _transformers_class(name, class_name)
     used_network = False
     try:
         with _quiet_transformers():
