@@ -58,12 +58,21 @@ def _layout(data_root, annotations_dir, clips_root, work_dir, part="clips_448p")
     return Layout.resolve(data_root, annotations_dir, clips_root, work_dir, part)
 
 
+def _renamed(old: str, new: str, value, current):
+    """An old spelling still works this release, with one line saying the new one."""
+    if value is None:
+        return current
+    typer.echo(f"note: {old} is now {new}; {old} goes in the next release", err=True)
+    return value
+
+
 def _echo_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=1, default=str))
 
 
 @app.command("sample")
-def sample_cmd(out: Path = typer.Argument(..., help="Folder to write the sample benchmark into."),
+def sample_cmd(out: Optional[Path] = typer.Option(None, "--out", help="Folder to write the sample benchmark into."),
+               out_arg: Optional[Path] = typer.Argument(None, hidden=True, metavar="[OUT]"),
                seed: int = typer.Option(0, help="Random seed (same seed, same files)."),
                tiny: bool = typer.Option(False, "--tiny", help="The tiny version the tests use (64 px, seconds)."),
                size: int = typer.Option(448, help="Short side of the clips in pixels (even)."),
@@ -72,6 +81,9 @@ def sample_cmd(out: Path = typer.Argument(..., help="Folder to write the sample 
     """Write a small synthetic benchmark in exactly the download's layout (real mp4 clips)."""
     from kscli.data.sample import tiny_sample_kwargs, write_sample_benchmark
 
+    out = out or out_arg  # `kscli sample DIR` keeps working
+    if out is None:
+        raise KscliError("where to? pass --out DIR (a new or empty folder)")
     kw = tiny_sample_kwargs() if tiny else {"short_side": size}
     summary = write_sample_benchmark(out, seed=seed, overwrite=overwrite, workers=workers, **kw)
     typer.echo(summary.text())
@@ -83,21 +95,25 @@ def check_data_cmd(split: str = typer.Option("train,val,test", help="Comma-separ
                    view: str = typer.Option("all", help="ego, exo or all."),
                    min_frames: int = typer.Option(16, help="Frames a backbone samples; shorter clips are counted."),
                    decode: bool = typer.Option(True, help="Open each clip and read a frame (--no-decode: existence only)."),
-                   jobs: Optional[int] = typer.Option(None, help="Parallel processes [default: cores]."),
-                   report: Optional[Path] = typer.Option(None, help="JSON report path [default: <work>/reports/check-data.json]."),
+                   workers: Optional[int] = typer.Option(None, help="Processes probing clips [default: cores, at most 8]."),
+                   out: Optional[Path] = typer.Option(None, help="JSON report file [default: <work>/reports/check-data.json]."),
                    progress: bool = typer.Option(True, help="Show a progress bar."),
+                   jobs: Optional[int] = typer.Option(None, "--jobs", hidden=True),
+                   report: Optional[Path] = typer.Option(None, "--report", hidden=True),
                    parts: str = Parts, data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                    clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
     """Check a download against its annotations: counts, missing, empty, undecodable and short clips."""
     from kscli.data.check import check_data, format_report, write_report
     from kscli.data.layout import parse_splits
 
+    workers = _renamed("--jobs", "--workers", jobs, workers)
+    out = _renamed("--report", "--out", report, out)
     layout = _layout(data_root, annotations_dir, clips_root, work_dir, parts)
     if view not in ("ego", "exo", "all"):
         raise KscliError(f"--view {view!r}: choose from ego, exo, all")
-    rep = check_data(layout, parse_splits(split), view=view, min_frames=min_frames, decode=decode, jobs=jobs,
+    rep = check_data(layout, parse_splits(split), view=view, min_frames=min_frames, decode=decode, jobs=workers,
                      progress=progress)
-    path = write_report(rep, report or layout.reports_dir / "check-data.json")
+    path = write_report(rep, out or layout.reports_dir / "check-data.json")
     typer.echo(format_report(rep))
     typer.echo(f"report: {path}")
     if not rep.ok:
@@ -177,8 +193,16 @@ def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered bac
         raise typer.Exit(1)
 
 
+def _store_name(backbone: str | None, positional: str | None) -> str:
+    """A store is named by --backbone everywhere (train-head too); `features info NAME` still works."""
+    if backbone is None and positional is None:
+        raise KscliError("which store? pass --backbone NAME (the backbone, or the --tag it was made with)")
+    return backbone or positional
+
+
 @features_app.command("info")
-def features_info_cmd(tag: str = typer.Argument(..., help="Store name (the backbone, or --tag of extract)."),
+def features_info_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, metavar="[STORE]"),
+                      backbone: Optional[str] = typer.Option(None, help="Store name: the backbone, or --tag of extract / import-features."),
                       split: str = typer.Option("train,val,test", help="Comma-separated splits."),
                       as_json: bool = typer.Option(False, "--json", help="Print JSON."),
                       work_dir: Optional[Path] = WorkDir):
@@ -186,6 +210,7 @@ def features_info_cmd(tag: str = typer.Argument(..., help="Store name (the backb
     from kscli.data.layout import DEFAULT_WORK_DIR, parse_splits
     from kscli.extract.store import FeatureStore
 
+    tag = _store_name(backbone, tag)
     root = Path(work_dir or DEFAULT_WORK_DIR) / "features" / tag
     infos = []
     for s in parse_splits(split):
@@ -213,7 +238,8 @@ def features_info_cmd(tag: str = typer.Argument(..., help="Store name (the backb
 
 
 @features_app.command("verify")
-def features_verify_cmd(tag: str = typer.Argument(..., help="Store name (the backbone, or --tag of extract)."),
+def features_verify_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, metavar="[STORE]"),
+                        backbone: Optional[str] = typer.Option(None, help="Store name: the backbone, or --tag of extract / import-features."),
                         split: str = typer.Option("train,val,test", help="Comma-separated splits."),
                         move_aside: bool = typer.Option(False, "--move-aside",
                                                         help="Rename unreadable parts to *.unreadable-<time>, so a rerun of extract recomputes their clips."),
@@ -222,6 +248,7 @@ def features_verify_cmd(tag: str = typer.Argument(..., help="Store name (the bac
     from kscli.data.layout import DEFAULT_WORK_DIR, parse_splits
     from kscli.extract.store import verify_store
 
+    tag = _store_name(backbone, tag)
     root = Path(work_dir or DEFAULT_WORK_DIR) / "features" / tag
     folders = [root / s for s in parse_splits(split) if (root / s).is_dir()]
     if not folders:
@@ -308,6 +335,7 @@ def train_head_cmd(head: str = typer.Option("linear", help="linear, mlp, distill
                    seed: int = typer.Option(0, help="Random seed (same seed, same result)."),
                    device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N."),
                    name: Optional[str] = typer.Option(None, help="Run folder name [default: head_backbone_time]."),
+                   progress: bool = typer.Option(True, help="Show what is being loaded and trained."),
                    set_: List[str] = typer.Option([], "--set", help="Other TrainConfig fields (ContextConfig for --head context), key=value (repeatable)."),
                    data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                    clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
@@ -323,7 +351,7 @@ def train_head_cmd(head: str = typer.Option("linear", help="linear, mlp, distill
             over[key] = value
     cfg = config_for(head, class_balance=class_balance, select_on=select_on, seed=seed, device=device, **over)
     layout = _layout(data_root, annotations_dir, clips_root, work_dir)
-    result = train_run(layout, parse_tags(backbone), cfg, name=name)
+    result = train_run(layout, parse_tags(backbone), cfg, name=name, progress=progress)
     typer.echo(result.summary)
 
 
@@ -388,14 +416,15 @@ def report_cmd(run: str = typer.Argument(..., help="Run folder or name."), work_
 
 
 @app.command("demo")
-def demo_cmd(folder: Path = typer.Option(Path("kscli-demo"), "--dir", help="Where the sample and the work folder go."),
+def demo_cmd(out: Path = typer.Option(Path("kscli-demo"), "--out", help="Where the sample and the work folder go."),
              seed: int = typer.Option(0, help="Random seed."),
              workers: Optional[int] = typer.Option(None, help="Processes for encoding and decoding [default: cores]."),
-             progress: bool = typer.Option(True, help="Show progress bars.")):
-    """Run everything on the embedded sample: sample, check, extract, three heads, a submission."""
+             progress: bool = typer.Option(True, help="Show progress bars."),
+             folder: Optional[Path] = typer.Option(None, "--dir", hidden=True)):
+    """Run everything on the embedded sample: sample, check, extract, four heads, a submission."""
     from kscli.demo import run_demo
 
-    run_demo(folder, seed=seed, workers=workers, progress=progress, say=typer.echo)
+    run_demo(_renamed("--dir", "--out", folder, out), seed=seed, workers=workers, progress=progress, say=typer.echo)
 
 
 if __name__ == "__main__":

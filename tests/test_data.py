@@ -177,3 +177,30 @@ def test_every_help_shows_its_defaults():
         assert not [line for line in out.splitlines() if re.search(r"\s\.\s*$", line)], (cmd, out)
         if cmd[0] in ("extract", "check-data", "train-head", "import-features"):
             assert "[default: " in out, (cmd, out)
+
+
+def test_one_vocabulary_and_old_spellings_for_one_more_release(sample_root, tmp_path):
+    """--workers, --out, --backbone (a store's name) mean the same in every command; the old
+    spellings still work, each with one line naming the new one."""
+    from conftest import cli
+
+    common = ["check-data", "--data-root", sample_root, "--work-dir", tmp_path, "--split", "test", "--no-progress"]
+    new = cli(*common, "--workers", "1", "--out", tmp_path / "a.json")
+    assert (tmp_path / "a.json").is_file() and "note:" not in new.stderr
+    old = cli(*common, "--jobs", "1", "--report", tmp_path / "b.json")
+    assert (tmp_path / "b.json").is_file()
+    assert "note: --jobs is now --workers" in old.stderr and "note: --report is now --out" in old.stderr
+    cli("extract", "--data-root", sample_root, "--work-dir", tmp_path, "--split", "test", "--workers", "0",
+        "--no-progress")
+    by_option = cli("features", "info", "--backbone", "tiny-random", "--work-dir", tmp_path, "--json").stdout
+    assert cli("features", "info", "tiny-random", "--work-dir", tmp_path, "--json").stdout == by_option
+    missing = cli("features", "info", "--work-dir", tmp_path, check=False)
+    assert missing.exit_code == 2 and "pass --backbone NAME" in missing.stderr
+    for cmd in (["sample"], ["demo"], ["check-data"], ["extract"], ["train-head"], ["import-features"]):
+        text = cli(*cmd, "--help").stdout
+        assert "--progress" in text or cmd == ["sample"], cmd
+    assert "--out" in cli("sample", "--help").stdout and "--out" in cli("demo", "--help").stdout
+    made = cli("sample", "--tiny", "--out", tmp_path / "s1")
+    assert (tmp_path / "s1" / "annotations").is_dir() and f"--data-root {tmp_path / 's1'}" in made.stdout
+    cli("sample", "--tiny", tmp_path / "s2")  # the positional folder of before
+    assert (tmp_path / "s2" / "annotations").is_dir()

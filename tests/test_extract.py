@@ -46,7 +46,7 @@ def test_extract_cli_all_views_then_resume_skips(sample_root, tmp_path):
     again = cli("extract", "--data-root", sample_root, "--work-dir", work, "--split", "train",
                       "--workers", "0", "--no-progress")
     assert f"extracted 0, skipped {len(names and all_clip_names(sample_root, 'train'))}" in again.stdout
-    info = cli("features", "info", "tiny-random", "--work-dir", work, "--split", "train", "--json")
+    info = cli("features", "info", "--backbone", "tiny-random", "--work-dir", work, "--split", "train", "--json")
     assert json.loads(info.stdout)[0]["clips"] == len(all_clip_names(sample_root, "train"))
     # other sampling settings into the same store: refused with the reason; --overwrite moves it aside
     bad = cli("extract", "--data-root", sample_root, "--work-dir", work, "--split", "train",
@@ -91,7 +91,7 @@ def test_broken_clips_are_recorded_and_the_run_goes_on(sample_copy, tmp_path):
                  "--no-progress", check=False)  # the failed clips are tried again, and fail again
     assert strict.exit_code == 1 and "--strict: 3 clip(s) failed" in strict.stderr
     check = cli("check-data", "--data-root", sample_copy, "--work-dir", work, "--split", "val",
-                      "--jobs", "2", check=False)
+                      "--workers", "2", check=False)
     assert check.exit_code == 1 and "PROBLEMS: 3 clips" in check.stdout
     report = json.loads((work / "reports" / "check-data.json").read_text())
     assert {p["name"]: p["status"] for p in report["problems"]} == {

@@ -212,10 +212,10 @@ def test_a_damaged_part_is_named_listed_and_moved_aside_for_a_rerun(sample_root,
     [part] = folder.glob("part-*.h5")
     data = part.read_bytes()
     part.write_bytes(data[: len(data) // 2])  # a part cut by a full disk, a copy, a sync gone wrong
-    info = run_kscli("features", "info", "tiny-random", "--work-dir", work, "--split", "val", check=False)
+    info = run_kscli("features", "info", "--backbone", "tiny-random", "--work-dir", work, "--split", "val", check=False)
     assert info.returncode == 2 and info.stderr.count("\n") == 1 and part.name in info.stderr
     assert "features verify --move-aside" in info.stderr
-    verify = ["features", "verify", "tiny-random", "--work-dir", work, "--split", "val"]
+    verify = ["features", "verify", "--backbone", "tiny-random", "--work-dir", work, "--split", "val"]
     v = run_kscli(*verify, check=False)
     assert v.returncode == 1 and f"unreadable: {part.name}" in v.stdout and "0 readable part(s), 1 unreadable" in v.stdout
     v = run_kscli(*verify, "--move-aside")

@@ -253,7 +253,7 @@ def test_a_kill_while_saving_the_checkpoint_leaves_no_checkpoint(extracted, monk
 
 
 def test_demo_end_to_end(tmp_path):
-    res = cli("demo", "--dir", tmp_path / "my demo $x", "--no-progress")
+    res = cli("demo", "--out", tmp_path / "my demo $x", "--no-progress")
     out = res.stdout
     assert "RANDOMLY INITIALISED" in out and "OK: every clip checked" in out
     for head in ("linear", "mlp", "distill", "context"):
