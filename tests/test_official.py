@@ -435,9 +435,26 @@ def test_published_files_import_with_no_overrides(sample_copy, tmp_path, source)
         assert padded > 0
 
 
-def test_takes_json_that_is_not_one_is_a_clear_error(sample_copy, tmp_path):
+def test_takes_json_that_is_not_one_is_a_clear_error(sample_copy, tmp_path, capsys):
     folder = tmp_path / "features" / "omnivore_video"
     write_published(sample_copy, folder, "omnivore_video")
-    (sample_copy / "takes.json").write_text('{"not": "takes"}')
-    with pytest.raises(KscliError, match="no take with take_uid and duration_sec"):
-        import_features(layout_for(sample_copy, tmp_path / "w"), "omnivore_video", folder, ["val"], progress=False)
+    bad = sample_copy / "takes.json"
+    bad.write_text('{"not": "takes"}')
+    with pytest.raises(KscliError, match="no take with take_uid and duration_sec"):  # named: an error
+        import_features(layout_for(sample_copy, tmp_path / "w"), "omnivore_video", folder, ["val"],
+                        progress=False, takes_json=bad)
+    # found beside the download: a note, and the import goes on with the last windows on the grid
+    out = import_features(layout_for(sample_copy, tmp_path / "w2"), "omnivore_video", folder, ["val"], progress=False)
+    assert out[0].failed == 0 and "importing without take lengths" in capsys.readouterr().err
+    cfg = FeatureStore(tmp_path / "w2" / "features" / "omnivore_video" / "val").config
+    assert "last_window" not in cfg["sampling"]  # recorded only when takes.json placed it
+
+
+def test_the_back_padded_window_is_found_when_the_video_is_a_frame_longer():
+    """takes.json says 32 + 16k frames (no back-padding needed), the video has one frame more:
+    the file holds one window more than the grid fits, and that one ends at the video's end."""
+    frames = 32 + 16 * 5
+    starts, ends = OMNI.window_bounds(5 + 2, take_seconds=frames / 30)
+    assert starts[-1] == pytest.approx((frames - 32) / 30) and ends[-1] == pytest.approx(frames / 30)
+    starts, _ = OMNI.window_bounds(5 + 1, take_seconds=frames / 30)  # as many as the grid fits: untouched
+    assert starts[-1] == pytest.approx(5 * 16 / 30)

@@ -173,3 +173,57 @@ def test_backbones_name_shows_what_a_model_gets():
     assert "facebook/vjepa2-vitl-fpc64-256" in out and "16 frames" in out
     assert "short side to 292 (bilinear, antialiased), centre crop 256x256" in out
     assert np.all([len(line) <= 100 for line in cli("backbones").stdout.splitlines()])
+
+
+def test_processor_configs_kscli_cannot_follow_are_one_line_not_a_substitute():
+    from kscli.errors import KscliError
+    from kscli.extract.processors import Geometry, family_geometry, geometry_from_processor
+
+    short = family_geometry("videomae", 224)
+    assert geometry_from_processor({"size": {"height": 224, "width": 224}, "do_center_crop": True,
+                                    "crop_size": {"height": 224, "width": 224}}, short, 224) == Geometry("squash", 0, "bilinear")
+    for pp, why in (({"size": {"height": 256, "width": 256}, "do_center_crop": True, "crop_size": 224}, "then crops 224"),
+                    ({"resample": 0}, "resample=0"), ({"resample": 1}, "resample=1"),
+                    ({"size": {"shortest_edge": 200}, "crop_size": 224, "do_center_crop": True}, "would pad")):
+        with pytest.raises(KscliError, match=why):
+            geometry_from_processor(pp, short, 224)
+    # V-JEPA 2's processor derives its resize from the crop, whatever a saved `size` says
+    assert geometry_from_processor({"size": {"shortest_edge": 300}, "crop_size": 256}, family_geometry("vjepa2", 256),
+                                   256, "vjepa2") == Geometry("short", 292, "bilinear")
+
+
+def test_a_store_from_before_preprocessing_was_recorded(sample_root, tmp_path):
+    """Such stores were made from the centre square, bilinear: tiny-random (still so) resumes; a
+    bilinear model's resumes with --crop full; otherwise the refusal says what the store was."""
+    import h5py
+
+    work = tmp_path / "work"
+    base = ["extract", "--data-root", sample_root, "--work-dir", work, "--split", "test", "--view", "ego", "--no-progress"]
+    vjepa, dino = _model("vjepa2", tmp_path / "vjepa2"), _model("dinov2", tmp_path / "dino")
+    cli(*base)
+    cli(*base, "--backbone", "vjepa2-vitl", "--weights", vjepa, "--crop", "full")
+    cli(*base, "--backbone", "dinov2-base", "--weights", dino, "--crop", "full")
+    for store in ("tiny-random", "vjepa2-vitl", "dinov2-base"):
+        for part in (work / "features" / store / "test").glob("part-*.h5"):
+            with h5py.File(part, "r+") as f:
+                old = json.loads(f.attrs["config"])
+                for key in ("resize_mode", "resize_short", "interpolation"):
+                    old["backbone"].pop(key)
+                f.attrs["config"] = json.dumps(old)
+    assert "skipped" in cli(*base).stdout
+    refused = cli(*base, "--backbone", "vjepa2-vitl", "--weights", vjepa, check=False)
+    assert refused.exit_code == 2 and "predates per-model preprocessing" in refused.stderr
+    assert "--crop full resumes it as it was made" in refused.stderr
+    assert "skipped" in cli(*base, "--backbone", "vjepa2-vitl", "--weights", vjepa, "--crop", "full").stdout
+    bicubic = cli(*base, "--backbone", "dinov2-base", "--weights", dino, "--crop", "full", check=False)
+    assert bicubic.exit_code == 2 and "bilinear, which this model's processor does not use" in bicubic.stderr
+
+
+def test_a_transformers_that_cannot_use_this_torch_is_one_line(monkeypatch):
+    import transformers
+
+    from kscli.errors import KscliError
+
+    monkeypatch.setattr(transformers.utils, "is_torch_available", lambda: False)
+    with pytest.raises(KscliError, match=r"does not work with this torch .* 'transformers>=4.56,<5.15'"):
+        create_backbone("videomae-base", weights="MCG-NJU/videomae-base-finetuned-kinetics")

@@ -503,6 +503,10 @@ def _transformers_class(name: str, class_name: str):
     import transformers
 
     have = transformers.__version__
+    if not transformers.utils.is_torch_available():
+        raise KscliError(f"transformers {have} does not work with this torch {torch.__version__} (it needs a newer "
+                         "one): upgrade torch, or pin transformers to one that takes it (torch 2.4: "
+                         "'transformers>=4.56,<5.15'; torch 2.5: 'transformers>=4.56,<5.20')")
     nums = tuple(int(p) for p in re.findall(r"\d+", have)[:2])
     cls = getattr(transformers, class_name, None)
     if nums < TRANSFORMERS_FLOOR or cls is None:
@@ -727,7 +731,7 @@ def _make_video_factory(name: str, family: str):
             raise KscliError(f"backbone '{name}': size must be a multiple of the patch size {patch}, got {sz}")
         pp = _read_preprocessor_config(src, _looks_local(weights), net)
         mean, std = _mean_std(pp, reg)
-        geo = geometry_from_processor(pp, family_geometry(family, sz), sz)
+        geo = geometry_from_processor(pp, family_geometry(family, sz), sz, family)
         spec = BackboneSpec(
             name=name,
             kind="video",
@@ -861,7 +865,7 @@ def _make_image_factory(name: str, family: str):
         if frames < 1:
             raise KscliError(f"backbone '{name}': num_frames must be >= 1, got {frames}")
         mean, std = _mean_std(pp, reg)
-        geo = geometry_from_processor(pp, family_geometry(family, sz), sz)
+        geo = geometry_from_processor(pp, family_geometry(family, sz), sz, family)
         dim = int(cfg.hidden_size) * (2 if pool == "cls+mean" else 1)
         spec = BackboneSpec(
             name=name,

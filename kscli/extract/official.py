@@ -55,6 +55,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,7 +99,10 @@ class SourceSpec:
         start = np.arange(num_windows, dtype=np.float64) * self.stride_frames / self.fps
         if take_seconds is not None:
             room = int(round(take_seconds * self.fps)) - self.window_frames  # frames after the first window
-            if room >= 0 and room % self.stride_frames and num_windows == room // self.stride_frames + 2:
+            # one window more than the grid fits: the back-padded one. (Not "room % stride != 0":
+            # the video itself may be a frame longer than takes.json says, and the sampler
+            # counts on the video.)
+            if room >= 0 and num_windows == room // self.stride_frames + 2:
                 start[-1] = room / self.fps
         return start, start + self.window_frames / self.fps
 
@@ -386,7 +390,7 @@ def _features_folder(features_dir: Path, spec: SourceSpec) -> Path:
 
 
 def store_config(spec: SourceSpec, folder: Path, split: str, view: str, exo_stream: str,
-                 windows: int = 1) -> dict:
+                 windows: int = 1, take_lengths: bool = False) -> dict:
     backbone = {"name": spec.name, "kind": "official", "num_frames": spec.window_frames, "size": 0,
                 "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "feature_dim": spec.feature_dim,
                 "weights": f"Ego-Exo4D precomputed {spec.name} features from {folder}", "hf_class": "",
@@ -396,6 +400,8 @@ def store_config(spec: SourceSpec, folder: Path, split: str, view: str, exo_stre
                 "stride_frames": spec.stride_frames, "fps": spec.fps}
     if windows > 1:  # one-window stores keep the config they always had
         sampling["windows"] = windows
+    if take_lengths:  # the last window placed from takes.json: a store does not mix both placements
+        sampling["last_window"] = "back-padded (takes.json)"
     return {"backbone": backbone, "sampling": sampling, "dtype": "float32", "split": split, "view": view,
             "precision": "precomputed",
             "import": {"source": spec.name, "features_dir": str(folder), "exo_stream": exo_stream},
@@ -424,20 +430,26 @@ def import_features(layout: Layout, source: str, features_dir: Path, splits: lis
         raise KscliError(f"--windows must be at least 1, got {windows}")
     folder = _features_folder(features_dir, spec)
     bench = Benchmark(layout)
-    if takes_json is None and layout.data_root is not None and (Path(layout.data_root) / "takes.json").is_file():
-        takes_json = Path(layout.data_root) / "takes.json"
-    lengths = read_take_seconds(takes_json) if takes_json is not None else None
+    lengths = None
+    if spec.stride_frames > 1:  # windows every few frames: the last one may be back-padded
+        if takes_json is not None:
+            lengths = read_take_seconds(takes_json)
+        elif layout.data_root is not None and (Path(layout.data_root) / "takes.json").is_file():
+            try:
+                lengths = read_take_seconds(Path(layout.data_root) / "takes.json")
+            except KscliError as e:
+                print(f"note: {e}; importing without take lengths (last windows on the grid)", file=sys.stderr)
     jobs_by_split = {s: list_import_jobs(bench, s, view, lengths) for s in splits}  # validate all first
     files = FeatureFiles(folder)
     tag = tag or (spec.name if windows == 1 else f"{spec.name}-w{windows}")
     return [_import_split(layout, spec, folder, files, split, jobs_by_split[split], view, tag, exo_stream,
-                          progress, overwrite, batch_size, windows) for split in splits]
+                          progress, overwrite, batch_size, windows, lengths is not None) for split in splits]
 
 
 def _import_split(layout, spec, folder, files, split, jobs, view, tag, exo_stream, progress, overwrite,
-                  batch_size, windows) -> ImportSummary:
+                  batch_size, windows, take_lengths=False) -> ImportSummary:
     path = layout.features_dir(tag, split)
-    config = store_config(spec, folder, split, view, exo_stream, windows)
+    config = store_config(spec, folder, split, view, exo_stream, windows, take_lengths)
     writer, store = open_for_writing(path, config, 0, overwrite)
     with writer:
         todo = [j for j in jobs if j.name not in store]

@@ -20,7 +20,8 @@ are resized:
 * :func:`preprocess_clips` in the main process: uint8 ``(B, T, H, W, 3)`` to the normalised
   ``(B, T, 3, S, S)`` float tensor the backbone takes, resizing on the device unless told the
   worker already did (``geometry=False``). Off the CPU the resize runs in float32 and is rounded
-  back to integer levels, so the two routes agree to one grey level.
+  back to integer levels: the two routes agree to one grey level with bilinear, to a few with
+  bicubic (torch's uint8 bicubic kernel rounds between its two passes).
 
 Measured against the processors' own output in tests/test_preprocess.py.
 """

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kscli.errors import KscliError
+
 RESAMPLE = {2: "bilinear", 3: "bicubic", 1: "bicubic"}  # PIL enums; LANCZOS as transformers' fast path does
 CROPS = ("model", "full")
 
@@ -53,23 +55,41 @@ def _edge(value, key: str) -> int | None:
         return None
 
 
-def geometry_from_processor(pp: dict, default: Geometry, size: int) -> Geometry:
+def geometry_from_processor(pp: dict, default: Geometry, size: int, family: str = "") -> Geometry:
     """The resize rule a processor config describes, for input side `size`; `default` for what it
-    does not say (or says in a way kscli does not follow, e.g. no resize at all)."""
+    does not say. A rule kscli cannot reproduce exactly is one clear error, never a silent
+    substitute."""
     if not pp:
         return default
-    interp = RESAMPLE.get(pp.get("resample"), default.interpolation) if isinstance(pp.get("resample"), int) \
-        else default.interpolation
+    resample = pp.get("resample")
+    if resample is None:
+        interp = default.interpolation
+    elif resample in RESAMPLE and resample != 1:
+        interp = RESAMPLE[resample]
+    else:
+        raise KscliError(f"the weights' processor config asks for resample={resample!r}; kscli resizes with "
+                         "bilinear (2) or bicubic (3): edit the config, or pass --crop full")
+    if family == "vjepa2":  # VJEPA2VideoProcessor derives its resize from the crop, whatever `size` says
+        return Geometry("short", int(size * 256 / 224), interp)
     if pp.get("do_resize") is False:
         return Geometry(default.mode, default.resize_short, interp)
     size_cfg = pp.get("size")
-    crop = pp.get("do_center_crop", default.mode == "short")
+    crop = pp.get("do_center_crop")
+    crop = default.mode == "short" if crop is None else bool(crop)
+    crop_side = _edge(pp.get("crop_size"), "height") or size
+    if isinstance(size_cfg, dict) and size_cfg.get("height"):
+        h, w = int(size_cfg["height"]), int(size_cfg.get("width") or size_cfg["height"])
+        if not crop or (h == w == crop_side):
+            return Geometry("squash", 0, interp)
+        raise KscliError(f"the weights' processor config resizes to {h}x{w} and then crops {crop_side}; kscli "
+                         "does not do that: edit the config, or pass --crop full")
     short = _edge(size_cfg, "shortest_edge") if isinstance(size_cfg, dict) else _edge(size_cfg, "")
-    if isinstance(size_cfg, dict) and size_cfg.get("height") and not crop:
-        return Geometry("squash", 0, interp)
     if short and crop:
-        crop_side = _edge(pp.get("crop_size"), "height") or size
-        return Geometry("short", int(round(short * size / crop_side)), interp)
+        resize = int(round(short * size / crop_side))
+        if resize < size:
+            raise KscliError(f"the weights' processor config resizes the short side to {short}, below its crop "
+                             f"{crop_side} (the processor would pad); kscli does not pad: pass --crop full")
+        return Geometry("short", resize, interp)
     return Geometry(default.mode, default.resize_short, interp)
 
 

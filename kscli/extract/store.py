@@ -147,15 +147,27 @@ def read_part(path: Path) -> tuple[StoreRows, dict]:
         return rows, json.loads(f.attrs["config"])
 
 
+# What stores made before kscli recorded preprocessing did: the centre square, bilinear.
+_BEFORE_PREPROCESSING_WAS_RECORDED = {"resize_mode": "full", "resize_short": 0, "interpolation": "bilinear"}
+
+
 def config_mismatch(old: dict, new: dict) -> str | None:
     """The first key that differs between two store configs, as a readable phrase, or None."""
     for key in CONFIG_KEYS_MUST_MATCH:
         a, b = old.get(key), new.get(key)
+        if key == "backbone" and isinstance(a, dict) and isinstance(b, dict) and a.get("kind") != "official":
+            a = {**_BEFORE_PREPROCESSING_WAS_RECORDED, **a}
+            b = {**_BEFORE_PREPROCESSING_WAS_RECORDED, **b}
         if a != b:
             if isinstance(a, dict) and isinstance(b, dict):
                 diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
                 k = diff[0]
-                return f"{key}.{k} is {a.get(k)!r} in the store but {b.get(k)!r} now"
+                why = f"{key}.{k} is {a.get(k)!r} in the store but {b.get(k)!r} now"
+                if k in _BEFORE_PREPROCESSING_WAS_RECORDED and "resize_mode" not in old.get(key, {}):
+                    why += (" (the store predates per-model preprocessing: it was made from the centre square, "
+                            + ("bilinear; --crop full resumes it as it was made)" if b.get("interpolation") == "bilinear"
+                               else "bilinear, which this model's processor does not use)"))
+                return why
             return f"{key} is {a!r} in the store but {b!r} now"
     return None
 
