@@ -193,11 +193,15 @@ def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered bac
         raise typer.Exit(1)
 
 
-def _store_name(backbone: str | None, positional: str | None) -> str:
-    """A store is named by --backbone everywhere (train-head too); `features info NAME` still works."""
+def _store_folder(backbone: str | None, positional: str | None, work_dir) -> tuple[str, Path]:
+    """(name, folder) of a store. It is named by --backbone everywhere (train-head too);
+    `features info NAME` still works."""
+    from kscli.data.layout import DEFAULT_WORK_DIR
+
     if backbone is None and positional is None:
         raise KscliError("which store? pass --backbone NAME (the backbone, or the --tag it was made with)")
-    return backbone or positional
+    tag = backbone or positional
+    return tag, Path(work_dir or DEFAULT_WORK_DIR) / "features" / tag
 
 
 @features_app.command("info")
@@ -207,11 +211,10 @@ def features_info_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, met
                       as_json: bool = typer.Option(False, "--json", help="Print JSON."),
                       work_dir: Optional[Path] = WorkDir):
     """Summarise feature stores: clips per view, shape, failures, size, config."""
-    from kscli.data.layout import DEFAULT_WORK_DIR, parse_splits
+    from kscli.data.layout import parse_splits
     from kscli.extract.store import FeatureStore
 
-    tag = _store_name(backbone, tag)
-    root = Path(work_dir or DEFAULT_WORK_DIR) / "features" / tag
+    tag, root = _store_folder(backbone, tag, work_dir)
     infos = []
     for s in parse_splits(split):
         store = FeatureStore(root / s)
@@ -245,17 +248,16 @@ def features_verify_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, m
                                                         help="Rename unreadable parts to *.unreadable-<time>, so a rerun of extract recomputes their clips."),
                         work_dir: Optional[Path] = WorkDir):
     """Read every part of a store in full and list those that cannot be read (exit 1 if any stays)."""
-    from kscli.data.layout import DEFAULT_WORK_DIR, parse_splits
-    from kscli.extract.store import verify_store
+    from kscli.data.layout import parse_splits
+    from kscli.extract.store import list_parts, verify_store
 
-    tag = _store_name(backbone, tag)
-    root = Path(work_dir or DEFAULT_WORK_DIR) / "features" / tag
+    tag, root = _store_folder(backbone, tag, work_dir)
     folders = [root / s for s in parse_splits(split) if (root / s).is_dir()]
     if not folders:
         raise KscliError(f"{root}: no feature store for {split}; run `kscli extract --backbone {tag}` first")
     left = 0
     for folder in folders:
-        parts = len(list(folder.glob("part-r*-s*.h5")))
+        parts = len(list_parts(folder))
         bad = verify_store(folder, move_aside=move_aside)
         typer.echo(f"{folder}: {parts - len(bad)} readable part(s)" + (f", {len(bad)} unreadable" if bad else ""))
         for part, why in bad:

@@ -91,7 +91,8 @@ def check_data(layout: Layout, splits: list[str], view: str = "all", min_frames:
     are repeated) but are no error.
     """
     bench = Benchmark(layout)
-    report = CheckReport(str(layout.clips_root), str(layout.annotations_dir), min_frames=min_frames)
+    report = CheckReport(str(layout.clips_root), str(layout.annotations_dir), min_frames=min_frames,
+                         decoded=decode)
     manifest = load_manifest()
     if bench.labels.num_classes != manifest["labels"]["num_classes"]:
         report.notes.append(f"label mapping has {bench.labels.num_classes} keysteps; the full benchmark "
@@ -140,7 +141,6 @@ def check_data(layout: Layout, splits: list[str], view: str = "all", min_frames:
         report.splits[split] = per_role
     report.problems = [asdict(c) for c in checks if c.status in PROBLEMS]
     report.ok = not report.problems
-    report.decoded = decode
     return report
 
 

@@ -259,10 +259,7 @@ class _Embedder:
 
     def __init__(self, cfg: ExtractConfig, plan: RunPlan):
         self.device = torch.device(plan.device)
-        if self.device.type == "cuda":
-            # pinning (DataLoader) and pinned buffers use the current device: without this every
-            # rank of a node would also open a CUDA context on GPU 0
-            torch.cuda.set_device(self.device)
+        self.use_device()
         self.dtype = torch.bfloat16 if plan.precision == "bfloat16" else torch.float32
         backbone = create_backbone(cfg.backbone, weights=cfg.weights, crop=cfg.crop,
                                    **({"num_frames": cfg.num_frames} if cfg.num_frames else {}))
@@ -320,8 +317,10 @@ class _Embedder:
                              frame_times=times, num_frames=counts, fps=fps)
         return make_rows
 
-    def thread_init(self) -> None:
-        """For the writer thread: CUDA calls there use the current device, which is per thread."""
+    def use_device(self) -> None:
+        """Make this rank's GPU the calling thread's current device (the main thread and the
+        writer thread): pinning and pinned buffers use the current device, which is per thread,
+        and without this every rank of a node would also open a CUDA context on GPU 0."""
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
 
@@ -381,7 +380,7 @@ def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreW
     def written(rows: StoreRows) -> None:
         summary.extracted += len(rows.names)
 
-    parts = PartWriterThread(writer, on_written=written, thread_init=embedder.thread_init)
+    parts = PartWriterThread(writer, on_written=written, thread_init=embedder.use_device)
     threads = _CpuThreads(plan, embedder.device)
     t0 = time.perf_counter()
     try:

@@ -66,6 +66,15 @@ def _size(path: Path) -> int:
         return 0
 
 
+def list_parts(folder: Path, rank: int | None = None) -> list[Path]:
+    """The finished part files of a store folder (of one rank, or all), oldest first."""
+    pattern = "part-r*-s*.h5" if rank is None else f"part-r{rank:03d}-s*.h5"
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.glob(pattern) if PART_RE.match(p.name)), key=_part_key)
+
+
 def _part_key(path: Path) -> tuple[int, int]:
     m = PART_RE.match(path.name)
     return int(m.group("seq")), int(m.group("rank"))
@@ -192,8 +201,7 @@ class FeatureStore:
                          "process deleting them? Rerun when it is done")
 
     def _index_parts(self) -> None:
-        self.parts = sorted((p for p in self.path.glob("part-r*-s*.h5") if PART_RE.match(p.name)),
-                            key=_part_key) if self.path.is_dir() else []
+        self.parts = list_parts(self.path)
         self._index: dict[str, tuple[int, int]] = {}
         self._roles: dict[str, str] = {}
         self._config: dict | None = None
@@ -316,7 +324,7 @@ class StoreWriter:
         self.lock = RankLock(self.path, rank)  # before touching any of this rank's files
         for stale in self.path.glob(f"part-r{rank:03d}-s*.h5.tmp"):
             stale.unlink()  # a part that never finished: its clips are not in the store
-        seqs = [_part_key(p)[0] for p in self.path.glob(f"part-r{rank:03d}-s*.h5") if PART_RE.match(p.name)]
+        seqs = [_part_key(p)[0] for p in list_parts(self.path, rank)]
         self.seq = max(seqs, default=-1) + 1
         self.written: list[Path] = []
         self.failure_log = self.path / f"failures-r{rank:03d}.jsonl"
@@ -352,8 +360,7 @@ class StoreWriter:
         Safe at any kill point: until the rename, the old parts are the store; after it, the new
         part holds the same rows and wins over any old part not yet removed.
         """
-        parts = sorted((p for p in self.path.glob(f"part-r{self.rank:03d}-s*.h5") if PART_RE.match(p.name)),
-                       key=_part_key)
+        parts = list_parts(self.path, self.rank)
         if len(parts) < 2:
             return parts[0] if parts else None
         # Part by part into the new file (built in memory up to IN_MEMORY_MAX, streamed to disk
@@ -447,7 +454,7 @@ def verify_store(path: Path, move_aside: bool = False) -> list[tuple[Path, str]]
     `kscli extract` recomputes its clips; no run may be writing the store meanwhile."""
     path = Path(path)
     with (no_writers(path, "features verify --move-aside") if move_aside else nullcontext()):
-        parts = sorted((p for p in path.glob("part-r*-s*.h5") if PART_RE.match(p.name)), key=_part_key)
+        parts = list_parts(path)
         bad = []
         for p in parts:
             try:

@@ -21,7 +21,7 @@ import numpy as np
 from kscli.data.labels import LabelMap
 from kscli.data.segments import Segment
 from kscli.errors import KscliError
-from kscli.fileio import atomic_write, write_json_atomic  # noqa: F401 - write_json_atomic: for callers
+from kscli.fileio import atomic_write
 
 VERSION = "1.0"
 CHALLENGE = "egoexo4d_fine_grained_keystep_recognition"

@@ -25,12 +25,11 @@ import torch
 from kscli.data.layout import Benchmark, Layout
 from kscli.device import resolve_device
 from kscli.errors import KscliError
-from kscli.fileio import atomic_write
+from kscli.fileio import atomic_write, write_json_atomic
 from kscli.heads.features import load_feature_set
 from kscli.heads.metrics import compute_metrics, format_summary
 from kscli.heads.models import build_head_from_checkpoint
-from kscli.heads.predictions import (doc_scores, predictions_doc, read_doc, validate_doc,
-                                     write_json_atomic)
+from kscli.heads.predictions import doc_scores, predictions_doc, read_doc, validate_doc
 from kscli.heads.train import head_state, predict_proba, train_head
 
 CONTEXT_HEAD = "context"  # classifies a segment from its whole take: kscli.heads.context

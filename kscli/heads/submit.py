@@ -16,7 +16,8 @@ from pathlib import Path
 
 from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
-from kscli.heads.predictions import predictions_doc, validate_doc, write_csv, write_json_atomic
+from kscli.fileio import write_json_atomic
+from kscli.heads.predictions import predictions_doc, validate_doc, write_csv
 from kscli.heads.run import evaluate_file, load_checkpoint, predict_split
 
 FORMATS = ("json", "csv")
