@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -27,6 +29,9 @@ class KscliGroup(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # `kscli ... | head`: the reader left; nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except OSError as e:
             if os.environ.get("KSCLI_DEBUG"):
                 raise  # the full traceback, for a bug report
@@ -311,60 +316,56 @@ def _floats(value: str, name: str) -> tuple[float, ...]:
     return out
 
 
-def _overrides(items: list[str]) -> dict:
-    """`--set key=value` pairs, values parsed as JSON where they parse (numbers, true/false)."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise KscliError(f"--set {item!r}: expected key=value, e.g. --set hidden=2048")
-        try:
-            out[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = value
-    return out
-
-
 @app.command("train-head")
-def train_head_cmd(head: str = typer.Option("linear", help="linear, mlp, distill, attentive, context (see `kscli heads`)."),
+def train_head_cmd(head: str = typer.Option("linear", help="Which head: linear, mlp, distill, attentive, context (see `kscli heads`)."),
                    backbone: str = typer.Option("tiny-random", help="Store name(s): a, or a,b to concatenate backbones."),
                    epochs: Optional[int] = typer.Option(None, help="Epochs [default: enough steps for the data size]."),
                    lrs: Optional[str] = typer.Option(None, help="Learning-rate grid, e.g. 1e-3,3e-3 [default: the head's]."),
                    wds: Optional[str] = typer.Option(None, help="Weight-decay grid, e.g. 1e-4,0.05 [default: the head's]."),
-                   label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing [default: 0.1]."),
-                   class_balance: bool = typer.Option(False, "--class-balance", help="Class-balanced loss weights."),
+                   label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing [default: the head's, 0.1]."),
+                   class_balance: bool = typer.Option(False, "--class-balance", help="Class-balanced loss weights (single-segment heads)."),
                    select_on: str = typer.Option("holdout", help="holdout (a part of train) or val (only when you mean it)."),
                    seed: int = typer.Option(0, help="Random seed (same seed, same result)."),
                    device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N."),
                    name: Optional[str] = typer.Option(None, help="Run folder name [default: head_backbone_time]."),
                    progress: bool = typer.Option(True, help="Show what is being loaded and trained."),
-                   set_: List[str] = typer.Option([], "--set", help="Other TrainConfig fields (ContextConfig for --head context), key=value (repeatable)."),
+                   set_: List[str] = typer.Option([], "--set", help="Any other option of the head, key=value (repeatable; `kscli heads --head NAME` lists them)."),
                    data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                    clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
-    """Train a head on cached features (a grid of lr x wd in one pass), score it on val, save a run."""
-    from kscli.heads.run import config_for, parse_tags, train_run
+    """Train a head on cached features (its lr x wd grid), score it on val, save a run."""
+    from kscli.heads.base import config_for
+    from kscli.heads.run import parse_tags, train_run
 
-    if select_on not in ("holdout", "val"):
-        raise KscliError(f"--select-on {select_on!r}: choose holdout or val")
-    over = _overrides(set_)
-    for key, value in (("epochs", epochs), ("label_smoothing", label_smoothing), ("lrs", lrs and _floats(lrs, "--lrs")),
-                       ("weight_decays", wds and _floats(wds, "--wds"))):
-        if value is not None:
-            over[key] = value
-    cfg = config_for(head, class_balance=class_balance, select_on=select_on, seed=seed, device=device, **over)
+    flags = {"select_on": select_on, "seed": seed, "device": device, "epochs": epochs,
+             "label_smoothing": label_smoothing, "lrs": lrs and _floats(lrs, "--lrs"),
+             "weight_decays": wds and _floats(wds, "--wds"), "class_balance": class_balance or None}
+    cfg = config_for(head, sets=set_, **{k: v for k, v in flags.items() if v is not None})
     layout = _layout(data_root, annotations_dir, clips_root, work_dir)
     result = train_run(layout, parse_tags(backbone), cfg, name=name, progress=progress)
     typer.echo(result.summary)
 
 
 @app.command("heads")
-def heads_cmd():
-    """List the registered heads."""
-    from kscli.heads.models import list_heads
+def heads_cmd(head: Optional[str] = typer.Option(None, "--head", help="Show one head's options: name, type, default, meaning.")):
+    """List the heads, or one head's options (what --set key=value takes)."""
+    from kscli.heads.base import head_class, list_heads
 
-    for h in list_heads():
-        typer.echo(h)
-    typer.echo("context  (each segment sees the other segments of its take)")
+    if head is None:
+        for h in list_heads():
+            typer.echo(f"{h:<10} {head_class(h).description}")
+        typer.echo("options of a head: kscli heads --head NAME")
+        return
+    cls = head_class(head)
+    typer.echo(f"{head}: {cls.description}")
+    rows = [("option", "type", "default", "meaning"), *cls.Config.options()]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    indent = 2 + sum(w) + 6
+    for name, kind, default, meaning in rows:
+        lines = textwrap.wrap(meaning, max(30, 100 - indent)) or [""]
+        typer.echo(f"  {name:<{w[0]}}  {kind:<{w[1]}}  {default:<{w[2]}}  {lines[0]}")
+        for more in lines[1:]:
+            typer.echo(" " * indent + more)
+    typer.echo(f"set any of them with: kscli train-head --head {head} --set NAME=VALUE")
 
 
 @app.command("evaluate")

@@ -17,7 +17,8 @@ from kscli.data.layout import Benchmark, Layout
 from kscli.data.sample import write_sample_benchmark
 from kscli.errors import KscliError
 from kscli.extract.run import ExtractConfig, extract
-from kscli.heads.run import config_for, train_run
+from kscli.heads.base import config_for
+from kscli.heads.run import train_run
 from kscli.heads.submit import Submission, rank_runs, submit
 
 DEMO_HEADS = ("linear", "mlp", "distill", "context")

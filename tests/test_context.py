@@ -10,11 +10,23 @@ import pytest
 import torch
 
 from kscli.errors import KscliError
-from kscli.heads.context import (ContextConfig, build_context_from_checkpoint, context_state,
-                                 group_takes, predict_context_proba, take_holdout,
-                                 train_context_head)
+from kscli.heads.base import config_for, load_head
+from kscli.heads.context import ContextConfig, ContextHead
 from kscli.heads.featureset import FeatureSet
-from kscli.heads.train import TrainConfig, predict_proba, train_head
+from kscli.heads.takes import group_takes, take_holdout
+from kscli.heads.train import train_head
+
+
+def train_context_head(cfg, train, num_classes, val=None, progress=False):
+    return train_head(cfg, train, num_classes, val=val, progress=progress)
+
+
+def predict_context_proba(head, fs, present=None):
+    return head.predict_proba(fs, present=present)
+
+
+def takes_of(fs, rows):
+    return set(np.asarray(fs.take)[rows])
 
 SCEN, STEPS = 3, 6  # 3 scenarios with a 6-keystep procedure each
 C = SCEN * STEPS
@@ -70,7 +82,7 @@ def small_cfg(**kw) -> ContextConfig:
                 epochs=25, lrs=(3e-3,), weight_decays=(0.05,), dropout=0.1, input_dropout=0.1,
                 num_threads=1)
     base.update(kw)
-    return ContextConfig(**base)
+    return config_for("context", **base)
 
 
 def acc(p, y):
@@ -92,10 +104,10 @@ def trained(sets):
 def test_context_beats_single_segment_mlp_on_heldout_takes(sets, trained):
     train, test = sets
     assert not test.exo_mask.any()  # ego only at test
-    mlp = train_head(TrainConfig.for_head("mlp", hidden=64, epochs=30, batch_size=64,
-                                          num_threads=1), train, C, progress=False)
-    a_mlp = acc(predict_proba(mlp.model, test.ego), test.labels)
-    p = predict_context_proba(trained.model, test)
+    mlp = train_head(config_for("mlp", hidden=64, epochs=30, batch_size=64, num_threads=1),
+                     train, C, progress=False)
+    a_mlp = acc(mlp.head.predict_proba(test), test.labels)
+    p = predict_context_proba(trained.head, test)
     assert p.shape == (len(test), C) and p.dtype == np.float32
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
     a_ctx = acc(p, test.labels)
@@ -120,10 +132,11 @@ def test_result_records_selection_grid_and_history(trained):
 
 def test_take_level_holdout_keeps_takes_whole(sets, trained):
     train, _ = sets
-    fit, hold = set(trained.fit_takes), set(trained.holdout_takes)
+    fit, hold = takes_of(train, trained.fit_rows), takes_of(train, trained.holdout_rows)
     assert hold and fit and not (fit & hold) and fit | hold == set(train.take)
     assert trained.selected["n_select_takes"] == len(hold)
     assert trained.selected["n_select"] == sum(t in hold for t in train.take)
+    assert trained.selected["n_fit_segments"] == len(trained.fit_rows)
     f2, h2 = take_holdout(train.take, train.labels, 0.25, seed=3)
     assert not set(f2) & set(h2) and len(h2) == round(0.25 * len(set(train.take)))
     assert take_holdout(train.take, train.labels, 0.25, seed=3) == (f2, h2)
@@ -135,11 +148,11 @@ def test_same_seed_same_probabilities_other_seed_differs(sets):
     train, test = sets
     small = train.subset(np.flatnonzero(np.isin(train.take, sorted(set(train.take))[:40])))
     cfg = small_cfg(epochs=3)
-    p1 = predict_context_proba(train_context_head(cfg, small, C, progress=False).model, test)
-    p2 = predict_context_proba(train_context_head(cfg, small, C, progress=False).model, test)
+    p1 = predict_context_proba(train_context_head(cfg, small, C, progress=False).head, test)
+    p2 = predict_context_proba(train_context_head(cfg, small, C, progress=False).head, test)
     assert np.array_equal(p1, p2)
     p3 = predict_context_proba(train_context_head(small_cfg(epochs=3, seed=1), small, C,
-                                                  progress=False).model, test)
+                                                  progress=False).head, test)
     assert not np.array_equal(p1, p3)
 
 
@@ -158,7 +171,7 @@ def test_training_leaves_global_rng_and_threads_alone(sets):
 # ----------------------------------------------------------------------------- inference
 def test_checkpoint_round_trip_gives_identical_probabilities(sets, trained):
     _, test = sets
-    ckpt = context_state(trained)
+    ckpt = trained.head.state()
     assert ckpt["format"] == "kscli-head" and ckpt["version"] == 1 and ckpt["head"] == "context"
     assert ckpt["in_dim"] == D and ckpt["num_classes"] == C
     assert all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values())
@@ -167,21 +180,20 @@ def test_checkpoint_round_trip_gives_identical_probabilities(sets, trained):
     torch.save(ckpt, buf)
     buf.seek(0)
     loaded = torch.load(buf, weights_only=True)
-    model = build_context_from_checkpoint(loaded)
-    assert np.array_equal(predict_context_proba(model, test),
-                          predict_context_proba(trained.model, test))
-    assert ContextConfig.from_dict(loaded["train_cfg"]) == trained.cfg
+    head = load_head(loaded)
+    assert np.array_equal(head.predict_proba(test), trained.head.predict_proba(test))
+    assert ContextConfig.from_dict(trained.record()["train_cfg"]) == trained.cfg
     with pytest.raises(KscliError, match="not 'context'"):
-        build_context_from_checkpoint({**loaded, "head": "mlp"})
+        ContextHead.from_state({**loaded, "head": "mlp"})
     with pytest.raises(KscliError, match="does not fit"):
-        build_context_from_checkpoint({**loaded, "cfg": {**loaded["cfg"], "d_model": 64}})
+        load_head({**loaded, "cfg": {**loaded["cfg"], "d_model": 64}})
 
 
 def test_row_order_does_not_matter(sets, trained):
     _, test = sets
     perm = np.random.default_rng(5).permutation(len(test))
-    p = predict_context_proba(trained.model, test)
-    np.testing.assert_allclose(predict_context_proba(trained.model, test.subset(perm)), p[perm],
+    p = predict_context_proba(trained.head, test)
+    np.testing.assert_allclose(predict_context_proba(trained.head, test.subset(perm)), p[perm],
                                atol=1e-6)
 
 
@@ -190,18 +202,18 @@ def test_missing_ego_rows_are_predicted_from_context(sets, trained):
     rng = np.random.default_rng(11)
     missing = rng.random(len(test)) < 0.3
     present = ~missing
-    p = predict_context_proba(trained.model, test, present=present)
+    p = predict_context_proba(trained.head, test, present=present)
     a_missing = acc(p[missing], test.labels[missing])
     assert a_missing > 3.0 / C, a_missing  # chance is 1/C; context alone does much better
     # the present rows keep most of their accuracy
-    full = predict_context_proba(trained.model, test)
+    full = predict_context_proba(trained.head, test)
     assert acc(p[present], test.labels[present]) > acc(full[present], test.labels[present]) - 0.1
     # present=None: rows of exact zeros (how missing clips are loaded) count as missing
     zeroed = test.subset(np.arange(len(test)))
     zeroed.ego[missing] = 0.0
-    np.testing.assert_allclose(predict_context_proba(trained.model, zeroed), p, atol=1e-6)
+    np.testing.assert_allclose(predict_context_proba(trained.head, zeroed), p, atol=1e-6)
     with pytest.raises(KscliError, match="present"):
-        predict_context_proba(trained.model, test, present=present[:-1])
+        predict_context_proba(trained.head, test, present=present[:-1])
 
 
 def test_exo_absent_for_some_segments_and_none_at_all(sets):
@@ -215,7 +227,7 @@ def test_exo_absent_for_some_segments_and_none_at_all(sets):
     r2 = train_context_head(small_cfg(epochs=2), no_exo, C, progress=False)
     assert r2.selected["teacher"] is False and not r2.model.has_teacher
     assert any("without the exo teacher" in n for n in r2.notes)
-    assert predict_context_proba(r2.model, test).shape == (len(test), C)
+    assert predict_context_proba(r2.head, test).shape == (len(test), C)
 
 
 def test_window_sequences_are_attention_pooled():
@@ -228,19 +240,19 @@ def test_window_sequences_are_attention_pooled():
     train.exo = np.repeat(train.exo[:, :, None], 4, axis=2)  # (N, V, T, D) exo as well
     cfg = small_cfg(epochs=30, lrs=(3e-3,), segment_dropout=0.0)
     r = train_context_head(cfg, train, C, progress=False)
-    p = predict_context_proba(r.model, test)
+    p = predict_context_proba(r.head, test)
     assert p.shape == (len(test), C)
     pooled_tr, pooled_te = train.subset(np.arange(len(train))), test.subset(np.arange(len(test)))
     pooled_tr.ego, pooled_te.ego = train.ego.mean(1), test.ego.mean(1)
     r_mean = train_context_head(cfg, pooled_tr, C, progress=False)
-    a_att, a_mean = acc(p, test.labels), acc(predict_context_proba(r_mean.model, pooled_te),
+    a_att, a_mean = acc(p, test.labels), acc(predict_context_proba(r_mean.head, pooled_te),
                                              test.labels)
     assert a_att > a_mean + 0.1, (a_att, a_mean)
     # the saved head reads (N, T, D) the same way after a checkpoint round trip
     buf = io.BytesIO()
-    torch.save(context_state(r), buf)
+    torch.save(r.head.state(), buf)
     buf.seek(0)
-    again = build_context_from_checkpoint(torch.load(buf, weights_only=True))
+    again = load_head(torch.load(buf, weights_only=True))
     np.testing.assert_array_equal(predict_context_proba(again, test), p)
 
 
@@ -249,14 +261,14 @@ def test_select_on_val_and_config_checks(sets):
     small = train.subset(np.flatnonzero(np.isin(train.take, sorted(set(train.take))[:20])))
     r = train_context_head(small_cfg(epochs=1, select_on="val"), small, C, val=test,
                            progress=False)
-    assert r.selected["select_on"] == "val" and r.holdout_takes == []
-    assert r.selected["n_select"] == len(test) and set(r.fit_takes) == set(small.take)
+    assert r.selected["select_on"] == "val" and r.holdout_rows is None
+    assert r.selected["n_select"] == len(test) and takes_of(small, r.fit_rows) == set(small.take)
     with pytest.raises(KscliError, match="needs a val"):
         train_context_head(small_cfg(select_on="val"), small, C, progress=False)
-    with pytest.raises(KscliError, match="unknown context-head option"):
+    with pytest.raises(KscliError, match="no such option; its options: lrs"):
         ContextConfig.from_dict({"nope": 1})
     with pytest.raises(KscliError, match="multiple"):
-        train_context_head(small_cfg(d_model=30, heads=4), small, C, progress=False)
+        small_cfg(d_model=30, heads=4)
     cfg = small_cfg()
     assert ContextConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
@@ -266,7 +278,7 @@ def test_degenerate_inputs_end_none_one_row_and_nan_rows(sets):
     # no end times: segments are instants at their start
     inst = test.subset(np.arange(len(test)))
     inst.end = None
-    p = predict_context_proba(train_context_head(small_cfg(epochs=1), train, C, progress=False).model, inst)
+    p = predict_context_proba(train_context_head(small_cfg(epochs=1), train, C, progress=False).head, inst)
     assert p.shape == (len(test), C) and np.isfinite(p).all()
     # two labelled rows with identical features: nothing to whiten, the weights stay finite
     takes = np.asarray(train.take)
@@ -277,7 +289,7 @@ def test_degenerate_inputs_end_none_one_row_and_nan_rows(sets):
     # a NaN ego row is a missing one: its take's predictions stay finite
     bad = test.subset(np.arange(len(test)))
     bad.ego[0] = np.nan
-    assert np.isfinite(predict_context_proba(r.model, bad)).all()
+    assert np.isfinite(predict_context_proba(r.head, bad)).all()
 
 
 def test_group_takes_sorts_by_start_within_take():

@@ -104,8 +104,10 @@ ON_GPU_AND_CPU = pytest.mark.parametrize("device", [pytest.param("cuda", marks=p
 def test_train_head_leaves_the_callers_rng_alone(device):
     from test_heads_train import C, acc, cfg_for, make_set
 
-    from kscli.heads.context import ContextConfig, predict_context_proba, train_context_head
-    from kscli.heads.train import predict_proba, train_head
+    from test_heads_train import predict_proba
+
+    from kscli.heads.base import config_for
+    from kscli.heads.train import train_head
 
     train, val = make_set(seed=0), make_set(n=300, seed=1)
     torch.manual_seed(123)
@@ -113,9 +115,9 @@ def test_train_head_leaves_the_callers_rng_alone(device):
     before = states()
     for head in ("linear", "distill"):
         result = train_head(cfg_for(head, device=device), train, C, progress=False)
-        assert acc(predict_proba(result.model, val.ego), val.labels) > 0.8
-    ctx = train_context_head(ContextConfig(device=device, epochs=5, seed=0), train, C, progress=False)
-    assert predict_context_proba(ctx.model, val).shape == (len(val), C)
+        assert acc(predict_proba(result.head, val.ego), val.labels) > 0.8
+    ctx = train_head(config_for("context", device=device, epochs=5, seed=0), train, C, progress=False)
+    assert ctx.head.predict_proba(val).shape == (len(val), C)
     assert all(torch.equal(a, b) for a, b in zip(states(), before))
 
 

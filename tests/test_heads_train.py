@@ -11,10 +11,10 @@ import torch
 from kscli.errors import KscliError
 from kscli.heads.featureset import FeatureSet
 from kscli.heads.metrics import compute_metrics, format_summary
-from kscli.heads.models import (build_head_from_checkpoint, create_head, dropout_shared,
-                                list_heads)
-from kscli.heads.train import (StackedAdamW, TrainConfig, class_balance_weights, head_state,
-                               predict_proba, stratified_holdout, train_head)
+from kscli.heads.base import config_for, head_class, list_heads, load_head
+from kscli.heads.common import dropout
+from kscli.heads.stacked import StackedAdamW, class_balance_weights
+from kscli.heads.train import stratified_holdout, train_head
 
 C, D, V = 6, 24, 3
 
@@ -42,10 +42,23 @@ def make_set(n=480, seed=0, T=None, sep=2.0, p_view=0.7, labelled=True):
 
 
 def cfg_for(head, **kw):
-    base = dict(epochs=8, batch_size=64, hidden=64, attn_dim=32, num_threads=1,
-                lrs=(1e-3, 3e-3), weight_decays=(1e-4, 0.1))
+    base = dict(epochs=8, batch_size=64, num_threads=1, lrs=(1e-3, 3e-3),
+                weight_decays=(1e-4, 0.1), **{"mlp": {"hidden": 64}, "distill": {"hidden": 64},
+                                              "attentive": {"attn_dim": 32}}.get(head, {}))
     base.update(kw)
-    return TrainConfig.for_head(head, **base)
+    return config_for(head, **base)
+
+
+def predict_proba(head, ego):
+    """A head's probabilities for raw ego features (every row present)."""
+    n = len(ego)
+    return head.predict_proba(FeatureSet([f"r{i}" for i in range(n)], ego, None, None,
+                                         np.full(n, -1), None, None, None))
+
+
+def net(head, cfg, members):
+    """Head `head`'s stacked net with its defaults, updated by cfg."""
+    return head_class(head).Net(D, C, {**config_for(head).model_cfg(), **cfg}, members=members)
 
 
 def acc(probs, labels):
@@ -60,12 +73,9 @@ def data():
 # ----------------------------------------------------------------------------- registry
 def test_registry_lists_heads_and_rejects_unknown():
     assert {"linear", "mlp", "distill", "attentive"} <= set(list_heads())
-    with pytest.raises(KscliError, match="unknown head"):
-        create_head("nope", D, C)
-    with pytest.raises(KscliError, match="unknown head"):
-        TrainConfig.for_head("nope")
-    m = create_head("mlp", D, C, {"hidden": 16, "unrelated_key": 1}, members=3)
-    assert m.cfg["hidden"] == 16 and "unrelated_key" not in m.cfg
+    with pytest.raises(KscliError, match="unknown head 'nope'; known heads: attentive, context"):
+        config_for("nope")
+    m = net("mlp", {"hidden": 16}, members=3)
     assert m.fc1_w.shape == (3, D, 16) and m.fc2_w.shape == (3, 16, C)
 
 
@@ -74,7 +84,7 @@ def test_registry_lists_heads_and_rejects_unknown():
 def test_head_learns_separable_problem(data, head):
     train, test = data
     res = train_head(cfg_for(head), train, C, progress=False)
-    p = predict_proba(res.model, test.ego)
+    p = predict_proba(res.head, test.ego)
     assert p.shape == (len(test), C) and p.dtype == np.float32
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
     assert acc(p, test.labels) > 0.85  # chance is 1/6
@@ -82,8 +92,8 @@ def test_head_learns_separable_problem(data, head):
     assert len(res.grid) == 4 and len(res.history) == 8
     assert {"lr", "wd", "select_on", "select_top1"} <= set(res.selected)
     # the saved head (member cut out, preconditioner folded in) scores what selection saw
-    hold = res.holdout_index
-    p_hold = predict_proba(res.model, train.ego[hold])
+    hold = res.holdout_rows
+    p_hold = predict_proba(res.head, train.ego[hold])
     assert abs(100 * acc(p_hold, train.labels[hold]) - res.selected["select_top1"]) <= (
         100 / len(hold) + 1e-6)
 
@@ -92,11 +102,11 @@ def test_same_seed_same_probabilities_other_seed_differs(data):
     train, test = data
     for head in ("mlp", "distill"):  # dropout and exo view dropout both draw random numbers
         cfg = cfg_for(head, epochs=3)
-        p1 = predict_proba(train_head(cfg, train, C, progress=False).model, test.ego)
-        p2 = predict_proba(train_head(cfg, train, C, progress=False).model, test.ego)
+        p1 = predict_proba(train_head(cfg, train, C, progress=False).head, test.ego)
+        p2 = predict_proba(train_head(cfg, train, C, progress=False).head, test.ego)
         assert np.array_equal(p1, p2)
         p3 = predict_proba(train_head(cfg_for(head, epochs=3, seed=1), train, C,
-                                      progress=False).model, test.ego)
+                                      progress=False).head, test.ego)
         assert not np.array_equal(p1, p3)
 
 
@@ -120,8 +130,8 @@ def test_grid_member_equals_training_that_config_alone(data):
         sel = grid.selected
         alone = train_head(cfg_for(head, epochs=3, lrs=(sel["lr"],),
                                    weight_decays=(sel["wd"],)), train, C, progress=False)
-        np.testing.assert_allclose(predict_proba(grid.model, test.ego),
-                                   predict_proba(alone.model, test.ego), atol=1e-4)
+        np.testing.assert_allclose(predict_proba(grid.head, test.ego),
+                                   predict_proba(alone.head, test.ego), atol=1e-4)
         assert [(g["lr"], g["wd"]) for g in grid.grid] == [
             (3e-4, 0.0), (3e-4, 0.5), (3e-3, 0.0), (3e-3, 0.5)]
 
@@ -130,7 +140,7 @@ def test_grid_member_equals_training_that_config_alone(data):
 def test_stacked_members_compute_like_separate_heads(head):
     """Each member of a stacked head (distinct weights) = that member cut out alone."""
     torch.manual_seed(0)
-    m = create_head(head, D, C, {"hidden": 16, "attn_dim": 8, "num_heads": 2}, members=3)
+    m = net(head, {"hidden": 16, "attn_dim": 8, "num_heads": 2}, members=3)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -148,29 +158,29 @@ def test_selection_uses_stratified_holdout_and_ignores_val(data):
     res = train_head(cfg_for("linear", epochs=3), train, C, progress=False)
     sel = res.selected
     assert sel["select_on"] == "holdout"
-    hold, fit = res.holdout_index, res.fit_index
+    hold, fit = res.holdout_rows, res.fit_rows
     assert len(np.intersect1d(hold, fit)) == 0 and len(hold) + len(fit) == len(train)
     assert sel["n_select"] == len(hold) and sel["n_fit"] == len(fit)
     counts = np.bincount(train.labels[hold], minlength=C)
     assert counts.min() == counts.max() == round(0.1 * len(train) / C)  # 80 per class -> 8
     # the recorded score is the kept member's top-1 on exactly those rows
-    p = predict_proba(res.model, train.ego[hold])
+    p = predict_proba(res.head, train.ego[hold])
     assert abs(100 * acc(p, train.labels[hold]) - sel["select_top1"]) < 1e-6
     assert max(g["select_top1"] for g in res.grid) == sel["select_top1"]
     # a val set with garbage labels changes nothing unless select_on == "val"
     junk = make_set(n=120, seed=5)
     junk.labels = np.random.default_rng(0).permutation(junk.labels)
     res2 = train_head(cfg_for("linear", epochs=3), train, C, val=junk, progress=False)
-    assert np.array_equal(predict_proba(res.model, test.ego), predict_proba(res2.model, test.ego))
+    assert np.array_equal(predict_proba(res.head, test.ego), predict_proba(res2.head, test.ego))
 
 
 def test_selection_on_val_only_when_asked(data):
     train, test = data
     res = train_head(cfg_for("linear", epochs=3, select_on="val"), train, C, val=test,
                      progress=False)
-    assert res.selected["select_on"] == "val" and res.holdout_index is None
+    assert res.selected["select_on"] == "val" and res.holdout_rows is None
     assert res.selected["n_fit"] == len(train) and res.selected["n_select"] == len(test)
-    p = predict_proba(res.model, test.ego)
+    p = predict_proba(res.head, test.ego)
     assert abs(100 * acc(p, test.labels) - res.selected["select_top1"]) < 1e-6
     with pytest.raises(KscliError, match="needs a val"):
         train_head(cfg_for("linear", select_on="val"), train, C, progress=False)
@@ -184,7 +194,7 @@ def test_unlabelled_train_rows_are_skipped():
     train.labels[:30] = -1
     res = train_head(cfg_for("linear", epochs=2), train, C, progress=False)
     assert res.selected["n_fit"] + res.selected["n_select"] == 210
-    assert np.all(train.labels[np.concatenate([res.fit_index, res.holdout_index])] >= 0)
+    assert np.all(train.labels[np.concatenate([res.fit_rows, res.holdout_rows])] >= 0)
     assert res.notes and "30" in res.notes[0]
 
 
@@ -205,16 +215,18 @@ def test_distill_with_missing_exo_views():
     assert (~train.exo_mask.any(1)).sum() > 100
     test = make_set(n=300, seed=1)
     res = train_head(cfg_for("distill"), train, C, progress=False)
-    p = predict_proba(res.model, test.ego)
+    p = predict_proba(res.head, test.ego)
     assert acc(p, test.labels) > 0.85
     # what sits in an absent slot is never read
     noisy = FeatureSet(**{**train.__dict__, "exo": np.where(train.exo_mask[..., None],
                                                              train.exo, 1e6).astype(np.float32)})
     res2 = train_head(cfg_for("distill"), noisy, C, progress=False)
-    assert np.array_equal(p, predict_proba(res2.model, test.ego))
+    assert np.array_equal(p, predict_proba(res2.head, test.ego))
     # inference needs ego only; the teacher can still be asked with exo
-    t = res.model.teacher_logits(test.ego[:5], test.exo[:5], test.exo_mask[:5])
-    assert t.shape == (1, 5, C)
+    t = res.head.teacher_proba(test.subset(np.arange(5)))
+    assert t.shape == (5, C)
+    assert res.head.teacher_proba(FeatureSet(**{**test.__dict__, "exo": None,
+                                                "exo_mask": None})) is None
     no_exo = FeatureSet(**{**train.__dict__, "exo_mask": np.zeros_like(train.exo_mask)})
     with pytest.raises(KscliError, match="exo"):
         train_head(cfg_for("distill"), no_exo, C, progress=False)
@@ -224,12 +236,12 @@ def test_distill_with_missing_exo_views():
 def test_attentive_on_sequences_beats_mean_pooling():
     train, test = make_set(n=600, T=4, sep=0.7, seed=0), make_set(n=300, T=4, sep=0.7, seed=1)
     att = train_head(cfg_for("attentive", epochs=15), train, C, progress=False)
-    p = predict_proba(att.model, test.ego)
+    p = predict_proba(att.head, test.ego)
     assert p.shape == (len(test), C)
     assert acc(p, test.labels) > 0.8
     # linear / mlp take (N, T, D) too: they mean-pool over T, which dilutes the one window
     lin = train_head(cfg_for("linear", epochs=15), train, C, progress=False)
-    p_lin = predict_proba(lin.model, test.ego)
+    p_lin = predict_proba(lin.head, test.ego)
     assert p_lin.shape == (len(test), C)
     assert acc(p, test.labels) > acc(p_lin, test.labels) + 0.15
     # the attention weights are a distribution over the T windows
@@ -245,17 +257,19 @@ def test_checkpoint_rebuilds_from_itself(data, head):
     train, test = data
     res = train_head(cfg_for(head, epochs=2), train, C, progress=False)
     buf = io.BytesIO()
-    torch.save(head_state(res), buf)
+    torch.save({**res.head.state(), **res.record()}, buf)
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)
     assert ckpt["head"] == head and ckpt["in_dim"] == D and ckpt["num_classes"] == C
     assert ckpt["selected"]["select_on"] == "holdout" and len(ckpt["grid"]) == 4
-    model = build_head_from_checkpoint(ckpt)
-    assert np.array_equal(predict_proba(model, test.ego), predict_proba(res.model, test.ego))
-    np.testing.assert_allclose(ckpt["state_dict"]["ego_mean"].numpy(), res.norm["ego_mean"])
-    bad = {**ckpt, "num_classes": C + 1}
+    again = load_head(ckpt)
+    assert np.array_equal(predict_proba(again, test.ego), predict_proba(res.head, test.ego))
+    np.testing.assert_allclose(ckpt["state_dict"]["ego_mean"].numpy(),
+                               train.ego[res.fit_rows].reshape(len(res.fit_rows), -1, D)
+                               .mean(1).mean(0), rtol=1e-4)
+    np.testing.assert_array_equal(ckpt["prior"], res.head.prior)
     with pytest.raises(KscliError, match="does not fit"):
-        build_head_from_checkpoint(bad)
+        load_head({**ckpt, "num_classes": C + 1})
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -269,7 +283,7 @@ def test_stacked_adamw_matches_torch_adamw_per_member():
     for step in range(5):
         grad = torch.randn(2, 5, 3)
         w.grad = grad.clone()
-        ours.step(lr_scale=1.0)
+        ours.step()
         for g in range(2):
             refs[g].grad = grad[g].clone()
             theirs[g].step()
@@ -280,11 +294,13 @@ def test_stacked_adamw_matches_torch_adamw_per_member():
 def test_dropout_mask_is_shared_by_members():
     torch.manual_seed(0)
     h = torch.ones(3, 200, 50)
-    out = dropout_shared(h, 0.5, training=True)
+    out = dropout(h, 0.5, True, h.shape[-2:])
     assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
     assert 0.45 < (out[0] == 0).float().mean() < 0.55
     assert torch.allclose(out[0][out[0] != 0], torch.tensor(2.0))
-    assert dropout_shared(h, 0.5, training=False) is h
+    assert dropout(h, 0.5, training=False) is h
+    own = dropout(h, 0.5, True)  # no mask_shape: every element its own draw
+    assert not torch.equal(own[0], own[1])
 
 
 def test_class_balance_weights_and_training(data):
@@ -293,19 +309,21 @@ def test_class_balance_weights_and_training(data):
     np.testing.assert_allclose(w, [4 / 6, 2.0, 0.0])
     train, test = data
     res = train_head(cfg_for("linear", epochs=3, class_balance=True), train, C, progress=False)
-    assert acc(predict_proba(res.model, test.ego), test.labels) > 0.85
+    assert acc(predict_proba(res.head, test.ego), test.labels) > 0.85
 
 
 def test_bad_config_is_a_clear_error(data):
     train, _ = data
     with pytest.raises(KscliError, match="select_on"):
-        train_head(cfg_for("linear", select_on="test"), train, C, progress=False)
+        cfg_for("linear", select_on="test")
     with pytest.raises(KscliError, match="num_classes"):
         train_head(cfg_for("linear"), train, C - 1, progress=False)
-    with pytest.raises(KscliError, match="unknown training option"):
-        TrainConfig.from_dict({"head": "linear", "lr": 0.1})
-    cfg = TrainConfig.for_head("mlp")
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(KscliError, match="option 'lr': head 'linear' has no such option"):
+        config_for("linear", lr=0.1)
+    cfg = config_for("mlp")
+    assert type(cfg).from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(KscliError, match="another head"):
+        type(cfg).from_dict({**cfg.to_dict(), "head": "linear"})
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -16,9 +16,8 @@ from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
 from kscli.heads.features import load_feature_set
 from kscli.heads.metrics import compute_metrics
-from kscli.heads.models import build_head_from_checkpoint
+from kscli.heads.base import load_head
 from kscli.heads.run import predict_split
-from kscli.heads.train import predict_proba
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +78,12 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
     # the train segment without an ego feature stays in its take as context
     assert metrics["train_segments_without_ego_feature"] == 1 and metrics["train_segments_left_out"] == 0
     assert metrics["selection"]["on"] == "holdout" and metrics["selection"]["n_select_takes"] >= 1
+    # the teacher's own val top-1 (ego + exo) beside the student's, and both curves per epoch
+    teacher = metrics["teacher"]
+    assert 0 <= teacher["val_top1"] <= 100 and 0 <= teacher["student_val_top1"] <= 100 and teacher["n"] > 0
+    assert "teacher (ego + exo, training only): val top-1" in res.stdout
+    history = json.loads((run / "history.json").read_text())["history"]
+    assert all(len(h["teacher_select_top1"]) == len(h["select_top1"]) for h in history)
     # every test segment is predicted; the one without an ego feature from its take, not the prior
     cli("submit", "--run", "ctx", *args(extracted))
     doc = json.loads((work / "submissions" / "test_ctx.json").read_text())
@@ -95,9 +100,12 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
     val = cli("train-head", "--head", "context", "--select-on", "val", "--name", "ctx-val", *args(extracted))
     sel = json.loads((work / "runs" / "ctx-val" / "metrics.json").read_text())["selection"]
     assert sel["on"] == "val" and sel["n_select"] == len(bench.segments("val")), val.stdout
-    for bad, msg in ((["--head", "bogus"], "known heads: attentive, distill, linear, mlp, context"),
-                     (["--head", "context", "--set", "nope=1"], "unknown context-head option(s): nope"),
-                     (["--head", "context", "--class-balance"], "not available for the context head")):
+    for bad, msg in ((["--head", "bogus"], "known heads: attentive, context, distill, linear, mlp"),
+                     (["--head", "context", "--set", "nope=1"], "head 'context' has no option 'nope'; its options: lrs,"),
+                     (["--head", "context", "--class-balance"], "'class_balance': head 'context' has no such option"),
+                     (["--head", "mlp", "--set", "hidden=abc"], "hidden takes an integer, e.g. --set hidden=512"),
+                     (["--head", "attentive", "--set", "dropout=1.5"], "dropout must be in [0, 1)"),
+                     (["--head", "mlp", "--set", "hidden"], "expected key=value")):
         r = cli("train-head", *bad, *args(extracted), check=False)
         assert r.exit_code == 2 and msg in r.stderr, r.stderr
 
@@ -132,10 +140,10 @@ def test_same_seed_same_predictions_and_checkpoint_round_trip(extracted):
     assert a == b
     ckpt = torch.load(work / "runs" / "seed-a" / "checkpoint.pt", weights_only=True)
     assert ckpt["labels"][0]["label_id"] == 0 and ckpt["backbones"]["tiny-random"]["backbone"]["name"] == "tiny-random"
-    model = build_head_from_checkpoint(ckpt)
+    head = load_head(ckpt)
     bench = Benchmark(Layout.resolve(data_root=data, work_dir=work))
     fs, _ = load_feature_set(bench, "val", ["tiny-random"], with_exo=False)
-    probs = predict_proba(model, fs.ego)
+    probs = head.predict_proba(fs)
     by_name = {r["ego_segment_name"]: r for r in a}
     assert [int(p.argmax()) for p in probs] == [by_name[n]["label_id"] for n in fs.names]
     again = cli("train-head", "--head", "mlp", "--name", "seed-a", *args(extracted), check=False)

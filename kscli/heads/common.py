@@ -1,18 +1,14 @@
-"""Training plumbing shared by the single-segment trainer (`kscli.heads.train`) and the
-take-context trainer (`kscli.heads.context`): config behaviour common to both, feature
-statistics, the Ledoit-Wolf preconditioner, the learning-rate schedule, thread handling.
+"""Training plumbing every head shares: data checks, feature statistics, the Ledoit-Wolf
+preconditioner, the learning-rate schedule (torch's schedulers), dropout, seeds and threads.
 
-Nothing here knows about a particular head; each trainer keeps its own model and loop.
+Nothing here knows about a particular head.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import asdict, fields
-
 import numpy as np
 import torch
 
@@ -20,71 +16,7 @@ from kscli.errors import KscliError
 from kscli.heads.featureset import FeatureSet
 
 
-# ----------------------------------------------------------------------------- config
-class GridConfigMixin:
-    """Methods shared by TrainConfig and ContextConfig (dataclasses with the fields `lrs`,
-    `weight_decays`, `betas`, `epochs`, `min_epochs`, `min_steps`, `max_epochs`, `select_on`,
-    `holdout_fraction`, `precondition`, `label_smoothing`)."""
-
-    options_name = "training option"  # how unknown keys are reported
-
-    def __post_init__(self):
-        self.lrs = tuple(float(v) for v in self.lrs)
-        self.weight_decays = tuple(float(v) for v in self.weight_decays)
-        self.betas = tuple(float(v) for v in self.betas)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise KscliError(f"unknown {cls.options_name}(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return plain(asdict(self))
-
-    def grid(self) -> list[tuple[float, float]]:
-        """The (lr, wd) members in training order: lr-major."""
-        return [(lr, wd) for lr in self.lrs for wd in self.weight_decays]
-
-    def resolve_epochs(self, steps_per_epoch: int) -> int:
-        """`epochs` if set, else max(min_epochs, enough epochs for min_steps optimizer steps),
-        at most max_epochs: few passes over a big set, enough steps on a small one."""
-        if self.epochs is not None:
-            return int(self.epochs)
-        need = math.ceil(self.min_steps / max(1, steps_per_epoch))
-        return int(min(self.max_epochs, max(self.min_epochs, need)))
-
-    def schedule(self, n_items: int, batch: int) -> tuple[int, int, int, int, int]:
-        """(batch size, steps per epoch, epochs, total steps, warmup steps) for n_items
-        mini-batch units (segments, or takes for the context head) in batches of `batch`."""
-        bs = min(batch, n_items)
-        steps_per_epoch = math.ceil(n_items / bs)
-        epochs = self.resolve_epochs(steps_per_epoch)
-        total = epochs * steps_per_epoch
-        return bs, steps_per_epoch, epochs, total, max(1, int(round(self.warmup_fraction * total)))
-
-    def check_common(self) -> None:
-        if self.epochs is not None and self.epochs < 1:
-            raise KscliError(f"epochs must be >= 1 (got {self.epochs})")
-        if self.min_epochs < 1 or self.max_epochs < self.min_epochs:
-            raise KscliError(f"need 1 <= min_epochs <= max_epochs (got {self.min_epochs}, "
-                             f"{self.max_epochs})")
-        if not self.lrs or not self.weight_decays:
-            raise KscliError("lrs and weight_decays must each hold at least one value")
-        if any(v <= 0 for v in self.lrs) or any(v < 0 for v in self.weight_decays):
-            raise KscliError("learning rates must be > 0 and weight decays >= 0")
-        if self.select_on not in ("holdout", "val"):
-            raise KscliError(f"select_on must be 'holdout' or 'val', not {self.select_on!r}")
-        if self.select_on == "holdout" and not 0 < self.holdout_fraction < 1:
-            raise KscliError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if self.precondition < 0:
-            raise KscliError(f"precondition must be >= 0 (0 turns it off), got {self.precondition}")
-        if not 0 <= self.label_smoothing < 1:
-            raise KscliError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-
+# ----------------------------------------------------------------------------- checks
 def check_train_labels(train: FeatureSet, num_classes: int) -> np.ndarray:
     """Validate the train set; its labels as int64 (-1: unlabelled)."""
     train.validate("train features")
@@ -163,12 +95,32 @@ def reseed(seed: int, device: torch.device) -> None:
             torch.cuda.manual_seed(seed)
 
 
-def cosine_scale(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor: linear warmup over `warmup` steps, then cosine decay to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int
+                  ) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's schedulers for a linear warmup over `warmup` steps (factor (step + 1) / warmup)
+    then a cosine decay to 0 at `total` steps; call .step() after every optimizer step."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+    warm = LinearLR(optimizer, 1.0 / warmup, 1.0, total_iters=max(1, warmup - 1))
+    decay = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    return SequentialLR(optimizer, [warm, decay], milestones=[warmup])
+
+
+def dropout(x: torch.Tensor, p: float, training: bool, mask_shape=None) -> torch.Tensor:
+    """Inverted dropout with the mask drawn from random bytes (8 per int64 draw; keep if byte
+    >= round(256 p)): about 10x faster than torch's bernoulli on CPU, so p is rounded to a
+    multiple of 1/256. `mask_shape` (the trailing dims of x) shares one mask over the leading
+    dims: the stacked heads share it over their grid members, which then see the same noise."""
+    if not training or p <= 0:
+        return x
+    k = min(256, max(1, int(round(p * 256))))
+    if k >= 256:
+        return x * 0.0
+    shape = tuple(x.shape if mask_shape is None else mask_shape)
+    n = int(np.prod(shape))
+    words = torch.randint(-2**63, 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=x.device)
+    keep = words.view(torch.uint8)[:n].view(shape) >= k
+    return x * keep.to(x.dtype).mul_(256.0 / (256 - k))
 
 
 def log(progress: bool, msg: str) -> None:

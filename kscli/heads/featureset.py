@@ -45,10 +45,6 @@ class FeatureSet:
         return int(self.ego.shape[-1])
 
     @property
-    def is_sequence(self) -> bool:
-        return self.ego.ndim == 3
-
-    @property
     def num_views(self) -> int:
         return 0 if self.exo_mask is None else int(self.exo_mask.shape[1])
 

@@ -1,0 +1,212 @@
+"""The take-context network: a small transformer over the segments of a take (see
+kscli/heads/context.py for the model, the teacher and the loss in words)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kscli.errors import KscliError
+from kscli.heads.common import dropout
+from kscli.heads.takes import NUM_TIME_FEATURES
+
+
+class _Block(nn.Module):
+    """Pre-LayerNorm transformer block with an additive attention bias."""
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, attn_dropout: float):
+        super().__init__()
+        self.heads, self.dropout, self.attn_dropout = heads, dropout, attn_dropout
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, ffn)
+        self.fc2 = nn.Linear(ffn, d)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, shape: tuple[int, int],
+                bias: torch.Tensor) -> torch.Tensor:
+        """x (n, d): the valid tokens, packed; idx (n,) their flat slots in the padded (B, L)
+        layout. Only attention runs on the padded layout (every other op on the n tokens)."""
+        d = x.shape[-1]
+        B, L = shape
+        H = self.heads
+        qkv = self.qkv(self.ln1(x))
+        pad = qkv.new_zeros(B * L, 3 * d).index_copy(0, idx, qkv)
+        q, k, v = pad.view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attn_dropout if self.training else 0.0)
+        a = a.transpose(1, 2).reshape(B * L, d).index_select(0, idx)
+        x = x + dropout(self.proj(a), self.dropout, self.training)
+        h = dropout(F.gelu(self.fc1(self.ln2(x))), self.dropout, self.training)
+        return x + dropout(self.fc2(h), self.dropout, self.training)
+
+
+class _Encoder(nn.Module):
+    """Tokens from features (+ exo for the teacher) and time, transformer, per-token logits."""
+
+    def __init__(self, in_dim: int, exo_dim: int, num_classes: int, c: dict):
+        super().__init__()
+        d = int(c["d_model"])
+        self.c = c
+        self.in_proj = nn.Linear(in_dim, d)
+        # window pooling: per attention head a learned query folded into a (D -> H) score
+        # map, as in the attentive head; unused (an identity) for T = 1 stores
+        self.win_attn = nn.Parameter(torch.zeros(in_dim, int(c["heads"])))
+        self.missing = nn.Parameter(torch.randn(d) * 0.02)
+        self.exo_proj = nn.Linear(exo_dim, d, bias=False) if exo_dim else None
+        self.no_exo = nn.Parameter(torch.randn(d) * 0.02) if exo_dim else None
+        self.in_norm = nn.LayerNorm(d)
+        th = int(c["time_hidden"])
+        self.time_mlp = nn.Sequential(nn.Linear(NUM_TIME_FEATURES, th), nn.GELU(),
+                                      nn.Linear(th, d))
+        self.rel_bias = nn.Parameter(torch.zeros(int(c["heads"]), 2 * int(c["max_rel"]) + 1))
+        ffn = int(c["ffn_mult"]) * d
+        self.blocks = nn.ModuleList(_Block(d, int(c["heads"]), ffn, float(c["dropout"]),
+                                           float(c["attn_dropout"]))
+                                    for _ in range(int(c["layers"])))
+        self.norm = nn.LayerNorm(d)
+        self.cls = nn.Linear(d, num_classes)
+        nn.init.trunc_normal_(self.cls.weight, std=0.02)
+        nn.init.zeros_(self.cls.bias)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised ego windows (n, T, D) -> token input (n, d). T = 1: in_proj(x). T > 1:
+        multi-head attention pooling over the windows: head k weighs window t by
+        softmax_t(x_t . a_k) and reads its own d/H slice of in_proj applied to the weighted
+        mean (projecting after pooling: T times cheaper than projecting every window)."""
+        n, T, D = x.shape
+        if T == 1:
+            return self.in_proj(x[:, 0])
+        H = self.win_attn.shape[1]
+        w = (x @ self.win_attn).softmax(1)  # (n, T, H)
+        pooled = torch.bmm(w.transpose(1, 2), x)  # (n, H, D)
+        W = self.in_proj.weight.view(H, -1, D)  # head k owns output rows k*d/H:(k+1)*d/H
+        out = torch.einsum("nhD,heD->nhe", pooled, W).reshape(n, -1)
+        return out + self.in_proj.bias
+
+    def forward(self, b: dict, exo: torch.Tensor | None = None,
+                has_exo: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """b: x (n, D) standardised, present (n,), time (n, 10), pos (B, L), valid (B, L);
+        exo (n, Dx) pooled standardised, has_exo (n,) for the teacher. -> hidden (n, d),
+        logits (n, C) for the n valid tokens in row-major (take, position) order."""
+        p_in = float(self.c["input_dropout"])
+        x = dropout(b["x"], p_in, self.training)
+        h = torch.where(b["present"][:, None], self.embed(x), self.missing)
+        if self.exo_proj is not None:
+            e = self.exo_proj(dropout(exo, p_in, self.training))
+            h = h + torch.where(has_exo[:, None], e, self.no_exo)
+        h = self.in_norm(h) + self.time_mlp(b["time"])
+        valid, pos = b["valid"], b["pos"]
+        B, L = valid.shape
+        if len(self.blocks):
+            K = int(self.c["max_rel"])
+            rel = (pos[:, None, :] - pos[:, :, None]).clamp(-K, K) + K  # key j - query i
+            bias = self.rel_bias[:, rel].permute(1, 0, 2, 3)  # (B, H, L, L)
+            bias = bias.masked_fill(~valid[:, None, None, :], float("-inf"))
+            for blk in self.blocks:
+                h = blk(h, b["idx"], (B, L), bias)
+        hid = self.norm(h)
+        return hid, self.cls(dropout(hid, float(self.c["dropout"]), self.training))
+
+
+class ContextNet(nn.Module):
+    """Student (ego only; the one that predicts) + optional teacher (ego + exo, training only).
+    Standardisation statistics live in buffers, so a checkpoint is self-contained."""
+
+    def __init__(self, in_dim: int, num_classes: int, cfg: dict):
+        """cfg: the context head's model options (ContextConfig.model_cfg()) and exo_dim (0:
+        no teacher)."""
+        super().__init__()
+        if in_dim < 1 or num_classes < 2:
+            raise KscliError(f"context head: need in_dim >= 1 and num_classes >= 2 (got "
+                             f"{in_dim}, {num_classes})")
+        self.cfg = dict(cfg)
+        self.cfg["exo_dim"] = int(self.cfg.get("exo_dim") or 0)
+        if self.cfg["d_model"] % self.cfg["heads"]:
+            raise KscliError(f"context head: d_model {self.cfg['d_model']} is not a multiple "
+                             f"of heads {self.cfg['heads']}")
+        self.in_dim, self.num_classes = int(in_dim), int(num_classes)
+        exo_dim = int(self.cfg["exo_dim"])
+        self.register_buffer("ego_mean", torch.zeros(self.in_dim))
+        self.register_buffer("ego_std", torch.ones(self.in_dim))
+        self.register_buffer("time_mean", torch.zeros(NUM_TIME_FEATURES))
+        self.register_buffer("time_std", torch.ones(NUM_TIME_FEATURES))
+        self.student = _Encoder(self.in_dim, 0, self.num_classes, self.cfg)
+        self.teacher = None
+        if exo_dim:
+            self.register_buffer("exo_mean", torch.zeros(exo_dim))
+            self.register_buffer("exo_std", torch.ones(exo_dim))
+            self.teacher = _Encoder(self.in_dim, exo_dim, self.num_classes, self.cfg)
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.teacher is not None
+
+    def no_decay_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters()
+                if p.dim() < 2 or n.endswith(("missing", "no_exo", "rel_bias"))}
+
+    @torch.no_grad()
+    def fold_input_transform(self, P: torch.Tensor) -> None:
+        """The head was trained on x @ P (x standardised ego): fold P into the ego input
+        projections so it reads plain standardised x (exact at eval: the first op is linear)."""
+        P = P.to(self.ego_mean.device, torch.float32)
+        for enc in (self.student, self.teacher):
+            if enc is not None:  # scores (x P) a = x (P a); projection W (x P) = (W P^T) x
+                enc.in_proj.weight.copy_(enc.in_proj.weight @ P.T)
+                enc.win_attn.copy_(P @ enc.win_attn)
+
+    def pool_exo(self, exo: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw exo (n, V, Dx) + mask (n, V) -> masked mean of standardised views (n, Dx) and
+        whether any view is left (n,); each view dropped with view_dropout in training."""
+        keep = mask
+        p = float(self.cfg["view_dropout"])
+        if self.training and p > 0:
+            keep = keep & (torch.rand(keep.shape, device=keep.device) >= p)
+        w = keep.to(exo.dtype)
+        cnt = w.sum(1, keepdim=True)
+        # the mean of standardised views = the standardised mean of raw views (linear), so
+        # pool the raw views first: one (n, V) x (n, V, Dx) product instead of (n, V, Dx) math
+        raw = torch.bmm(w.unsqueeze(1), exo).squeeze(1) / cnt.clamp_min(1.0)
+        pooled = torch.where(cnt > 0, (raw - self.exo_mean) / self.exo_std,
+                             torch.zeros((), dtype=raw.dtype))
+        return pooled, keep.any(1)
+
+    def logits(self, b: dict) -> torch.Tensor:
+        """Student logits (n, C) on a prepared batch (ego only)."""
+        return self.student(b)[1]
+
+    def teacher_logits(self, b: dict) -> torch.Tensor | None:
+        """Teacher logits (n, C) on a prepared batch with exo; None without a teacher or exo."""
+        if self.teacher is None or "exo" not in b:
+            return None
+        return self.teacher(b, *self.pool_exo(b["exo"], b["exo_mask"]))[1]
+
+    def loss(self, b: dict, label_smoothing: float = 0.0) -> torch.Tensor:
+        hs, ls = self.student(b)
+        y = b["y"]
+        lab = y >= 0
+        zero = ls.sum() * 0.0
+
+        def ce(logits):
+            if not bool(lab.any()):
+                return zero
+            return F.cross_entropy(logits[lab], y[lab], label_smoothing=label_smoothing)
+
+        total = ce(ls)
+        if self.teacher is not None and "exo" in b:
+            exo, has = self.pool_exo(b["exo"], b["exo_mask"])
+            ht, lt = self.teacher(b, exo, has)
+            c = self.cfg
+            if c["teacher_weight"] > 0:
+                total = total + c["teacher_weight"] * ce(lt)
+            if c["alpha"] > 0:
+                T = float(c["temperature"])
+                pt = (lt.detach() / T).log_softmax(-1)
+                kl = (pt.exp() * (pt - (ls / T).log_softmax(-1))).sum(-1).mean()
+                total = total + c["alpha"] * T * T * kl
+            if c["beta"] > 0:
+                total = total + c["beta"] * (hs - ht.detach()).pow(2).mean()
+        return total

@@ -1,0 +1,149 @@
+"""The `distill` head: learning with privileged information. A teacher sees ego + exo, a
+student sees ego only; both train together and only the student predicts.
+
+    student: h_s = LN(W_s ego)            -> GELU -> dropout -> classifier_s
+    teacher: h_t = LN(W_te ego + W_tx exo) -> GELU -> dropout -> classifier_t, where exo is the
+             masked mean of the segment's real exo views, each view dropped with probability
+             `view_dropout` in training (a segment with no views left gets exo = 0, i.e. the
+             train mean, and the teacher falls back on ego).
+    loss = CE(student) + teacher_weight * CE(teacher)
+           + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))   (teacher detached)
+           + beta * mean((h_s - h_t.detach())^2)                            (hint on hidden)
+
+`predict_proba` never touches the teacher; `teacher_proba` (ego + exo) shows what the exo
+views add, and the driver records the teacher's selection top-1 beside the student's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kscli.errors import KscliError
+from kscli.heads.base import option, register_head
+from kscli.heads.common import dropout
+from kscli.heads.layers import StackedNet, layer_norm, linear, stacked_cross_entropy, trunc_normal
+from kscli.heads.stacked import StackedConfig, StackedHead, _pooled_exo
+
+
+@dataclass
+class DistillConfig(StackedConfig):
+    # tuned with bench/heads.py (part 2: privileged information)
+    lrs: tuple[float, ...] = option((1e-3, 3e-3), "learning rates of the grid")
+    weight_decays: tuple[float, ...] = option((0.1,), "decoupled (AdamW) weight decays of the grid")
+    min_epochs: int = option(4, "fewest epochs when epochs is none")
+    min_steps: int = option(200, "optimizer steps to reach when epochs is none")
+    hidden: int = option(512, "width of the student's and the teacher's hidden layer", model=True)
+    dropout: float = option(0.5, "dropout on the hidden layers", model=True)
+    input_dropout: float = option(0.0, "dropout on the standardised input features", model=True)
+    temperature: float = option(2.0, "softmax temperature of the teacher -> student KL term",
+                                model=True)
+    alpha: float = option(1.0, "weight of the teacher -> student KL term", model=True)
+    beta: float = option(1.0, "weight of the hidden-feature (hint) term", model=True)
+    teacher_weight: float = option(1.0, "weight of the teacher's own cross-entropy", model=True)
+    view_dropout: float = option(0.3, "probability of dropping each exo view in training",
+                                 model=True)
+
+    def check(self) -> None:
+        super().check()
+        if self.hidden < 1 or self.temperature <= 0:
+            raise KscliError(f"hidden must be >= 1 and temperature > 0 (got {self.hidden}, "
+                             f"{self.temperature})")
+        if min(self.alpha, self.beta, self.teacher_weight) < 0:
+            raise KscliError("alpha, beta and teacher_weight must be >= 0")
+
+
+class DistillNet(StackedNet):
+    head_name = "distill"
+    uses_exo = True
+    input_weights = ("s_fc1_w", "t_fc1_w")
+
+    def _build(self) -> None:
+        h, d, dx = int(self.cfg["hidden"]), self.in_dim, int(self.cfg["exo_dim"])
+        self._linear_params("s_fc1", d, h, std=1.0 / math.sqrt(d))
+        self._norm_params("s_ln1", h)
+        self._linear_params("s_fc2", h, self.num_classes, std=0.02)
+        self._linear_params("t_fc1", d, h, std=1.0 / math.sqrt(d + dx))
+        self._param("t_exo_w", trunc_normal((dx, h), 1.0 / math.sqrt(d + dx)))
+        self._norm_params("t_ln1", h)
+        self._linear_params("t_fc2", h, self.num_classes, std=0.02)
+
+    def _drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        return dropout(x, p, self.training, x.shape[-2:])  # one mask for every member
+
+    def _student(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._drop(x, self.cfg["input_dropout"])
+        h = layer_norm(linear(x, self.s_fc1_w, self.s_fc1_b), self.s_ln1_g, self.s_ln1_b)
+        a = self._drop(F.gelu(h), self.cfg["dropout"])
+        return h, linear(a, self.s_fc2_w, self.s_fc2_b)
+
+    def pool_exo(self, exo: torch.Tensor, exo_mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean over views of prepared exo (B, V, Dx) -> (B, Dx); view dropout in train."""
+        keep = exo_mask
+        p = float(self.cfg["view_dropout"])
+        if self.training and p > 0:
+            keep = keep & (torch.rand(keep.shape, device=keep.device) >= p)
+        w = keep.to(exo.dtype)
+        return (exo * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1.0)
+
+    def _teacher(self, x: torch.Tensor, exo_pooled: torch.Tensor):
+        G = self.members
+        pre = linear(self._drop(x, self.cfg["input_dropout"]), self.t_fc1_w, self.t_fc1_b)
+        pre = pre + torch.bmm(exo_pooled.unsqueeze(0).expand(G, *exo_pooled.shape), self.t_exo_w)
+        h = layer_norm(pre, self.t_ln1_g, self.t_ln1_b)
+        a = self._drop(F.gelu(h), self.cfg["dropout"])
+        return h, linear(a, self.t_fc2_w, self.t_fc2_b)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self._student(x)[1]
+
+    def teacher_member_logits(self, x: torch.Tensor, exo: torch.Tensor,
+                              exo_mask: torch.Tensor) -> torch.Tensor:
+        """Every member's teacher logits (G, B, C) on prepared ego / exo."""
+        return self._teacher(x, self.pool_exo(exo, exo_mask))[1]
+
+    def loss(self, batch: dict, label_smoothing: float = 0.0,
+             class_weight: torch.Tensor | None = None) -> torch.Tensor:
+        x, y = batch["ego"], batch["y"]
+        hs, ls = self._student(x)
+        ht, lt = self._teacher(x, self.pool_exo(batch["exo"], batch["exo_mask"]))
+        total = stacked_cross_entropy(ls, y, label_smoothing, class_weight)
+        tw, alpha, beta = (float(self.cfg[k]) for k in ("teacher_weight", "alpha", "beta"))
+        if tw > 0:
+            total = total + tw * stacked_cross_entropy(lt, y, label_smoothing, class_weight)
+        if alpha > 0:
+            T = float(self.cfg["temperature"])
+            pt = (lt.detach() / T).log_softmax(-1)
+            kl = (pt.exp() * (pt - (ls / T).log_softmax(-1))).sum(-1).mean(1)
+            total = total + alpha * T * T * kl
+        if beta > 0:
+            total = total + beta * (hs - ht.detach()).pow(2).mean(-1).mean(1)
+        return total
+
+
+@register_head
+class DistillHead(StackedHead):
+    name = "distill"
+    description = "student on ego taught by an ego + exo teacher (exo in training only)"
+    Config = DistillConfig
+    Net = DistillNet
+    has_teacher = True
+
+    @torch.no_grad()
+    def teacher_proba(self, fs) -> np.ndarray | None:
+        """The teacher's (N, C) from ego + exo (rows without an ego feature: the prior)."""
+        if fs.exo is None or fs.exo_mask is None or fs.exo.shape[1] == 0:
+            return None
+        exo, mask = _pooled_exo(fs)
+        net = self.model
+
+        def logits(ego, rows):
+            m = torch.from_numpy(np.asarray(rows)).long()
+            x = net.prepare_ego(ego)
+            return net.teacher_member_logits(x, net.prepare_exo(exo[m], mask[m]), mask[m])[0]
+
+        return self._proba(fs, logits)

@@ -1,0 +1,255 @@
+"""The stacking heads (linear, mlp, distill, attentive): their shared config and training.
+
+A stacking head is a `StackedHead` subclass naming its network (`Net`, a
+`kscli.heads.layers.StackedNet`) and its `Config`. The driver (`kscli.heads.train.fit`) calls
+the methods below once for the whole lr x wd grid: the net is built with G members and every
+mini-batch is one forward and one backward for all of them. The summed loss gives each
+member exactly its own gradient (members share no parameters); `StackedAdamW` gives each its
+own lr and weight decay under one schedule (torch's schedulers drive its lr factor).
+
+Preconditioning (`precondition`, on by default): the standardised ego features are multiplied
+by P = c (S_lw + lambda I)^-1/2 (`kscli.heads.common.preconditioner`) for training, and P is
+folded into the net's input weights afterwards, so the saved head reads plain standardised
+features. Backbone features are strongly correlated; AdamW on the raw standardised features
+needs many more epochs (see bench/heads.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+import numpy as np
+import torch
+
+from kscli.device import resolve_device
+from kscli.errors import KscliError
+from kscli.heads.base import Head, HeadConfig, option
+from kscli.heads.common import (apply_right, as_f32, feature_stats, preconditioner,
+                                warmup_cosine)
+from kscli.heads.layers import StackedNet
+
+
+@dataclass
+class StackedConfig(HeadConfig):
+    """Options of every stacking head, on top of HeadConfig's."""
+
+    batch_size: int = option(512, "segments per optimizer step")
+    class_balance: bool = option(False, "weigh the loss by inverse class frequency")
+    eval_batch_size: int = option(4096, "segments per batch when scoring and predicting")
+
+    def check(self) -> None:
+        super().check()
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise KscliError(f"batch_size and eval_batch_size must be >= 1 (got "
+                             f"{self.batch_size}, {self.eval_batch_size})")
+
+
+def class_balance_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Inverse-frequency weights (C,), mean 1 over the samples (0 for absent classes)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(num_classes)
+    w[present] = len(labels) / (present.sum() * counts[present])
+    return w.astype(np.float32)
+
+
+class StackedAdamW(torch.optim.Optimizer):
+    """AdamW over stacked parameters (G, ...) with a learning rate and a decoupled weight decay
+    per member (G values each); the same update as torch.optim.AdamW, member by member. A param
+    group's `lr` is a factor on every member's lr (1.0 at the start), which is what torch's lr
+    schedulers set. Names in `no_decay` (biases, LayerNorm affines) are not decayed."""
+
+    def __init__(self, named_params, lrs, wds, no_decay=frozenset(), betas=(0.9, 0.999),
+                 eps: float = 1e-8):
+        named = [(n, p) for n, p in named_params if p.requires_grad]
+        groups = [{"params": [p for n, p in named if n not in no_decay], "decay": True},
+                  {"params": [p for n, p in named if n in no_decay], "decay": False}]
+        super().__init__([g for g in groups if g["params"]],
+                         {"lr": 1.0, "betas": tuple(betas), "eps": eps})
+        dev = named[0][1].device
+        self.member_lrs = torch.as_tensor(lrs, dtype=torch.float32, device=dev)
+        self.member_wds = torch.as_tensor(wds, dtype=torch.float32, device=dev)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
+                st["step"] += 1
+                per_member = (-1,) + (1,) * (p.dim() - 1)
+                lr = (self.member_lrs * group["lr"]).view(per_member)
+                if group["decay"]:
+                    p.mul_(1.0 - lr * self.member_wds.view(per_member))
+                g, m, v = p.grad, st["m"], st["v"]
+                m.lerp_(g, 1.0 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+                denom = (v / (1.0 - b2 ** st["step"])).sqrt_().add_(group["eps"])
+                p.addcdiv_(m * (lr / (1.0 - b1 ** st["step"])), denom, value=-1.0)
+
+
+class StackedHead(Head):
+    """A head whose grid trains as one stacked net. Subclasses set `name`, `description`,
+    `Config` (a StackedConfig) and `Net`; nothing else is needed."""
+
+    Net: ClassVar[type[StackedNet]]
+    stacks = True
+
+    def build_model(self, model_cfg: dict, members: int = 1) -> StackedNet:
+        return self.Net(self.in_dim, self.num_classes, model_cfg, members=members)
+
+    def small_steps(self, train, fit_rows, members: int) -> bool:
+        return members * min(self.cfg.batch_size, len(fit_rows)) * train.dim \
+            * self.num_classes < 2e7
+
+    # -- training
+    def prepare(self, train, fit_rows, select, members: int, notes: list[str]) -> dict:
+        cfg, uses_exo = self.cfg, self.Net.uses_exo
+        if uses_exo and (train.exo is None or train.exo_mask is None
+                         or not np.asarray(train.exo_mask)[fit_rows].any()):
+            raise KscliError(f"head {self.name!r} trains with exo views, but the train "
+                             f"features have none")
+        model_cfg = cfg.model_cfg()
+        if uses_exo:
+            model_cfg["exo_dim"] = int(train.exo.shape[-1])
+        net = self.build_model(model_cfg, members)
+        # the fit rows: pooled, standardised once with their own statistics, one tensor
+        pooled = net.pool_ego(as_f32(train.ego))  # no copy for float32 (N, D) input
+        fit_t = torch.from_numpy(np.asarray(fit_rows, dtype=np.int64))
+        x_fit = pooled[fit_t]  # a copy: ours to standardise in place
+        del pooled
+        mean, std = feature_stats(x_fit)
+        x_fit.sub_(mean).div_(std)
+        exo_stats = (None, None)
+        if uses_exo:  # raw exo stays where it is (no copy); batches are standardised
+            exo_all, mask_all = _pooled_exo(train)
+            in_fit = torch.zeros(len(mask_all), dtype=torch.bool)
+            in_fit[fit_t] = True
+            exo_stats = feature_stats(exo_all, mask_all & in_fit[:, None])
+            self._exo = (exo_all, mask_all, fit_t)
+        net.set_normalization(mean, std, *exo_stats)
+        dev = resolve_device(cfg.device)
+        net.to(dev)
+        labels = np.asarray(train.labels, dtype=np.int64)
+        self._fit = (x_fit.to(dev), torch.from_numpy(labels[fit_rows]).to(dev))
+        self._sel = self._selection(net, select, dev)
+        rho, self._P = None, None
+        if cfg.precondition > 0:
+            self._P, rho = preconditioner(self._fit[0], cfg.precondition,
+                                          torch.Generator().manual_seed(cfg.seed))
+            apply_right(self._fit[0], self._P)
+            apply_right(self._sel["x"], self._P)
+        self._cw = None
+        if cfg.class_balance:
+            self._cw = torch.from_numpy(class_balance_weights(labels[fit_rows],
+                                                              self.num_classes)).to(dev)
+        self._net = net
+        self._plan = cfg.schedule(len(fit_rows), cfg.batch_size)
+        return {"n_fit": int(len(fit_rows)), "n_select": int(len(self._sel["y"])),
+                "epochs": self._plan[2], "steps_per_epoch": self._plan[1],
+                "precondition_rho": rho}
+
+    def _selection(self, net: StackedNet, select, dev) -> dict:
+        """The selection rows (labelled, with an ego feature), prepared as the fit rows are."""
+        keep = np.asarray(select.labels) >= 0
+        if select.ego_present is not None:
+            keep &= np.asarray(select.ego_present, dtype=bool)
+        rows = np.flatnonzero(keep)
+        with torch.no_grad():
+            sel = {"x": net.prepare_ego(as_f32(np.asarray(select.ego)[rows]).to(dev)),
+                   "y": torch.from_numpy(np.asarray(select.labels, dtype=np.int64)[rows]).to(dev)}
+            if self.has_teacher and select.exo is not None and select.exo.shape[1] > 0:
+                exo, mask = _pooled_exo(select)
+                m = mask[rows].to(dev)
+                sel["exo"], sel["exo_mask"] = net.prepare_exo(exo[rows].to(dev), m), m
+        return sel
+
+    def train_members(self, grid) -> Iterator[np.ndarray]:
+        cfg, net = self.cfg, self._net
+        x_fit, y_fit = self._fit
+        dev = x_fit.device
+        bs, _, epochs, total, warmup = self._plan
+        opt = StackedAdamW(list(net.named_parameters()), [lr for lr, _ in grid],
+                           [wd for _, wd in grid], net.no_decay, betas=cfg.betas)
+        sched = warmup_cosine(opt, total, warmup)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        n_fit = len(y_fit)
+        net.train()
+        for _ in range(epochs):
+            perm = torch.randperm(n_fit, generator=gen)
+            loss_sum = torch.zeros(len(grid), dtype=torch.float64)
+            for i in range(0, n_fit, bs):
+                idx = perm[i:i + bs]
+                batch = {"ego": x_fit[idx.to(dev)], "y": y_fit[idx.to(dev)]}
+                if self.Net.uses_exo:
+                    exo_all, mask_all, fit_t = self._exo
+                    rows = fit_t[idx]
+                    m = mask_all[rows].to(dev)
+                    batch["exo"], batch["exo_mask"] = net.prepare_exo(exo_all[rows].to(dev), m), m
+                losses = net.loss(batch, cfg.label_smoothing, self._cw)
+                opt.zero_grad()
+                losses.sum().backward()
+                opt.step()
+                sched.step()
+                loss_sum += losses.detach().double().cpu() * len(idx)
+            yield (loss_sum / n_fit).numpy()
+
+    def selection_batches(self):
+        net, sel, bs = self._net, self._sel, self.cfg.eval_batch_size
+        was = net.training
+        net.eval()
+        try:
+            for i in range(0, len(sel["y"]), bs):
+                x = sel["x"][i:i + bs]
+                teacher = None
+                if "exo" in sel:
+                    teacher = net.teacher_member_logits(x, sel["exo"][i:i + bs],
+                                                        sel["exo_mask"][i:i + bs])
+                yield net.member_logits(x), teacher, sel["y"][i:i + bs]
+        finally:
+            net.train(was)
+
+    def snapshot(self, member: int) -> StackedNet:
+        return self._net.select_member(member)
+
+    def finish(self, snapshot: StackedNet) -> None:
+        model = snapshot.cpu().eval()
+        if self._P is not None:
+            model.fold_input_transform(self._P.cpu())
+        self.model = model
+        for attr in ("_net", "_fit", "_sel", "_exo", "_P", "_cw"):
+            self.__dict__.pop(attr, None)
+
+    # -- use
+    @torch.no_grad()
+    def predict_proba(self, fs) -> np.ndarray:
+        """(N, C) float32 from ego alone; a row without an ego feature gets the train prior."""
+        return self._proba(fs, lambda ego, rows: self.model.predict_logits(ego))
+
+    @torch.no_grad()
+    def _proba(self, fs, logits_fn) -> np.ndarray:
+        model = self.model.eval()
+        dev = model.ego_mean.device
+        ego = np.asarray(fs.ego)
+        out = np.tile(self.prior, (len(ego), 1))
+        rows = np.arange(len(ego)) if fs.ego_present is None else \
+            np.flatnonzero(np.asarray(fs.ego_present, dtype=bool))
+        bs = self.cfg.eval_batch_size
+        for i in range(0, len(rows), bs):
+            r = rows[i:i + bs]
+            out[r] = logits_fn(as_f32(ego[r]).to(dev), r).softmax(-1).float().cpu().numpy()
+        return out
+
+
+def _pooled_exo(fs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw exo (N, V, D) float32 (windows averaged) and its mask (N, V) as tensors."""
+    exo = np.asarray(fs.exo, dtype=np.float32)
+    if exo.ndim == 4:
+        exo = exo.mean(2)
+    return (torch.from_numpy(np.ascontiguousarray(exo)),
+            torch.from_numpy(np.asarray(fs.exo_mask, dtype=bool)))
