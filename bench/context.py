@@ -47,10 +47,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kscli.heads.context import (ContextConfig, predict_context_proba,  # noqa: E402
-                                 train_context_head)
 from kscli.heads.featureset import FeatureSet  # noqa: E402
-from kscli.heads.train import TrainConfig, predict_proba, train_head  # noqa: E402
+from kscli.heads.base import config_for  # noqa: E402
+from kscli.heads.train import train_head  # noqa: E402
 
 SCENARIO_SIZES = (120, 98, 60)
 
@@ -178,20 +177,14 @@ def timed(fn):
 def run_head(head: str, train: FeatureSet, test: FeatureSet, C: int, seed: int,
              over: dict) -> tuple[float, float, str]:
     """(test top-1, train seconds, what was selected) of one head's default config."""
-    if head == "context":
-        cfg = ContextConfig(seed=seed, **over)
-        res, w = timed(lambda: train_context_head(cfg, train, C, progress=False))
-        p = predict_context_proba(res.model, test)
-        sel = res.selected
-        extra = (f"lr {sel['lr']:g} wd {sel['wd']:g}, {sel['epochs']} epochs x grid "
-                 f"{sel['grid_size']}, holdout {sel['n_select_takes']} takes "
-                 f"{sel['select_top1']:.1f} %, {res.timings['step_ms']:.0f} ms/step")
-    else:
-        cfg = TrainConfig.for_head(head, seed=seed)
-        res, w = timed(lambda: train_head(cfg, train, C, progress=False))
-        p = predict_proba(res.model, test.ego)
-        sel = res.selected
-        extra = f"lr {sel['lr']:g} wd {sel['wd']:g}, {sel['epochs']} epochs"
+    cfg = config_for(head, seed=seed, **(over if head == "context" else {}))
+    res, w = timed(lambda: train_head(cfg, train, C, progress=False))
+    p = res.head.predict_proba(test)
+    sel = res.selected
+    extra = f"lr {sel['lr']:g} wd {sel['wd']:g}, {sel['epochs']} epochs"
+    if not res.head.stacks:
+        extra += (f" x grid {sel['grid_size']}, holdout {sel['n_select_takes']} takes "
+                  f"{sel['select_top1']:.1f} %, {res.timings['step_ms']:.0f} ms/step")
     return top1(p, test.labels), w, extra
 
 
@@ -213,7 +206,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="200 train / 60 test takes")
     ap.add_argument("--heads", default="linear,mlp,distill,attentive,context")
     ap.add_argument("--set", action="append", default=[],
-                    help="ContextConfig override key=value (python literal)")
+                    help="context-head option key=value (python literal)")
     args = ap.parse_args()
     if args.quick:
         args.train_takes, args.test_takes = 200, 60

@@ -42,9 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kscli.data.layout import Layout  # noqa: E402
 from kscli.data.sample import write_sample_benchmark  # noqa: E402
 from kscli.extract.run import ExtractConfig, extract  # noqa: E402
-from kscli.heads.context import ContextConfig  # noqa: E402
 from kscli.heads.run import train_run  # noqa: E402
-from kscli.heads.train import TrainConfig  # noqa: E402
+from kscli.heads.base import config_for  # noqa: E402
 
 SINGLE = ("linear", "mlp", "distill", "attentive")
 
@@ -97,8 +96,7 @@ def main() -> None:
         for head in heads:
             accs, times = [], []
             for seed in seeds:
-                cfg = ContextConfig(seed=seed) if head == "context" else \
-                    TrainConfig.for_head(head, seed=seed)
+                cfg = config_for(head, seed=seed)
                 t = time.perf_counter()
                 run = train_run(layout, [tag], cfg, name=f"{head}-w{w}-s{seed}-{time.time_ns()}",
                                 progress=False)

@@ -55,11 +55,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kscli.heads.featureset import FeatureSet  # noqa: E402
-from kscli.heads.train import TrainConfig, predict_proba, train_head  # noqa: E402
+from kscli.heads.base import config_for  # noqa: E402
+from kscli.heads.train import train_head  # noqa: E402
 
 
 def load() -> str:
     return "load average %.1f %.1f %.1f" % os.getloadavg()
+
+
+def proba(res, ego) -> np.ndarray:
+    """The trained head's class probabilities for raw ego features (every row present)."""
+    return res.head.predict_proba(fs_of(ego, np.full(len(ego), -1)))
 
 
 def fs_of(ego, y, exo=None, mask=None) -> FeatureSet:
@@ -110,15 +116,15 @@ def part1(args) -> None:
     print(f"train {xtr.shape}, test {xte.shape}, {len(np.unique(ytr))} classes present; "
           f"torch threads: all cores ({os.cpu_count()}); {load()}")
 
-    cfg = TrainConfig.for_head("linear", seed=args.seed)
+    cfg = config_for("linear", seed=args.seed)
     res, w_ours, c_ours = timed(lambda: train_head(cfg, fs_of(xtr, ytr), C, progress=False))
-    acc_ours = top1(predict_proba(res.model, xte), yte)
+    acc_ours = top1(proba(res, xte), yte)
     print(f"ours  linear: grid {len(cfg.lrs)} lr x {len(cfg.weight_decays)} wd = "
           f"{len(res.grid)} members, {res.selected['epochs']} epochs x batch {cfg.batch_size}, "
           f"selected lr {res.selected['lr']:g} wd {res.selected['wd']:g} on the holdout "
           f"({res.selected['select_top1']:.2f} %)")
     print(f"      wall {w_ours:6.1f} s  cpu {c_ours:6.1f} s  test top-1 {acc_ours:6.2f} %   "
-          f"[precondition {res.timings['precondition_s']:.1f} s, "
+          f"[prepare + precondition {res.timings['prepare_s']:.1f} s, "
           f"{res.timings['step_ms']:.0f} ms/step]")
 
     from sklearn.linear_model import LogisticRegression
@@ -145,9 +151,9 @@ def part1(args) -> None:
                        ("no preconditioning, 2 epochs", {"precondition": 0.0}),
                        ("no preconditioning, 10 epochs", {"precondition": 0.0, "epochs": 10}),
                        ("default + wd grid (1e-4, 0.1, 1.0)", {"weight_decays": (1e-4, 0.1, 1.0)})]:
-        cfg = TrainConfig.for_head("linear", seed=args.seed, **over)
+        cfg = config_for("linear", seed=args.seed, **over)
         res, w, _ = timed(lambda: train_head(cfg, fs_of(xtr, ytr), C, progress=False))
-        print(f"{name:<44}{w:>8.1f}{top1(predict_proba(res.model, xte), yte):>9.2f}")
+        print(f"{name:<44}{w:>8.1f}{top1(proba(res, xte), yte):>9.2f}")
 
     if args.skip_heads:
         return
@@ -174,9 +180,9 @@ def part1(args) -> None:
             ("attentive", fs_of(seq_tr, ytr), seq_te)]
     print(f"{'head':<22}{'members':>8}{'epochs':>8}{'wall s':>9}{'ms/step':>9}{'top-1 %':>9}")
     for head, fs, xt in rows:
-        cfg = TrainConfig.for_head(head, seed=args.seed)
+        cfg = config_for(head, seed=args.seed)
         res, w, _ = timed(lambda: train_head(cfg, fs, C, progress=False))
-        acc = top1(predict_proba(res.model, xt), yte)
+        acc = top1(proba(res, xt), yte)
         name = head + (f" (N,{T},D)" if fs.ego.ndim == 3 else "")
         print(f"{name:<22}{len(res.grid):>8}{res.selected['epochs']:>8}{w:>9.1f}"
               f"{res.timings['step_ms']:>9.0f}{acc:>9.2f}")
@@ -223,9 +229,9 @@ def run_setting(title, variants, seeds, **sim) -> dict[str, np.ndarray]:
         train, test, C = make_pli(seed=seed, **sim)
         assert not test.exo_mask.any() and not test.exo.any()  # no exo reaches the test set
         for name, over in variants:
-            cfg = TrainConfig.for_head(name.split()[0], seed=seed, **over)
+            cfg = config_for(name.split()[0], seed=seed, **over)
             res, w, _ = timed(lambda: train_head(cfg, train, C, progress=False))
-            scores[name].append(top1(predict_proba(res.model, test.ego), test.labels))
+            scores[name].append(top1(proba(res, test.ego), test.labels))
             secs[name].append(w)
     print(f"{title}; seeds {seeds}; test top-1 % from ego only")
     for name, _ in variants:

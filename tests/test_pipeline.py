@@ -97,6 +97,7 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
     by_name = {r["ego_segment_name"]: r["label_id"] for r in doc["results"]}
     assert [int(p.argmax()) for p in probs] == [by_name[n] for n in names]
     cli("report", "ctx", "--work-dir", work)
+    assert "| teacher val top-1 (ego + exo" in (run / "report.md").read_text()
     val = cli("train-head", "--head", "context", "--select-on", "val", "--name", "ctx-val", *args(extracted))
     sel = json.loads((work / "runs" / "ctx-val" / "metrics.json").read_text())["selection"]
     assert sel["on"] == "val" and sel["n_select"] == len(bench.segments("val")), val.stdout
@@ -227,6 +228,13 @@ def test_report_pictures_say_what_they_show():
     labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
     assert labels == ["training loss", "top-1 on the selection split (held-out part of train)"]
     np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), [10, 20, 30])
+    for h in hist:  # a head with a teacher: both curves, told apart
+        h["teacher_select_top1"] = [h["select_top1"][0] + 5, 0.0]
+    fig = plot_training_curve(hist, member=0, select_on="val")
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert labels == ["student: top-1 on the selection split (val)",
+                      "its teacher (ego + exo, training only), same split"]
+    np.testing.assert_allclose(fig.axes[1].lines[1].get_ydata(), [15, 25, 35])
 
 
 def test_best_run_is_one_rule_ties_go_to_the_name_sorting_first(tmp_path):
@@ -277,3 +285,31 @@ def test_demo_end_to_end(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 0, p.stdout + p.stderr
     assert "tiny-random/train: " in p.stdout and "report: " in p.stdout and "2 run(s)" in p.stdout
+
+
+def test_a_new_head_from_the_design_doc_trains_through_the_cli(extracted, tmp_path):
+    """docs/design.md's worked example, as a user adds it: one file named in KSCLI_HEADS."""
+    from conftest import run_kscli
+
+    text = (REPO / "docs" / "design.md").read_text()
+    block = text.split("### Adding a head", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.splitlines()) <= 40
+    (tmp_path / "lowrank_head.py").write_text(block)
+    env = {"KSCLI_HEADS": "lowrank_head",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    listed = run_kscli("heads", env=env).stdout
+    assert "lowrank    low-rank linear probe" in listed
+    assert "rank of the weight matrix" in run_kscli("heads", "--head", "lowrank", env=env).stdout
+    _, work, _ = extracted
+    out = run_kscli("train-head", "--head", "lowrank", "--set", "rank=8", "--name", "toy", *args(extracted), env=env)
+    metrics = json.loads((work / "runs" / "toy" / "metrics.json").read_text())
+    assert metrics["head"] == "lowrank" and metrics["val"]["top1"] >= 2.5 * 100 / 6, out.stdout
+    ckpt = torch.load(work / "runs" / "toy" / "checkpoint.pt", weights_only=True)
+    assert ckpt["cfg"] == {"rank": 8} and ckpt["state_dict"]["a_w"].shape == (1, ckpt["in_dim"], 8)
+    sub = run_kscli("submit", "--run", "toy", *args(extracted), env=env)
+    assert "test:" in sub.stdout
+    # without the variable the head is unknown, in one line
+    gone = run_kscli("submit", "--run", "toy", "--split", "val", *args(extracted), check=False)
+    assert gone.returncode == 2 and "unknown head 'lowrank'" in gone.stderr
+    bad = run_kscli("heads", env={"KSCLI_HEADS": "no_such_module"}, check=False)
+    assert bad.returncode == 2 and "KSCLI_HEADS: cannot import 'no_such_module'" in bad.stderr

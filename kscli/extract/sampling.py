@@ -13,7 +13,7 @@ class SamplingConfig:
 
     num_frames: int = 16
     windows: int = 1
-    mode: str = "uniform"
+    mode: str = "uniform"  # recorded in the store; imported stores say "official-windows-mean"
 
     def to_attrs(self) -> dict:
         return asdict(self)

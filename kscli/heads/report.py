@@ -3,7 +3,8 @@
     report/per_scenario.png     top-1 per scenario (val), n segments per bar
     report/confusions.png       the most-confused keystep pairs (true -> predicted), in segments
     report/by_length.png        top-1 by clip length, n segments per bar
-    report/training_curve.png   training loss, and top-1 on the selection split, per epoch
+    report/training_curve.png   training loss, and top-1 on the selection split (and the
+                                teacher's, for heads with one), per epoch
     report.md            the numbers and the pictures
 """
 
@@ -101,11 +102,23 @@ def plot_training_curve(history: list[dict], member: int, select_on: str):
     top.set_ylabel("loss"), top.legend(fontsize=7)
     top.set_title("Training curve of the selected grid member")
     where = "val" if select_on == "val" else "held-out part of train"
+    teacher = bool(history) and "teacher_select_top1" in history[0]
     if history and "select_top1" in history[0]:
         bottom.plot(ep, [pick(h["select_top1"]) for h in history], "-s", ms=3, color="#c0504d",
-                    label=f"top-1 on the selection split ({where})")
+                    label=f"{'student: ' if teacher else ''}top-1 on the selection split ({where})")
+    if teacher:
+        bottom.plot(ep, [pick(h["teacher_select_top1"]) for h in history], "--^", ms=3,
+                    color="#4a7ab5", label="its teacher (ego + exo, training only), same split")
     bottom.set_xlabel("epoch"), bottom.set_ylabel("top-1 (%)"), bottom.legend(fontsize=7)
     return fig
+
+
+def _teacher_rows(t: dict) -> list[str]:
+    """The teacher's val top-1 beside the student's, for heads trained with one."""
+    if "val_top1" not in t:
+        return []
+    return [f"| teacher val top-1 (ego + exo, training only; {t['n']} {t['on']}) | "
+            f"{t['val_top1']:.2f}% (student on the same segments: {t['student_val_top1']:.2f}%) |"]
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -138,7 +151,8 @@ def write_report(run_dir: str | Path) -> Path:
           "| metric | value |", "|---|---|",
           f"| val top-1 (benchmark metric) | {val['top1']:.2f}% |", f"| val top-5 | {val['top5']:.2f}% |",
           f"| val mean per-class accuracy (top-1 averaged over keysteps) | {val['mean_class_acc']:.2f}% |",
-          f"| val segments | {val['n']} (one segment = {100 / max(val['n'], 1):.2f} points) |", "",
+          f"| val segments | {val['n']} (one segment = {100 / max(val['n'], 1):.2f} points) |",
+          *_teacher_rows(metrics.get("teacher") or {}), "",
           "![per scenario](report/per_scenario.png)", "", "![confusions](report/confusions.png)", "",
           "![by length](report/by_length.png)", "", "![training curve](report/training_curve.png)", ""]
     return write_text_atomic(run_dir / "report.md", "\n".join(md))
