@@ -6,6 +6,7 @@ Nothing here knows about a particular head.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -96,14 +97,18 @@ def reseed(seed: int, device: torch.device) -> None:
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int
-                  ) -> torch.optim.lr_scheduler.LRScheduler:
-    """torch's schedulers for a linear warmup over `warmup` steps (factor (step + 1) / warmup)
-    then a cosine decay to 0 at `total` steps; call .step() after every optimizer step."""
-    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
+    """torch's LambdaLR with a linear warmup over `warmup` steps (factor (step + 1) / warmup),
+    then a cosine decay to 0 at `total` steps; call .step() after every optimizer step.
+    (LinearLR + CosineAnnealingLR in a SequentialLR give the same factors, but torch < 2.5
+    warns on every milestone.)"""
 
-    warm = LinearLR(optimizer, 1.0 / warmup, 1.0, total_iters=max(1, warmup - 1))
-    decay = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
-    return SequentialLR(optimizer, [warm, decay], milestones=[warmup])
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool, mask_shape=None) -> torch.Tensor:
