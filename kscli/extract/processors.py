@@ -11,7 +11,7 @@ processors differ (transformers 5, checked against their classes in tests/test_p
 | SigLIP | SiglipImageProcessor | straight to C x C | none | bicubic |
 
 A weights folder's own ``preprocessor_config.json`` / ``video_preprocessor_config.json`` wins over
-these defaults (its resize rule, crop and interpolation; mean/std are read in backbones.py).
+these defaults (its resize rule, crop and interpolation; mean/std are read in hf_loading.py).
 ``kscli extract --crop full`` replaces any of them by the centre square of the short side, resized
 to C: the whole height of a wide frame, so an ego camera's edges stay in.
 """

@@ -18,6 +18,10 @@ A reader that finds a part gone (merged away while it read) lists the folder aga
 One writer per rank: ``writer-r000.lock`` is locked for as long as a run writes rank 0's
 parts (see :mod:`kscli.extract.lock`), so two runs can never interleave part names or remove
 each other's parts; a merge removes exactly the parts it merged.
+
+The read side (:class:`FeatureStore`, :func:`list_parts`) is in :mod:`kscli.extract.store_reader`
+and importable from here; this module holds the write side (:class:`StoreWriter`, part files,
+merging, :class:`PartWriterThread`), config checks and ``verify_store``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import io
 import json
 import os
 import queue
-import re
 import shutil
 import sys
 import threading
@@ -41,43 +44,13 @@ import numpy as np
 
 from kscli.errors import KscliError
 from kscli.fileio import commit, fsync_dir, os_error_line
-from kscli.extract.lock import RankLock, active_writers, lock_ranks
+from kscli.extract.lock import RankLock, lock_ranks
+from kscli.extract.store_reader import FeatureStore, _part_key, _size, _strings, list_parts, unreadable_part
+from kscli.extract.store_reader import PART_RE  # noqa: F401 - re-export
 
-PART_RE = re.compile(r"^part-r(?P<rank>\d{3,})-s(?P<seq>\d{6,})\.h5$")
 STR = h5py.string_dtype("utf-8")
 # Config keys that must agree between parts of one store: features made otherwise don't mix.
 CONFIG_KEYS_MUST_MATCH = ("backbone", "sampling", "dtype")
-
-
-def _strings(values) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else v for v in values]
-
-
-def unreadable_part(part: Path, e: Exception) -> KscliError:
-    """The one line for a part file that cannot be read, whoever finds it."""
-    return KscliError(f"{part}: unreadable feature part ({e}); `kscli features verify --move-aside` moves such "
-                      "parts away, then rerun `kscli extract` to recompute their clips")
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:  # merged away since the folder was listed
-        return 0
-
-
-def list_parts(folder: Path, rank: int | None = None) -> list[Path]:
-    """The finished part files of a store folder (of one rank, or all), oldest first."""
-    pattern = "part-r*-s*.h5" if rank is None else f"part-r{rank:03d}-s*.h5"
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.glob(pattern) if PART_RE.match(p.name)), key=_part_key)
-
-
-def _part_key(path: Path) -> tuple[int, int]:
-    m = PART_RE.match(path.name)
-    return int(m.group("seq")), int(m.group("rank"))
 
 
 @dataclass
@@ -180,132 +153,6 @@ def config_mismatch(old: dict, new: dict) -> str | None:
             return f"{key} is {a!r} in the store but {b!r} now"
     return None
 
-
-class FeatureStore:
-    """Read side: every finished part of one store folder seen as one table keyed by clip name."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._load()
-
-    def _load(self) -> None:
-        """Index every finished part. A part that vanishes while we read (a merge removed it
-        after renaming its merged copy into place) means: list the folder again."""
-        for attempt in range(20):
-            try:
-                self._index_parts()
-                return
-            except FileNotFoundError:
-                time.sleep(0.05 * attempt)
-        raise KscliError(f"{self.path}: parts keep vanishing while reading the store; is a "
-                         "process deleting them? Rerun when it is done")
-
-    def _index_parts(self) -> None:
-        self.parts = list_parts(self.path)
-        self._index: dict[str, tuple[int, int]] = {}
-        self._roles: dict[str, str] = {}
-        self._config: dict | None = None
-        self._shapes: list[tuple] = []
-        for i, part in enumerate(self.parts):
-            try:
-                with h5py.File(part, "r") as f:
-                    names = _strings(f["names"][()])
-                    roles = _strings(f["roles"][()])
-                    self._shapes.append(f["features"].shape)
-                    if self._config is None:
-                        self._config = json.loads(f.attrs["config"])
-            except FileNotFoundError:
-                raise
-            except (OSError, KeyError) as e:
-                if not part.exists():
-                    raise FileNotFoundError(part) from None
-                raise unreadable_part(part, e) from None
-            for row, (n, r) in enumerate(zip(names, roles)):
-                self._index[n] = (i, row)  # later parts win: they are the newest copy
-                self._roles[n] = r
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._index
-
-    @property
-    def exists(self) -> bool:
-        return bool(self.parts)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._index)
-
-    @property
-    def config(self) -> dict:
-        if self._config is None:
-            raise KscliError(f"{self.path}: no feature store here; run `kscli extract` first")
-        return self._config
-
-    @property
-    def feature_shape(self) -> tuple:
-        """Per-clip feature shape: (D,) or (W, D)."""
-        return tuple(self._shapes[0][1:]) if self._shapes else ()
-
-    def role(self, name: str) -> str:
-        return self._roles[name]
-
-    def get(self, names: list[str], field: str = "features") -> np.ndarray:
-        """Rows for `names` in that order; a name not in the store raises KeyError. A merge
-        that removes parts while we read is followed: the store is indexed again."""
-        for _ in range(5):
-            try:
-                return self._get(names, field)
-            except FileNotFoundError:
-                self._load()
-        return self._get(names, field)
-
-    def _get(self, names: list[str], field: str) -> np.ndarray:
-        out = None
-        by_part: dict[int, list[tuple[int, int]]] = {}
-        for pos, n in enumerate(names):
-            part, row = self._index[n]
-            by_part.setdefault(part, []).append((row, pos))
-        for part, pairs in by_part.items():
-            pairs.sort()
-            rows = [r for r, _ in pairs]
-            with h5py.File(self.parts[part], "r") as f:
-                ds = f[field]
-                # one contiguous read per part, then pick: h5py fancy indexing is slow
-                block = ds[rows[0]:rows[-1] + 1]
-                data = block[np.asarray(rows) - rows[0]]
-            if out is None:
-                out = np.empty((len(names), *data.shape[1:]), dtype=data.dtype)
-            out[[p for _, p in pairs]] = data
-        if out is None:
-            out = np.empty((0, *self.feature_shape), dtype=np.float32)
-        return out
-
-    def failures(self) -> dict[str, str]:
-        """clip -> last recorded error, for clips that are still not in the store."""
-        failed: dict[str, str] = {}
-        for log in sorted(self.path.glob("failures-r*.jsonl")):
-            for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                failed[rec["clip"]] = rec["error"]
-        return {k: v for k, v in failed.items() if k not in self._index}
-
-    def info(self) -> dict:
-        """A summary for `kscli features info`."""
-        cfg = self.config
-        roles: dict[str, int] = {}
-        for r in self._roles.values():
-            roles[r] = roles.get(r, 0) + 1
-        return {"path": str(self.path), "clips": len(self), "by_view": roles, "parts": len(self.parts),
-                "feature_shape": list(self.feature_shape), "failures": len(self.failures()),
-                "size_mb": round(sum(_size(p) for p in self.parts) / 2**20, 2),
-                "writing": {f"r{rank:03d}": who for rank, who in active_writers(self.path).items()},
-                "config": cfg}
 
 
 class StoreWriter:
