@@ -195,6 +195,27 @@ class HeadConfig:
                 raise KscliError(f"{f.name} must be in [0, 1), got {getattr(self, f.name)}")
 
 
+@dataclass
+class TeacherOptions:
+    """Options of a head that trains an ego + exo teacher beside its ego-only student
+    (distill, context): put it before the head's base config, `class C(TeacherOptions, Base)`."""
+
+    temperature: float = option(2.0, "softmax temperature of the teacher -> student KL term",
+                                model=True)
+    alpha: float = option(1.0, "weight of the teacher -> student KL term", model=True)
+    beta: float = option(1.0, "weight of the hidden-state (hint) term", model=True)
+    teacher_weight: float = option(1.0, "weight of the teacher's own cross-entropy", model=True)
+    view_dropout: float = option(0.3, "probability of dropping each exo view in training",
+                                 model=True)
+
+    def check(self) -> None:
+        super().check()
+        if self.temperature <= 0:
+            raise KscliError(f"temperature must be > 0, got {self.temperature}")
+        if min(self.alpha, self.beta, self.teacher_weight) < 0:
+            raise KscliError("alpha, beta and teacher_weight must be >= 0")
+
+
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false",
                "floats": "comma-separated numbers", "str": "text",
@@ -241,17 +262,18 @@ def register_head(cls: type["Head"]) -> type["Head"]:
 
 def _load_heads() -> None:
     """Import the built-in heads, and the modules named in KSCLI_HEADS (comma-separated; your
-    own heads, registered when imported)."""
+    own heads, registered when imported). Until every one imports, nothing counts as loaded."""
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    extra = [m.strip() for m in os.environ.get("KSCLI_HEADS", "").split(",") if m.strip()]
-    for mod in [f"kscli.heads.{h}" for h in BUILTIN_HEADS] + extra:
+    for head in BUILTIN_HEADS:
+        importlib.import_module(f"kscli.heads.{head}")
+    for mod in [m.strip() for m in os.environ.get("KSCLI_HEADS", "").split(",") if m.strip()]:
         try:
             importlib.import_module(mod)
         except ImportError as e:
             raise KscliError(f"KSCLI_HEADS: cannot import {mod!r} ({e})") from None
+    _loaded = True
 
 
 def list_heads() -> list[str]:

@@ -88,7 +88,7 @@ import torch
 
 from kscli.device import resolve_device
 from kscli.errors import KscliError
-from kscli.heads.base import Head, HeadConfig, option, register_head
+from kscli.heads.base import Head, HeadConfig, TeacherOptions, option, register_head
 from kscli.heads.common import (apply_right, feature_stats, preconditioner, warmup_cosine)
 from kscli.heads.context_net import ContextNet
 from kscli.heads.takes import (Takes, augment, ego_present, group_takes, pool_windows,
@@ -96,7 +96,7 @@ from kscli.heads.takes import (Takes, augment, ego_present, group_takes, pool_wi
 
 
 @dataclass
-class ContextConfig(HeadConfig):
+class ContextConfig(TeacherOptions, HeadConfig):
     """Defaults tuned with bench/context.py: ~20,000 segments x 1,024-d x 278 classes, 2 cores."""
 
     lrs: tuple[float, ...] = option((2e-3, 4e-3), "learning rates of the grid")
@@ -124,13 +124,6 @@ class ContextConfig(HeadConfig):
     missing_dropout: float = option(0.1, "probability of hiding a segment's ego feature in "
                                          "training (teaches the missing token)")
     max_len: int = option(64, "longer takes are cropped to this many segments in training")
-    temperature: float = option(2.0, "softmax temperature of the teacher -> student KL term",
-                                model=True)
-    alpha: float = option(1.0, "weight of the teacher -> student KL term", model=True)
-    beta: float = option(1.0, "weight of the hidden-state (hint) term", model=True)
-    teacher_weight: float = option(1.0, "weight of the teacher's own cross-entropy", model=True)
-    view_dropout: float = option(0.3, "probability of dropping each exo view in training",
-                                 model=True)
     use_exo: bool = option(True, "train an ego + exo teacher when train has exo views")
     eval_tokens: int = option(8192, "padded tokens per batch when scoring and predicting")
 
@@ -144,8 +137,6 @@ class ContextConfig(HeadConfig):
                              f"({self.heads}); layers >= 0")
         if self.max_len < 1 or self.max_rel < 1 or self.ffn_mult < 1 or self.time_hidden < 1:
             raise KscliError("max_len, max_rel, ffn_mult and time_hidden must be >= 1")
-        if self.temperature <= 0:
-            raise KscliError(f"temperature must be > 0, got {self.temperature}")
 
 
 @register_head

@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from kscli.errors import KscliError
-from kscli.heads.base import option, register_head
+from kscli.heads.base import TeacherOptions, option, register_head
 from kscli.heads.common import dropout
 from kscli.heads.layers import StackedNet, layer_norm, linear, stacked_cross_entropy, trunc_normal
 from kscli.heads.stacked import StackedConfig, StackedHead, _pooled_exo
 
 
 @dataclass
-class DistillConfig(StackedConfig):
+class DistillConfig(TeacherOptions, StackedConfig):
     # tuned with bench/heads.py (part 2: privileged information)
     lrs: tuple[float, ...] = option((1e-3, 3e-3), "learning rates of the grid")
     weight_decays: tuple[float, ...] = option((0.1,), "decoupled (AdamW) weight decays of the grid")
@@ -40,21 +40,11 @@ class DistillConfig(StackedConfig):
     hidden: int = option(512, "width of the student's and the teacher's hidden layer", model=True)
     dropout: float = option(0.5, "dropout on the hidden layers", model=True)
     input_dropout: float = option(0.0, "dropout on the standardised input features", model=True)
-    temperature: float = option(2.0, "softmax temperature of the teacher -> student KL term",
-                                model=True)
-    alpha: float = option(1.0, "weight of the teacher -> student KL term", model=True)
-    beta: float = option(1.0, "weight of the hidden-feature (hint) term", model=True)
-    teacher_weight: float = option(1.0, "weight of the teacher's own cross-entropy", model=True)
-    view_dropout: float = option(0.3, "probability of dropping each exo view in training",
-                                 model=True)
 
     def check(self) -> None:
         super().check()
-        if self.hidden < 1 or self.temperature <= 0:
-            raise KscliError(f"hidden must be >= 1 and temperature > 0 (got {self.hidden}, "
-                             f"{self.temperature})")
-        if min(self.alpha, self.beta, self.teacher_weight) < 0:
-            raise KscliError("alpha, beta and teacher_weight must be >= 0")
+        if self.hidden < 1:
+            raise KscliError(f"hidden must be >= 1 (got {self.hidden})")
 
 
 class DistillNet(StackedNet):
