@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import os
 import sys
 from pathlib import Path
@@ -348,23 +347,14 @@ def train_head_cmd(head: str = typer.Option("linear", help="Which head: linear, 
 @app.command("heads")
 def heads_cmd(head: Optional[str] = typer.Option(None, "--head", help="Show one head's options: name, type, default, meaning.")):
     """List the heads, or one head's options (what --set key=value takes)."""
-    from kscli.heads.base import head_class, list_heads
+    from kscli.heads.base import describe_options, head_class, list_heads
 
     if head is None:
         for h in list_heads():
             typer.echo(f"{h:<10} {head_class(h).description}")
         typer.echo("options of a head: kscli heads --head NAME")
         return
-    cls = head_class(head)
-    typer.echo(f"{head}: {cls.description}")
-    rows = [("option", "type", "default", "meaning"), *cls.Config.options()]
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
-    indent = 2 + sum(w) + 6
-    for name, kind, default, meaning in rows:
-        lines = textwrap.wrap(meaning, max(30, 100 - indent)) or [""]
-        typer.echo(f"  {name:<{w[0]}}  {kind:<{w[1]}}  {default:<{w[2]}}  {lines[0]}")
-        for more in lines[1:]:
-            typer.echo(" " * indent + more)
+    typer.echo(describe_options(head))
     typer.echo(f"set any of them with: kscli train-head --head {head} --set NAME=VALUE")
 
 

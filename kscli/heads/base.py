@@ -288,6 +288,23 @@ def head_class(name: str) -> type["Head"]:
     return _HEADS[name]
 
 
+def describe_options(head: str, width: int = 100) -> str:
+    """Head `head`'s description and its options as a table (name, type, default, meaning),
+    meanings wrapped to `width` columns."""
+    import textwrap
+
+    cls = head_class(head)
+    rows = [("option", "type", "default", "meaning"), *cls.Config.options()]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    indent = 2 + sum(w) + 6
+    lines = [f"{head}: {cls.description}"]
+    for name, kind, default, meaning in rows:
+        wrapped = textwrap.wrap(meaning, max(30, width - indent)) or [""]
+        lines.append(f"  {name:<{w[0]}}  {kind:<{w[1]}}  {default:<{w[2]}}  {wrapped[0]}")
+        lines += [" " * indent + more for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
 def config_for(head: str, sets: list[str] | None = None, **values) -> "HeadConfig":
     """Head `head`'s config: its defaults, then typed `values`, then `sets` ("key=value"
     strings, parsed by each field's type). Every bad key or value is one line."""
