@@ -80,16 +80,19 @@ def sample_cmd(out: Optional[Path] = typer.Option(None, "--out", help="Folder to
                seed: int = typer.Option(0, help="Random seed (same seed, same files)."),
                tiny: bool = typer.Option(False, "--tiny", help="The tiny version the tests use (64 px, seconds)."),
                size: int = typer.Option(448, help="Short side of the clips in pixels (even)."),
-               workers: int = typer.Option(1, help="Encoding processes (same files for any number)."),
-               overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder.")):
+               workers: Optional[int] = typer.Option(None, help="Encoding processes (same files for any number) [default: cores]."),
+               overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
+               progress: bool = typer.Option(True, help="Show a progress bar.")):
     """Write a small synthetic benchmark in exactly the download's layout (real mp4 clips)."""
     from kscli.data.sample import tiny_sample_kwargs, write_sample_benchmark
+    from kscli.extract.shard import usable_cores
 
     out = out or out_arg  # `kscli sample DIR` keeps working
     if out is None:
         raise KscliError("where to? pass --out DIR (a new or empty folder)")
     kw = tiny_sample_kwargs() if tiny else {"short_side": size}
-    summary = write_sample_benchmark(out, seed=seed, overwrite=overwrite, workers=workers, **kw)
+    summary = write_sample_benchmark(out, seed=seed, overwrite=overwrite, workers=workers or usable_cores()[0],
+                                     progress=progress, **kw)
     typer.echo(summary.text())
     typer.echo(f"use it with: --data-root {out}")
 
@@ -250,6 +253,7 @@ def features_verify_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, m
                         split: str = typer.Option("train,val,test", help="Comma-separated splits."),
                         move_aside: bool = typer.Option(False, "--move-aside",
                                                         help="Rename unreadable parts to *.unreadable-<time>, so a rerun of extract recomputes their clips."),
+                        progress: bool = typer.Option(True, help="Show a progress bar."),
                         work_dir: Optional[Path] = WorkDir):
     """Read every part of a store in full and list those that cannot be read (exit 1 if any stays)."""
     from kscli.data.layout import parse_splits
@@ -262,7 +266,7 @@ def features_verify_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, m
     left = 0
     for folder in folders:
         parts = len(list_parts(folder))
-        bad = verify_store(folder, move_aside=move_aside)
+        bad = verify_store(folder, move_aside=move_aside, progress=progress)
         typer.echo(f"{folder}: {parts - len(bad)} readable part(s)" + (f", {len(bad)} unreadable" if bad else ""))
         for part, why in bad:
             typer.echo(f"  {'moved aside' if move_aside else 'unreadable'}: {part.name} ({why})")

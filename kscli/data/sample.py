@@ -192,9 +192,11 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 def _write_clips(
     clips: list[_Clip], looks: list, clips_dir: Path, *, seed: int, ego_size: tuple[int, int],
-    exo_size: tuple[int, int], fps: int, crf: int, div: int, workers: int,
+    exo_size: tuple[int, int], fps: int, crf: int, div: int, workers: int, progress: bool = False,
 ) -> list[tuple[int, int]]:
     """Render and encode every clip (in ``workers`` processes if > 1); (frames, bytes) of each."""
+    from tqdm import tqdm
+
     for d in sorted({str(Path(c.rel).parent) for c in clips}):
         (clips_dir / d).mkdir(parents=True, exist_ok=True)
     jobs = [(c, looks[c.label], seed, ego_size if c.ego else exo_size, int(fps), int(crf), div, str(clips_dir))
@@ -204,8 +206,9 @@ def _write_clips(
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn")) as ex:
-            return list(ex.map(_write_one, jobs, chunksize=4))
-    return [_write_one(j) for j in jobs]
+            done = ex.map(_write_one, jobs, chunksize=4)
+            return list(tqdm(done, total=len(jobs), desc="sample clips", disable=not progress))
+    return [_write_one(j) for j in tqdm(jobs, desc="sample clips", disable=not progress)]
 
 
 def _write_annotations(ann_dir: Path, rows: list, docs: dict[str, dict]) -> tuple[Path, dict[str, Path]]:
@@ -247,6 +250,7 @@ def write_sample_benchmark(
     aria_nonumber_prob: float = 0.2,
     crf: int = 28,
     workers: int = 1,
+    progress: bool = False,
 ) -> SampleSummary:
     """Write a synthetic keystep benchmark under ``out`` in the real download's layout.
 
@@ -255,13 +259,13 @@ def write_sample_benchmark(
     ``short_side`` x ``short_side``.  ``segments_per_take`` and ``clip_seconds`` are inclusive
     ranges; a few segments (``short_clip_prob``, plus one forced 0.16 s segment in train and in
     test) are 0.16-0.5 s long.  Test segments list the ego clip only and only ego clips are written
-    for test.  ``workers`` > 1 encodes clips in that many processes (output is identical).
+    for test.  ``workers`` > 1 encodes clips in that many processes (output is identical);
+    ``progress`` shows a bar.
     Frames are drawn at ``1 / max(1, short_side // 224)`` resolution and scaled up (bilinear) by
     the encoder; ``crf`` is x264's quality (lower = bigger files).
 
-    Raises :class:`KscliError` if ``out`` is a non-empty folder and ``overwrite`` is false; with
-    ``overwrite`` the previously written ``annotations/keystep_benchmark`` and
-    ``keystep_benchmark/clips_448p`` are removed first (other files in ``out`` are left alone).
+    A non-empty ``out`` is refused unless ``overwrite``: then the previous sample's annotations
+    and clips are removed first (other files in ``out`` are left alone).
     """
     t_start = time.perf_counter()
     out = Path(out)
@@ -285,7 +289,7 @@ def write_sample_benchmark(
     clips_dir.mkdir(parents=True, exist_ok=True)
     results = _write_clips(
         clips, looks, clips_dir, seed=seed, ego_size=ego_size, exo_size=exo_size, fps=fps, crf=crf,
-        div=max(1, ego_size[0] // 224), workers=workers,  # ego_size[0] is short_side
+        div=max(1, ego_size[0] // 224), workers=workers, progress=progress,  # ego_size[0]: short side
     )
     # annotations last, so a folder with annotations has its clips
     label_path, split_json = _write_annotations(ann_dir, rows, docs)

@@ -41,6 +41,7 @@ from typing import Callable
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
 from kscli.errors import KscliError
 from kscli.fileio import commit, fsync_dir, os_error_line
@@ -295,7 +296,8 @@ def no_writers(path: Path, what: str):
             lock.release()
 
 
-def verify_store(path: Path, move_aside: bool = False) -> list[tuple[Path, str]]:
+def verify_store(path: Path, move_aside: bool = False, progress: bool = False
+                 ) -> list[tuple[Path, str]]:
     """Every part of a store that cannot be read, with why. `move_aside` renames each to
     ``<part>.unreadable-<time>`` (kept for inspection, no longer part of the store), so the next
     `kscli extract` recomputes its clips; no run may be writing the store meanwhile."""
@@ -303,7 +305,7 @@ def verify_store(path: Path, move_aside: bool = False) -> list[tuple[Path, str]]
     with (no_writers(path, "features verify --move-aside") if move_aside else nullcontext()):
         parts = list_parts(path)
         bad = []
-        for p in parts:
+        for p in tqdm(parts, desc=f"verify {path.name}", unit="part", disable=not progress):
             try:
                 why = check_part(p)
             except FileNotFoundError:  # merged away by a run since the folder was listed: not damage
