@@ -158,3 +158,68 @@ def test_metrics_agree_with_sklearn():
     assert m["top1"] == pytest.approx(100 * top_k_accuracy_score(y, probs, k=1, labels=range(C)))
     assert m["top5"] == pytest.approx(100 * top_k_accuracy_score(y, probs, k=5, labels=range(C)))
     assert m["mean_class_acc"] == pytest.approx(100 * balanced_accuracy_score(y, probs.argmax(1)))
+
+
+# ----------------------------------------------------------------------------- review findings
+def test_a_head_cannot_share_another_heads_config():
+    from kscli.heads.base import register_head
+    from kscli.heads.mlp import MLPHead
+
+    class Wide(MLPHead):  # a plugin that forgot its own Config would take over `mlp`
+        name = "wide"
+
+    with pytest.raises(TypeError, match="its Config belongs to head 'mlp'; give head 'wide' its own"):
+        register_head(Wide)
+    assert config_for("mlp").head == "mlp" and "wide" not in list_heads()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"seed": -1}, "seed must be >= 0"), ({"num_threads": 0}, "num_threads must be >= 1"),
+    ({"lrs": (float("nan"),)}, "lrs must be a finite number"),
+    ({"precondition": float("inf")}, "precondition must be a finite number"),
+    ({"class_balance": "false"}, "'class_balance' of head 'mlp' takes true or false, got 'false'"),
+    ({"epochs": "5"}, "'epochs' of head 'mlp' takes an integer or none, got '5'"),
+    ({"hidden": True}, "takes an integer"), ({"lrs": 0.1}, "takes comma-separated numbers")])
+def test_bad_values_from_code_or_a_saved_config_are_one_line(values, message):
+    with pytest.raises(KscliError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_for("mlp", **values)
+
+
+def test_long_option_names_keep_the_table_within_100_columns(monkeypatch):
+    from dataclasses import dataclass
+
+    from kscli.heads import base
+
+    list_heads()  # the built-ins first; this test's head leaves the registry with the test
+    monkeypatch.setattr(base, "_HEADS", dict(base._HEADS))
+
+    from kscli.heads.base import describe_options, option, register_head
+    from kscli.heads.linear import LinearNet
+    from kscli.heads.stacked import StackedConfig, StackedHead
+
+    @dataclass
+    class LongConfig(StackedConfig):
+        a_really_quite_long_option_name_for_a_test: str = option(
+            "a-long-default-value-as-well", "what it means, which is also said at some length "
+            "so that it has to wrap onto a second line")
+
+    @register_head
+    class LongHead(StackedHead):
+        name = "long-options-test"
+        description = "a head whose options are long, to check the table's layout " * 2
+        Config = LongConfig
+        Net = LinearNet
+
+    text = describe_options("long-options-test")
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "at some length" in text and "a-long-default-value-as-well" in text
+
+
+def test_a_broken_plugin_module_is_one_line(tmp_path):
+    from conftest import run_kscli
+
+    (tmp_path / "broken_head.py").write_text("raise RuntimeError('half-written plugin')\n")
+    r = run_kscli("heads", env={"KSCLI_HEADS": "broken_head", "PYTHONPATH": str(tmp_path)},
+                  check=False)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: KSCLI_HEADS: cannot import 'broken_head' (RuntimeError: half-written plugin)")

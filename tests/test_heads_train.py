@@ -365,3 +365,22 @@ def test_tiny_data_with_singleton_classes_still_trains():
     res = train_head(cfg_for("linear", epochs=2), train, C, progress=False)
     assert res.selected["n_select"] == 1 and res.selected["n_fit"] == C - 1
     assert res.notes and "not stratified" in res.notes[-1]
+
+
+def test_selection_needs_a_labelled_row_with_ego_and_the_teacher_needs_exo(data):
+    train, test = data
+    unlabelled = FeatureSet(**{**test.__dict__, "labels": test.labels.copy(),
+                               "ego_present": np.arange(len(test)) % 2 == 0})
+    unlabelled.labels[unlabelled.ego_present] = -1  # the labelled rows have no ego feature
+    with pytest.raises(KscliError, match="val has no labelled segment with an ego feature"):
+        train_head(cfg_for("linear", epochs=1, select_on="val"), train, C, val=unlabelled,
+                   progress=False)
+    # a val store without exo views (extract --view ego): no teacher score is made up
+    ego_only = FeatureSet(**{**test.__dict__, "exo_mask": np.zeros_like(test.exo_mask)})
+    res = train_head(cfg_for("distill", epochs=1, select_on="val"), train, C, val=ego_only,
+                     progress=False)
+    assert "teacher_select_top1" not in res.selected
+    assert "teacher_select_top1" not in res.history[-1]
+    assert res.head.teacher_proba(ego_only) is None
+    res = train_head(cfg_for("distill", epochs=1), train, C, progress=False)
+    assert 0 <= res.selected["teacher_select_top1"] <= 100

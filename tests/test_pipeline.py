@@ -84,6 +84,18 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
     assert "teacher (ego + exo, training only): val top-1" in res.stdout
     history = json.loads((run / "history.json").read_text())["history"]
     assert all(len(h["teacher_select_top1"]) == len(h["select_top1"]) for h in history)
+    # the student's number beside the teacher's is its real val prediction, on the same segments
+    val_fs, _ = load_feature_set(Benchmark(Layout.resolve(data_root=data, work_dir=work)), "val",
+                                 ["tiny-random"], with_exo=True, keep_missing=True)
+    rows = (val_fs.labels >= 0) & val_fs.exo_mask.any(1) & val_fs.ego_present
+    pred = {r["ego_segment_name"]: r["label_id"] for r in
+            json.loads((run / "predictions_val.json").read_text())["results"]}
+    hits = [pred[n] == y for n, y, r in zip(val_fs.names, val_fs.labels, rows) if r]
+    assert teacher["n"] == len(hits) and teacher["student_val_top1"] == pytest.approx(100 * np.mean(hits))
+    no_teacher = cli("train-head", "--head", "context", "--set", "use_exo=false", "--epochs", "1",
+                     "--name", "ctx-noexo", *args(extracted))
+    assert "teacher" not in json.loads((work / "runs" / "ctx-noexo" / "metrics.json").read_text())
+    assert "teacher" not in no_teacher.stdout
     # every test segment is predicted; the one without an ego feature from its take, not the prior
     cli("submit", "--run", "ctx", *args(extracted))
     doc = json.loads((work / "submissions" / "test_ctx.json").read_text())

@@ -23,6 +23,7 @@ train one member after another. See docs/design.md for a worked example of a new
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import types
 import typing
@@ -89,10 +90,13 @@ class HeadConfig:
         if values.pop("head", cls.head) != cls.head:  # a saved to_dict() carries its head
             raise KscliError(f"these options are for another head than {cls.head!r}")
         known = [f.name for f in fields(cls)]
-        for key in values:
+        for key, value in values.items():
             if key not in known:
                 raise KscliError(f"{where} {key!r}: head {cls.head!r} has no such option; its "
                                  f"options: {', '.join(known)} (kscli heads --head {cls.head})")
+            if not _fits(_kind(cls, key), value):
+                raise KscliError(f"{where} {key!r} of head {cls.head!r} takes "
+                                 f"{_KIND_WORDS[_kind(cls, key)]}, got {value!r}")
         cfg = cls(**values)
         cfg.check()
         return cfg
@@ -190,9 +194,18 @@ class HeadConfig:
             raise KscliError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.warmup_fraction < 1:
             raise KscliError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.seed < 0:
+            raise KscliError(f"seed must be >= 0, got {self.seed}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise KscliError(f"num_threads must be >= 1 (or none: every usable core), got "
+                             f"{self.num_threads}")
         for f in fields(self):
-            if f.name.endswith("dropout") and not 0 <= getattr(self, f.name) < 1:
-                raise KscliError(f"{f.name} must be in [0, 1), got {getattr(self, f.name)}")
+            value = getattr(self, f.name)
+            numbers = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise KscliError(f"{f.name} must be a finite number, got {value}")
+            if f.name.endswith("dropout") and not 0 <= value < 1:
+                raise KscliError(f"{f.name} must be in [0, 1), got {value}")
 
 
 @dataclass
@@ -237,6 +250,26 @@ def _kind(cls, name: str) -> str:
     return kind + ("?" if optional else "")
 
 
+def _fits(kind: str, value) -> bool:
+    """Whether a typed value (from code or a saved config) is of the option's kind."""
+    if value is None:
+        return kind.endswith("?")
+    number = (int, float)
+    base = kind.rstrip("?")
+    if base == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if base == "int":
+        return isinstance(value, int)
+    if base == "float":
+        return isinstance(value, number)
+    if base == "floats":
+        return isinstance(value, (list, tuple)) and all(
+            isinstance(v, number) and not isinstance(v, bool) for v in value)
+    return isinstance(value, str)
+
+
 def _example(cls, key: str) -> str:
     default = {f.name: f.default for f in fields(cls)}[key]
     if isinstance(default, tuple):
@@ -253,6 +286,9 @@ def register_head(cls: type["Head"]) -> type["Head"]:
     """Class decorator: make a Head subclass (with `name` and `Config` set) available by name."""
     if not cls.name or not (isinstance(cls.Config, type) and issubclass(cls.Config, HeadConfig)):
         raise TypeError(f"{cls.__name__}: a head needs a `name` and a HeadConfig `Config`")
+    if cls.Config.head not in ("", cls.name):  # one config class per head, never shared
+        raise TypeError(f"{cls.__name__}: its Config belongs to head {cls.Config.head!r}; give head "
+                        f"{cls.name!r} its own (a subclass of {cls.Config.__name__})")
     if _HEADS.get(cls.name, cls) is not cls:
         raise ValueError(f"head {cls.name!r} is already registered")
     cls.Config.head = cls.name
@@ -271,8 +307,9 @@ def _load_heads() -> None:
     for mod in [m.strip() for m in os.environ.get("KSCLI_HEADS", "").split(",") if m.strip()]:
         try:
             importlib.import_module(mod)
-        except ImportError as e:
-            raise KscliError(f"KSCLI_HEADS: cannot import {mod!r} ({e})") from None
+        except Exception as e:  # noqa: BLE001 - a user's module: any failure is one line
+            raise KscliError(f"KSCLI_HEADS: cannot import {mod!r} ({type(e).__name__}: {e})"
+                             ) from None
     _loaded = True
 
 
@@ -297,11 +334,18 @@ def describe_options(head: str, width: int = 100) -> str:
     rows = [("option", "type", "default", "meaning"), *cls.Config.options()]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     indent = 2 + sum(w) + 6
-    lines = [f"{head}: {cls.description}"]
+    lines = textwrap.wrap(f"{head}: {cls.description}", width, subsequent_indent="  ")
+    if width - indent < 30:  # long names or defaults: each meaning on its own lines below
+        indent = 6
     for name, kind, default, meaning in rows:
-        wrapped = textwrap.wrap(meaning, max(30, width - indent)) or [""]
-        lines.append(f"  {name:<{w[0]}}  {kind:<{w[1]}}  {default:<{w[2]}}  {wrapped[0]}")
-        lines += [" " * indent + more for more in wrapped[1:]]
+        wrapped = textwrap.wrap(meaning, width - indent) or [""]
+        row = f"  {name:<{w[0]}}  {kind:<{w[1]}}  {default:<{w[2]}}  "
+        if len(row) > indent:  # the long layout: the row, then its meaning below
+            lines.append(row.rstrip())
+            lines += [" " * indent + more for more in wrapped]
+        else:
+            lines.append(row + wrapped[0])
+            lines += [" " * indent + more for more in wrapped[1:]]
     return "\n".join(lines)
 
 
@@ -395,6 +439,12 @@ class Head:
     # -- use
     def predict_proba(self, fs) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def teacher_trained(self) -> bool:
+        """Whether this trained head has a teacher to score (a teacher head may train without
+        one: no exo views in train)."""
+        return self.has_teacher
 
     def teacher_proba(self, fs) -> np.ndarray | None:
         """The teacher's (ego + exo) class probabilities, or None for a head without one."""

@@ -91,6 +91,7 @@ from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, TeacherOptions, option, register_head
 from kscli.heads.common import (apply_right, feature_stats, preconditioner, warmup_cosine)
 from kscli.heads.context_net import ContextNet
+from kscli.heads.stacked import _has_exo
 from kscli.heads.takes import (Takes, augment, ego_present, group_takes, pool_windows,
                                take_holdout, time_features, as_windows)
 
@@ -190,7 +191,7 @@ class ContextHead(Head):
         net.to(resolve_device(cfg.device))
         data = Takes(net, train, present, with_exo=use_exo)
         self._fit_groups = [g for g in data.groups if in_fit[g[0]]]
-        teacher_exo = use_exo and select.exo is not None and select.exo.shape[1] > 0
+        teacher_exo = use_exo and _has_exo(select)
         self._sel = Takes(net, select, None, with_exo=teacher_exo)
         rho, self._P = None, None
         if cfg.precondition > 0:
@@ -271,10 +272,13 @@ class ContextHead(Head):
         `ego_present(fs)`) get the missing token and are predicted from their take."""
         return self._proba(fs, present, teacher=False)
 
+    @property
+    def teacher_trained(self) -> bool:
+        return self.model is not None and self.model.teacher is not None
+
     @torch.no_grad()
     def teacher_proba(self, fs) -> np.ndarray | None:
-        if self.model.teacher is None or fs.exo is None or fs.exo_mask is None \
-                or fs.exo.shape[1] == 0:
+        if not self.teacher_trained or not _has_exo(fs):
             return None
         return self._proba(fs, None, teacher=True)
 

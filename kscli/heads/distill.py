@@ -27,7 +27,7 @@ from kscli.errors import KscliError
 from kscli.heads.base import TeacherOptions, option, register_head
 from kscli.heads.common import dropout
 from kscli.heads.layers import StackedNet, layer_norm, linear, stacked_cross_entropy, trunc_normal
-from kscli.heads.stacked import StackedConfig, StackedHead, _pooled_exo
+from kscli.heads.stacked import StackedConfig, StackedHead, _has_exo, _pooled_exo
 
 
 @dataclass
@@ -126,14 +126,15 @@ class DistillHead(StackedHead):
     @torch.no_grad()
     def teacher_proba(self, fs) -> np.ndarray | None:
         """The teacher's (N, C) from ego + exo (rows without an ego feature: the prior)."""
-        if fs.exo is None or fs.exo_mask is None or fs.exo.shape[1] == 0:
+        if not _has_exo(fs):
             return None
         exo, mask = _pooled_exo(fs)
         net = self.model
+        dev = net.ego_mean.device
 
         def logits(ego, rows):
             m = torch.from_numpy(np.asarray(rows)).long()
-            x = net.prepare_ego(ego)
-            return net.teacher_member_logits(x, net.prepare_exo(exo[m], mask[m]), mask[m])[0]
+            e, k = exo[m].to(dev), mask[m].to(dev)
+            return net.teacher_member_logits(net.prepare_ego(ego), net.prepare_exo(e, k), k)[0]
 
         return self._proba(fs, logits)

@@ -16,6 +16,7 @@ feature is predicted with the training prior (and counted as such), never droppe
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,21 +73,18 @@ def teacher_metrics(head: Head, fs, num_classes: int) -> dict | None:
     """The teacher's own val top-1 (ego + exo) beside the student's (ego only), on the val
     segments that have an ego feature and at least one exo view; None for a head without a
     teacher."""
-    if not head.has_teacher:
+    if not head.teacher_trained:  # no teacher, or trained without one (no exo in train)
         return None
     if fs.exo_mask is None or not np.asarray(fs.exo_mask).any():
         return {"note": "no exo features in val: extract val with --view all to score the teacher"}
     teacher = head.teacher_proba(fs)
-    if teacher is None:  # trained without one (no exo in train, or use_exo=false)
-        return None
     rows = (np.asarray(fs.labels) >= 0) & np.asarray(fs.exo_mask).any(1)
     if fs.ego_present is not None:
         rows &= np.asarray(fs.ego_present, dtype=bool)
     if not rows.any():
         return {"note": "no labelled val segment has both ego and exo features"}
-    sub = fs.subset(rows)
-    student = head.predict_proba(sub)
-    score = lambda p: compute_metrics(p, sub.labels, None, num_classes)["top1"]  # noqa: E731
+    student = head.predict_proba(fs)[rows]  # the whole split: the context head reads takes
+    score = lambda p: compute_metrics(p, np.asarray(fs.labels)[rows], None, num_classes)["top1"]  # noqa: E731
     return {"val_top1": score(teacher[rows]), "student_val_top1": score(student),
             "n": int(rows.sum()), "on": "val segments with an ego feature and an exo view"}
 
@@ -115,6 +113,18 @@ def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
     head = cls(cfg, train_fs.dim, num_classes)
     result = head.fit(train_fs, val_fs if cfg.select_on == "val" else None, progress)
     run_dir = _new_run_dir(layout, name, cfg.head, tags)
+    try:
+        return _write_run(layout, bench, tags, cfg, cls, head, result, run_dir, train_asm,
+                          val_fs, val_asm)
+    except BaseException:  # an unfinished run folder would block its --name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _write_run(layout, bench, tags, cfg, cls, head, result, run_dir, train_asm, val_fs,
+               val_asm) -> RunResult:
+    """Score the trained head on val and write the run folder's files."""
+    num_classes = bench.labels.num_classes
     ckpt = {**head.state(), **plain(result.record()), "tags": list(tags),
             "labels": bench.labels.to_rows(), "backbones": dict(train_asm.store_configs)}
     metrics = {"head": cfg.head, "backbones": list(tags), "run": run_dir.name,

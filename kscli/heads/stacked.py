@@ -163,7 +163,7 @@ class StackedHead(Head):
         with torch.no_grad():
             sel = {"x": net.prepare_ego(as_f32(np.asarray(select.ego)[rows]).to(dev)),
                    "y": torch.from_numpy(np.asarray(select.labels, dtype=np.int64)[rows]).to(dev)}
-            if self.has_teacher and select.exo is not None and select.exo.shape[1] > 0:
+            if self.has_teacher and _has_exo(select):
                 exo, mask = _pooled_exo(select)
                 m = mask[rows].to(dev)
                 sel["exo"], sel["exo_mask"] = net.prepare_exo(exo[rows].to(dev), m), m
@@ -244,6 +244,11 @@ class StackedHead(Head):
             r = rows[i:i + bs]
             out[r] = logits_fn(as_f32(ego[r]).to(dev), r).softmax(-1).float().cpu().numpy()
         return out
+
+
+def _has_exo(fs) -> bool:
+    """Whether a FeatureSet holds any real exo view (a store made with --view ego has none)."""
+    return fs.exo is not None and fs.exo_mask is not None and bool(np.asarray(fs.exo_mask).any())
 
 
 def _pooled_exo(fs) -> tuple[torch.Tensor, torch.Tensor]:

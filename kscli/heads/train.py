@@ -7,8 +7,9 @@
       2. head.prepare: statistics on the fit rows, tensors, the model (G grid members when
          the head stacks, else 1), under the config's seed.
       3. the grid: a stacking head trains all (lr, wd) members in one pass (one chunk); any
-         other head trains them one after another. Before each chunk the seed is set again,
-         so every member starts from the same weights and sees the same batches and dropout
+         other head trains them one after another. Before each chunk the training stream is
+         seeded again (seed + TRAIN_STREAM, not the stream the initial weights came from), so
+         every member starts from the same weights and sees the same batches and dropout
          masks: members differ only by lr / wd.
       4. after every epoch each member's top-1 and NLL on the selection split (and its
          teacher's top-1, for heads with an ego + exo teacher) go into the history.
@@ -26,10 +27,14 @@ import numpy as np
 import torch
 
 from kscli.device import resolve_device
+from kscli.errors import KscliError
 from kscli.heads.base import Head
 from kscli.heads.common import (check_selection_val, check_train_labels, log, reseed, seeded,
                                 torch_threads)
 from kscli.heads.featureset import FeatureSet
+
+
+TRAIN_STREAM = 1_000_003  # offset of the seed of the training draws (batches aside)
 
 
 @dataclass
@@ -162,6 +167,10 @@ def fit(head: Head, train: FeatureSet, val: FeatureSet | None = None,
     with torch_threads(threads), seeded(cfg.seed, dev):
         info = head.prepare(train, fit_rows, select, len(chunks[0]), notes)
         head.info = info
+        if info["n_select"] == 0:
+            where = "val" if cfg.select_on == "val" else "the holdout of train"
+            raise KscliError(f"{where} has no labelled segment with an ego feature to select "
+                             f"the grid member on")
         t_prep = time.perf_counter()
         log(progress, f"[{head.name}] {info['n_fit']} fit / {info['n_select']} select "
                       f"({cfg.select_on}) segments, {train.dim}-d, {head.num_classes} classes, "
@@ -170,7 +179,7 @@ def fit(head: Head, train: FeatureSet, val: FeatureSet | None = None,
         curves = _Curves(G, info["epochs"])
         best = None  # (key, snapshot)
         for chunk in chunks:
-            reseed(cfg.seed, dev)
+            reseed(cfg.seed + TRAIN_STREAM, dev)  # not the stream that drew the initial weights
             t_m = time.perf_counter()
             for ep, loss in enumerate(head.train_members([grid[g] for g in chunk])):
                 scores = score_members(head)
