@@ -260,9 +260,8 @@ def write_sample_benchmark(
     ranges; a few segments (``short_clip_prob``, plus one forced 0.16 s segment in train and in
     test) are 0.16-0.5 s long.  Test segments list the ego clip only and only ego clips are written
     for test.  ``workers`` > 1 encodes clips in that many processes (output is identical);
-    ``progress`` shows a bar.
-    Frames are drawn at ``1 / max(1, short_side // 224)`` resolution and scaled up (bilinear) by
-    the encoder; ``crf`` is x264's quality (lower = bigger files).
+    ``progress`` shows a bar.  Frames are drawn at ``1 / max(1, short_side // 224)`` resolution
+    and scaled up (bilinear) by the encoder; ``crf`` is x264's quality (lower = bigger files).
 
     A non-empty ``out`` is refused unless ``overwrite``: then the previous sample's annotations
     and clips are removed first (other files in ``out`` are left alone).
