@@ -4,7 +4,6 @@ pieces the heads lean on (torch's schedulers, Ledoit-Wolf, metrics) checked agai
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from kscli.heads.base import (BUILTIN_HEADS, HeadConfig, config_for, head_class,
                               load_head)
 from kscli.heads.featureset import FeatureSet
 
-FIXTURES = Path(__file__).parent / "data" / "checkpoints_v1"
 
 
 # ----------------------------------------------------------------------------- registry, options
@@ -82,24 +80,100 @@ def test_heads_command_lists_heads_and_one_heads_options():
 
 
 # ----------------------------------------------------------------------------- old checkpoints
-def fixture_set() -> FeatureSet:
-    """The features the v1 fixtures were trained and scored on."""
-    e = np.load(FIXTURES / "expected.npz")
-    n = len(e["ego"])
-    return FeatureSet([f"s{i}" for i in range(n)], e["ego"], None, None, np.full(n, -1),
-                      list(e["take"]), e["start"], e["end"])
+# The checkpoint layout kscli wrote before the Head interface (format "kscli-head", version 1),
+# written down from that release: the cfg each head saved and its weights' names and shapes.
+D, C, H = 6, 4, 8
+_LN = {"g": (1, 1, H), "b": (1, 1, H)}
+V1_LAYOUT = {
+    "linear": ({}, {"fc_w": (1, D, C), "fc_b": (1, 1, C)}),
+    "mlp": ({"hidden": H, "dropout": 0.5, "input_dropout": 0.0},
+            {"fc1_w": (1, D, H), "fc1_b": (1, 1, H), **{f"ln1_{k}": v for k, v in _LN.items()},
+             "fc2_w": (1, H, C), "fc2_b": (1, 1, C)}),
+    "distill": ({"hidden": H, "dropout": 0.5, "input_dropout": 0.0, "temperature": 2.0,
+                 "alpha": 1.0, "beta": 1.0, "teacher_weight": 1.0, "view_dropout": 0.3,
+                 "exo_dim": D},
+                {**{f"{t}_fc1_w": (1, D, H) for t in "st"}, **{f"{t}_fc1_b": (1, 1, H) for t in "st"},
+                 **{f"{t}_ln1_{k}": v for t in "st" for k, v in _LN.items()},
+                 **{f"{t}_fc2_w": (1, H, C) for t in "st"}, **{f"{t}_fc2_b": (1, 1, C) for t in "st"},
+                 "t_exo_w": (1, D, H), "exo_mean": (D,), "exo_std": (D,)}),
+    "attentive": ({"num_heads": 2, "attn_dim": H, "dropout": 0.1},
+                  {"attn_w": (1, D, 2), "value_w": (1, D, H), **{f"ln_{k}": v for k, v in _LN.items()},
+                   "fc_w": (1, H, C), "fc_b": (1, 1, C)}),
+    "context": ({"d_model": H, "layers": 1, "heads": 2, "ffn_mult": 2, "dropout": 0.1,
+                 "attn_dropout": 0.0, "input_dropout": 0.2, "max_rel": 32, "time_hidden": 4,
+                 "temperature": 2.0, "alpha": 1.0, "beta": 1.0, "teacher_weight": 1.0,
+                 "view_dropout": 0.3, "exo_dim": D}, None),  # names below, shapes from the net
+}
+_ENCODER = ["blocks.0.fc1", "blocks.0.fc2", "blocks.0.ln1", "blocks.0.ln2", "blocks.0.proj",
+            "blocks.0.qkv", "cls", "in_norm", "in_proj", "norm", "time_mlp.0", "time_mlp.2"]
+V1_CONTEXT_KEYS = sorted(
+    ["ego_mean", "ego_std", "exo_mean", "exo_std", "time_mean", "time_std",
+     "teacher.exo_proj.weight", "teacher.no_exo"]
+    + [f"{e}.{m}.{p}" for e in ("student", "teacher") for m in _ENCODER for p in ("weight", "bias")]
+    + [f"{e}.{p}" for e in ("student", "teacher") for p in ("missing", "rel_bias", "win_attn")])
+
+
+def v1_checkpoint(head: str, tmp_path) -> dict:
+    """A checkpoint in the v1 layout with random weights, saved and read back as a run's is,
+    with the training record and run keys of that release (a flat TrainConfig among them)."""
+    cfg, shapes = V1_LAYOUT[head]
+    if shapes is None:  # the context net's many shapes: taken from a net, its names checked
+        from kscli.heads.context_net import ContextNet
+
+        state = ContextNet(D, C, cfg).state_dict()
+        assert sorted(state) == V1_CONTEXT_KEYS
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+    shapes = {"ego_mean": (D,), "ego_std": (D,), **shapes}
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v, generator=gen) for k, v in shapes.items()}
+    for k in state:
+        if k.endswith("_std"):
+            state[k] = state[k].abs() + 0.5
+    ckpt = {"format": "kscli-head", "version": 1, "head": head, "in_dim": D, "num_classes": C,
+            "cfg": cfg, "state_dict": state,
+            "train_cfg": {"head": head, "hidden": 1024, "attn_dropout": 0.1, "lrs": [1e-3]},
+            "selected": {"member": 0, "lr": 1e-3}, "grid": [], "history": [], "timings": {},
+            "notes": [], "tags": ["tiny-random"], "prior": [0.25] * C, "labels": [],
+            "backbones": {}, "metrics": {}}
+    torch.save(ckpt, tmp_path / f"{head}.pt")
+    return torch.load(tmp_path / f"{head}.pt", weights_only=True)
+
+
+def _v1_logits(head: str, w: dict, x: torch.Tensor) -> torch.Tensor | None:
+    """What the v1 heads computed, written out with torch.nn.functional (None: context)."""
+    import torch.nn.functional as F
+
+    x = (x - w["ego_mean"]) / w["ego_std"]
+    ln = lambda h, p: F.layer_norm(h, (h.shape[-1],)) * w[f"{p}_g"][0] + w[f"{p}_b"][0]  # noqa: E731
+    if head == "linear":
+        return x @ w["fc_w"][0] + w["fc_b"][0]
+    if head in ("mlp", "distill"):
+        p = "" if head == "mlp" else "s_"
+        h = F.gelu(ln(x @ w[f"{p}fc1_w"][0] + w[f"{p}fc1_b"][0], f"{p}ln1"))
+        return h @ w[f"{p}fc2_w"][0] + w[f"{p}fc2_b"][0]
+    if head == "attentive":  # one window: attention pooling is the identity
+        return ln(x @ w["value_w"][0], "ln") @ w["fc_w"][0] + w["fc_b"][0]
+    return None
 
 
 @pytest.mark.parametrize("head", BUILTIN_HEADS)
-def test_checkpoints_of_the_previous_release_load_and_predict_the_same(head):
-    """Written by kscli before the Head interface (tests/data/checkpoints_v1): same numbers."""
-    ckpt = torch.load(FIXTURES / f"{head}.pt", weights_only=True)
-    probs = load_head(ckpt).predict_proba(fixture_set())
-    np.testing.assert_array_equal(probs, np.load(FIXTURES / "expected.npz")[head])
+def test_checkpoints_in_the_previous_layout_load_and_predict_as_that_release_did(head, tmp_path):
+    ckpt = v1_checkpoint(head, tmp_path)
+    n = 12
+    x = torch.randn(n, D, generator=torch.Generator().manual_seed(1))
+    fs = FeatureSet([f"s{i}" for i in range(n)], x.numpy(), None, None, np.full(n, -1),
+                    [f"t{i // 4}" for i in range(n)], np.arange(n) % 4 * 2.0, np.arange(n) % 4 * 2.0 + 1.5)
+    loaded = load_head(ckpt)
+    probs = loaded.predict_proba(fs)
+    assert probs.shape == (n, C) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    np.testing.assert_array_equal(loaded.prior, np.full(C, 0.25, np.float32))
+    want = _v1_logits(head, ckpt["state_dict"], x)
+    if want is not None:
+        np.testing.assert_allclose(probs, want.softmax(-1).numpy(), atol=1e-6)
 
 
-def test_checkpoints_this_release_cannot_read_are_refused_in_one_line():
-    ckpt = torch.load(FIXTURES / "mlp.pt", weights_only=True)
+def test_checkpoints_this_release_cannot_read_are_refused_in_one_line(tmp_path):
+    ckpt = v1_checkpoint("mlp", tmp_path)
     for bad, message in (({**ckpt, "version": 2}, "newer than this kscli"),
                          ({**ckpt, "format": "other"}, "checkpoint format is 'other'"),
                          ({k: v for k, v in ckpt.items() if k != "state_dict"}, "no 'state_dict'"),
