@@ -147,7 +147,6 @@ class Head:
         self.model = model
         self.prior = (np.full(num_classes, 1.0 / num_classes, np.float32) if prior is None
                       else np.asarray(prior, dtype=np.float32))
-        self.info: dict = {}  # what prepare() found (sizes, teacher on/off, ...)
 
     def fit(self, train, val=None, progress: bool = True):
         """Train on `train` (selecting on a holdout of it, or on `val` with select_on='val');

@@ -133,6 +133,15 @@ def log(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def pool_windows(a: np.ndarray, seq_ndim: int) -> torch.Tensor:
+    """float32 tensor, mean over the window axis when a has seq_ndim dims (no copy when it
+    is already a contiguous float32 array without windows)."""
+    a = np.asarray(a)
+    if a.ndim == seq_ndim:
+        return torch.from_numpy(a.astype(np.float32, copy=False).mean(-2, dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
 def as_f32(a) -> torch.Tensor:
     """A float32 tensor sharing memory with `a` when it already is a contiguous float32 array."""
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))

@@ -91,8 +91,8 @@ from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, TeacherOptions, option, register_head
 from kscli.heads.common import (apply_right, feature_stats, preconditioner, warmup_cosine)
 from kscli.heads.context_net import ContextNet
-from kscli.heads.stacked import _has_exo
-from kscli.heads.takes import (Takes, augment, ego_present, group_takes, pool_windows,
+from kscli.heads.common import pool_windows
+from kscli.heads.takes import (Takes, augment, ego_present, group_takes,
                                take_holdout, time_features, as_windows)
 
 
@@ -173,8 +173,7 @@ class ContextHead(Head):
         cfg = self.cfg
         in_fit = np.zeros(len(train), bool)
         in_fit[fit_rows] = True
-        use_exo = bool(cfg.use_exo and train.exo is not None and train.exo_mask is not None
-                       and np.asarray(train.exo_mask)[in_fit].any())
+        use_exo = cfg.use_exo and train.has_exo(in_fit)
         if not use_exo:
             notes.append("no exo views in the fit takes (or use_exo=False): trained without "
                          "the exo teacher (loss = CE of the student)")
@@ -191,7 +190,7 @@ class ContextHead(Head):
         net.to(resolve_device(cfg.device))
         data = Takes(net, train, present, with_exo=use_exo)
         self._fit_groups = [g for g in data.groups if in_fit[g[0]]]
-        teacher_exo = use_exo and _has_exo(select)
+        teacher_exo = use_exo and select.has_exo()
         self._sel = Takes(net, select, None, with_exo=teacher_exo)
         rho, self._P = None, None
         if cfg.precondition > 0:
@@ -278,7 +277,7 @@ class ContextHead(Head):
 
     @torch.no_grad()
     def teacher_proba(self, fs) -> np.ndarray | None:
-        if not self.teacher_trained or not _has_exo(fs):
+        if not self.teacher_trained or not fs.has_exo():
             return None
         return self._proba(fs, None, teacher=True)
 

@@ -48,6 +48,20 @@ class FeatureSet:
     def num_views(self) -> int:
         return 0 if self.exo_mask is None else int(self.exo_mask.shape[1])
 
+    def with_ego(self) -> np.ndarray:
+        """(N,) bool: which rows have an ego feature (every row when `ego_present` is None)."""
+        if self.ego_present is None:
+            return np.ones(len(self.names), dtype=bool)
+        return np.asarray(self.ego_present, dtype=bool)
+
+    def has_exo(self, rows=None) -> bool:
+        """Whether any real exo view is here (among `rows`, an index or bool mask, if given);
+        a store made with --view ego has slots but no view."""
+        if self.exo is None or self.exo_mask is None:
+            return False
+        mask = np.asarray(self.exo_mask)
+        return bool((mask if rows is None else mask[rows]).any())
+
     def subset(self, index) -> "FeatureSet":
         """Rows `index` (an int array or a bool mask) as a new FeatureSet (arrays are copies)."""
         idx = np.asarray(index)

@@ -75,12 +75,10 @@ def teacher_metrics(head: Head, fs, num_classes: int) -> dict | None:
     teacher."""
     if not head.teacher_trained:  # no teacher, or trained without one (no exo in train)
         return None
-    if fs.exo_mask is None or not np.asarray(fs.exo_mask).any():
+    if not fs.has_exo():
         return {"note": "no exo features in val: extract val with --view all to score the teacher"}
     teacher = head.teacher_proba(fs)
-    rows = (np.asarray(fs.labels) >= 0) & np.asarray(fs.exo_mask).any(1)
-    if fs.ego_present is not None:
-        rows &= np.asarray(fs.ego_present, dtype=bool)
+    rows = (np.asarray(fs.labels) >= 0) & np.asarray(fs.exo_mask).any(1) & fs.with_ego()
     if not rows.any():
         return {"note": "no labelled val segment has both ego and exo features"}
     student = head.predict_proba(fs)[rows]  # the whole split: the context head reads takes

@@ -25,8 +25,8 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, option
-from kscli.heads.common import (apply_right, as_f32, feature_stats, preconditioner,
-                                warmup_cosine)
+from kscli.heads.common import (apply_right, as_f32, feature_stats, pool_windows,
+                                preconditioner, warmup_cosine)
 from kscli.heads.layers import StackedNet
 
 
@@ -110,8 +110,7 @@ class StackedHead(Head):
     # -- training
     def prepare(self, train, fit_rows, select, members: int, notes: list[str]) -> dict:
         cfg, uses_exo = self.cfg, self.Net.uses_exo
-        if uses_exo and (train.exo is None or train.exo_mask is None
-                         or not np.asarray(train.exo_mask)[fit_rows].any()):
+        if uses_exo and not train.has_exo(fit_rows):
             raise KscliError(f"head {self.name!r} trains with exo views, but the train "
                              f"features have none")
         model_cfg = cfg.model_cfg()
@@ -156,14 +155,11 @@ class StackedHead(Head):
 
     def _selection(self, net: StackedNet, select, dev) -> dict:
         """The selection rows (labelled, with an ego feature), prepared as the fit rows are."""
-        keep = np.asarray(select.labels) >= 0
-        if select.ego_present is not None:
-            keep &= np.asarray(select.ego_present, dtype=bool)
-        rows = np.flatnonzero(keep)
+        rows = np.flatnonzero((np.asarray(select.labels) >= 0) & select.with_ego())
         with torch.no_grad():
             sel = {"x": net.prepare_ego(as_f32(np.asarray(select.ego)[rows]).to(dev)),
                    "y": torch.from_numpy(np.asarray(select.labels, dtype=np.int64)[rows]).to(dev)}
-            if self.has_teacher and _has_exo(select):
+            if self.has_teacher and select.has_exo():
                 exo, mask = _pooled_exo(select)
                 m = mask[rows].to(dev)
                 sel["exo"], sel["exo_mask"] = net.prepare_exo(exo[rows].to(dev), m), m
@@ -237,8 +233,7 @@ class StackedHead(Head):
         dev = model.ego_mean.device
         ego = np.asarray(fs.ego)
         out = np.tile(self.prior, (len(ego), 1))
-        rows = np.arange(len(ego)) if fs.ego_present is None else \
-            np.flatnonzero(np.asarray(fs.ego_present, dtype=bool))
+        rows = np.flatnonzero(fs.with_ego())
         bs = self.cfg.eval_batch_size
         for i in range(0, len(rows), bs):
             r = rows[i:i + bs]
@@ -246,15 +241,6 @@ class StackedHead(Head):
         return out
 
 
-def _has_exo(fs) -> bool:
-    """Whether a FeatureSet holds any real exo view (a store made with --view ego has none)."""
-    return fs.exo is not None and fs.exo_mask is not None and bool(np.asarray(fs.exo_mask).any())
-
-
 def _pooled_exo(fs) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw exo (N, V, D) float32 (windows averaged) and its mask (N, V) as tensors."""
-    exo = np.asarray(fs.exo, dtype=np.float32)
-    if exo.ndim == 4:
-        exo = exo.mean(2)
-    return (torch.from_numpy(np.ascontiguousarray(exo)),
-            torch.from_numpy(np.asarray(fs.exo_mask, dtype=bool)))
+    return pool_windows(fs.exo, 4), torch.from_numpy(np.asarray(fs.exo_mask, dtype=bool))

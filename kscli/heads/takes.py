@@ -12,18 +12,10 @@ import numpy as np
 import torch
 
 from kscli.errors import KscliError
+from kscli.heads.common import pool_windows
 from kscli.heads.featureset import FeatureSet
 
 NUM_TIME_FEATURES = 10
-
-
-def pool_windows(a: np.ndarray, seq_ndim: int) -> torch.Tensor:
-    """float32 tensor, mean over the window axis when a has seq_ndim dims (no copy when it
-    is already a contiguous float32 array without windows)."""
-    a = np.asarray(a)
-    if a.ndim == seq_ndim:
-        return torch.from_numpy(a.astype(np.float32, copy=False).mean(-2, dtype=np.float32))
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 
 def as_windows(a: np.ndarray) -> torch.Tensor:

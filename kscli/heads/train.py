@@ -134,10 +134,7 @@ def score_members(head: Head) -> tuple[np.ndarray, np.ndarray, np.ndarray | None
             hits = (teacher[:, lab].argmax(-1) == y).sum(1).double().cpu()
             t_correct = hits if t_correct is None else t_correct + hits
         n += len(y)
-    if correct is None or n == 0:
-        nan = np.full(1, np.nan)
-        return nan, nan, None
-    acc = (100.0 * correct / n).numpy()
+    acc = (100.0 * correct / n).numpy()  # n > 0: fit() refuses a selection split without labels
     return acc, (nll / n).numpy(), None if t_correct is None else (100.0 * t_correct / n).numpy()
 
 
@@ -166,7 +163,6 @@ def fit(head: Head, train: FeatureSet, val: FeatureSet | None = None,
         threads = 1
     with torch_threads(threads), seeded(cfg.seed, dev):
         info = head.prepare(train, fit_rows, select, len(chunks[0]), notes)
-        head.info = info
         if info["n_select"] == 0:
             where = "val" if cfg.select_on == "val" else "the holdout of train"
             raise KscliError(f"{where} has no labelled segment with an ego feature to select "
@@ -187,11 +183,10 @@ def fit(head: Head, train: FeatureSet, val: FeatureSet | None = None,
                 curves.add(chunk, ep, loss, *scores, now - t_m)
                 t_m = now
                 _log_epoch(progress, head, grid, curves, chunk, ep)
-            last = [(member_key(curves.acc[g, -1], curves.nll[g, -1], g), i)
-                    for i, g in enumerate(chunk)]
-            key, i = min(last)
+            g = curves.best(chunk, -1)
+            key = member_key(curves.acc[g, -1], curves.nll[g, -1], g)
             if best is None or key < best[0]:
-                best = (key, head.snapshot(i))
+                best = (key, head.snapshot(chunk.index(g)))
         t_train = time.perf_counter()
         head.finish(best[1])
     t_end = time.perf_counter()
@@ -239,11 +234,15 @@ class _Curves:
             self.teacher[chunk, ep] = teacher
             self.has_teacher = True
 
+    def best(self, members, ep: int) -> int:
+        """The selection rule: the best of `members` after epoch `ep`."""
+        return min(members, key=lambda g: member_key(self.acc[g, ep], self.nll[g, ep], g))
+
     def history(self) -> list[dict]:
         out = []
         for ep in range(self.acc.shape[1]):
             acc, nll = self.acc[:, ep], self.nll[:, ep]
-            b = min(range(len(acc)), key=lambda g: member_key(acc[g], nll[g], g))
+            b = self.best(range(len(acc)), ep)
             row = {"epoch": ep + 1, "train_loss": self.loss[:, ep].tolist(),
                    "select_top1": acc.tolist(), "select_nll": nll.tolist()}
             if self.has_teacher:
@@ -261,7 +260,7 @@ class _Curves:
 def _log_epoch(progress: bool, head: Head, grid, curves: _Curves, chunk, ep: int) -> None:
     if not progress:
         return
-    b = min(chunk, key=lambda g: member_key(curves.acc[g, ep], curves.nll[g, ep], g))
+    b = curves.best(chunk, ep)
     teacher = f", teacher {curves.teacher[b, ep]:.2f}%" if curves.has_teacher else ""
     log(True, f"[{head.name}] epoch {ep + 1}/{curves.acc.shape[1]}  loss {curves.loss[b, ep]:.3f}"
               f"  {head.cfg.select_on} top-1 {curves.acc[b, ep]:.2f}%{teacher} (lr "
