@@ -69,10 +69,10 @@ def predict_split(checkpoint: dict, bench: Benchmark, split: str) -> tuple[list[
     return fs.names, head.predict_proba(fs), asm.missing_ego
 
 
-def teacher_metrics(head: Head, fs, num_classes: int) -> dict | None:
-    """The teacher's own val top-1 (ego + exo) beside the student's (ego only), on the val
-    segments that have an ego feature and at least one exo view; None for a head without a
-    teacher."""
+def teacher_metrics(head: Head, fs, student: np.ndarray, num_classes: int) -> dict | None:
+    """The teacher's own val top-1 (ego + exo) beside the student's (`student`: its
+    probabilities for every row of fs), on the val segments that have an ego feature and at
+    least one exo view; None for a head without a teacher."""
     if not head.teacher_trained:  # no teacher, or trained without one (no exo in train)
         return None
     if not fs.has_exo():
@@ -81,9 +81,8 @@ def teacher_metrics(head: Head, fs, num_classes: int) -> dict | None:
     rows = (np.asarray(fs.labels) >= 0) & np.asarray(fs.exo_mask).any(1) & fs.with_ego()
     if not rows.any():
         return {"note": "no labelled val segment has both ego and exo features"}
-    student = head.predict_proba(fs)[rows]  # the whole split: the context head reads takes
     score = lambda p: compute_metrics(p, np.asarray(fs.labels)[rows], None, num_classes)["top1"]  # noqa: E731
-    return {"val_top1": score(teacher[rows]), "student_val_top1": score(student),
+    return {"val_top1": score(teacher[rows]), "student_val_top1": score(student[rows]),
             "n": int(rows.sum()), "on": "val segments with an ego feature and an exo view"}
 
 
@@ -133,11 +132,11 @@ def _write_run(layout, bench, tags, cfg, cls, head, result, run_dir, train_asm, 
                # a head that reads takes keeps those as context; the others cannot use them
                "train_segments_left_out": 0 if cls.keeps_missing else len(train_asm.missing_ego),
                "train_exo_views": train_asm.exo_views}
-    if val_fs is not None:
-        names, probs, missing = predict_split(ckpt, bench, "val")
+    if val_fs is not None:  # scored by the head rebuilt from its checkpoint, as submit does
+        names, probs, missing = val_fs.names, load_head(ckpt).predict_proba(val_fs), val_asm.missing_ego
         metrics["val"] = compute_metrics(probs, val_fs.labels, val_fs.scenario, num_classes)
         metrics["val"]["segments_without_ego_feature"] = len(missing)
-        teacher = teacher_metrics(head, val_fs, num_classes)
+        teacher = teacher_metrics(head, val_fs, probs, num_classes)
         if teacher is not None:
             metrics["teacher"] = {**teacher, "select_top1": result.selected.get("teacher_select_top1")}
         doc = predictions_doc(names, probs, "val", labels=val_fs.labels,
