@@ -152,7 +152,7 @@ def backbones_cmd(name: Optional[str] = typer.Option(None, "--name", help="Show 
 
 
 @app.command("extract")
-def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered backbone name (see `kscli backbones`)."),
+def extract_cmd(backbone: str = typer.Option(..., help="Registered backbone name (see `kscli backbones`); tiny-random is a random test network."),
                 weights: Optional[str] = typer.Option(None, help="HF hub id or local folder [default: the backbone's]."),
                 split: str = typer.Option("train,val,test", help="Comma-separated splits."),
                 view: str = typer.Option("all", help="ego, exo or all."),
@@ -175,28 +175,17 @@ def extract_cmd(backbone: str = typer.Option("tiny-random", help="Registered bac
                 parts: str = Parts, data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                 clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
     """Decode every clip, run a frozen backbone, cache features in HDF5 (resumable, shardable)."""
-    from kscli.data.layout import parse_splits
-    from kscli.extract.run import ExtractConfig, extract, format_summaries
+    from kscli.extract.run import ExtractConfig, extract, extraction_problem, format_summaries
 
-    for name, value, allowed in (("--precision", precision, ("auto", "fp32", "bf16")),
-                                 ("--resize-on", resize_on, ("auto", "worker", "device")),
-                                 ("--crop", crop, ("model", "full")),
-                                 ("--dtype", dtype, ("float32", "float16"))):
-        if value not in allowed:
-            raise KscliError(f"{name} {value!r}: choose from {', '.join(allowed)}")
-    if windows < 1 or batch_size < 1:
-        raise KscliError("--windows and --batch-size must be at least 1")
-    layout = _layout(data_root, annotations_dir, clips_root, work_dir, parts)
-    cfg = ExtractConfig(backbone=backbone, weights=weights, splits=tuple(parse_splits(split)), view=view,
+    cfg = ExtractConfig(backbone=backbone, weights=weights, splits=split, view=view,
                         num_frames=num_frames, windows=windows, batch_size=batch_size, workers=workers,
                         device=device, precision=precision, resize_on=resize_on, crop=crop, dtype=dtype, tag=tag,
                         shard=shard, num_shards=num_shards, overwrite=overwrite, limit=limit)
-    summaries = extract(layout, cfg, progress=progress)
+    summaries = extract(_layout(data_root, annotations_dir, clips_root, work_dir, parts), cfg, progress=progress)
     typer.echo(format_summaries(summaries))
-    failed = sum(s.failed for s in summaries)
-    if strict and failed:
-        typer.echo(f"error: --strict: {failed} clip(s) failed in this run (listed above and in failures-r*.jsonl)",
-                   err=True)
+    problem = extraction_problem(summaries, strict)
+    if problem:
+        typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(1)
 
 

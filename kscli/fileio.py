@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable
+
+from kscli.errors import KscliError
 
 _OS_HINTS = {
     errno.EACCES: "check its permissions (kscli reads the download and writes under --work-dir / "
@@ -81,5 +84,61 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def _first_nonfinite(obj, where: str = "") -> str | None:
+    """Where in a JSON-able object the first NaN / infinity is (``metrics.val.top1``), or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(the whole value)"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = _first_nonfinite(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
+def dumps_strict(obj, indent: int | None = 1, what: str = "JSON") -> str:
+    """Strict JSON text (RFC 8259: no NaN or Infinity). kscli never writes a non-finite number:
+    one would be a bug upstream, so it is one line naming where it is, not a file that other
+    tools cannot parse."""
+    try:
+        return json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError:
+        raise KscliError(f"{what}: refusing to write a non-finite number (NaN or infinity) at "
+                         f"{_first_nonfinite(obj)}; nothing was written") from None
+
+
 def write_json_atomic(path: str | Path, obj, indent: int = 1) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=indent))
+    """Strict JSON (no NaN / Infinity), written atomically."""
+    return write_text_atomic(path, dumps_strict(obj, indent, str(path)))
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_strict(text: str, what: str):
+    """Parse strict JSON text; any problem is one KscliError naming `what` and where."""
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except json.JSONDecodeError as e:
+        raise KscliError(f"{what}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except ValueError as e:  # NaN / Infinity: Python's json takes them, strict JSON does not
+        raise KscliError(f"{what}: {e} (strict JSON has no NaN or Infinity)") from None
+    except RecursionError:
+        raise KscliError(f"{what}: JSON nested too deeply to be a kscli or Ego-Exo4D file") from None
+
+
+def read_json(path: str | Path, what: str | None = None):
+    """The strict JSON content of a file (a UTF-8 BOM is accepted); a missing, unreadable,
+    non-UTF-8 or malformed file is one KscliError naming it."""
+    path = Path(path)
+    what = f"{path}" if what is None else f"{path} ({what})"
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise KscliError(f"{what}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise KscliError(f"{what}: not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise KscliError(os_error_line(e, path)) from None
+    return loads_strict(text, what)

@@ -58,12 +58,12 @@ def extract_three_ways(root, work, device, model_args):
     """The same clips in bf16 and in fp32 on `device`, and in fp32 on the CPU: the stores."""
     common = ["--data-root", root, *model_args, "--limit", "6", "--batch-size", "3", *VAL_EGO]
     tag = model_args[model_args.index("--backbone") + 1]
-    bf16 = run_kscli("extract", *common, "--work-dir", work / "bf16", "--device", device, "--precision", "bf16",
+    bf16 = run_kscli("extract", "--backbone", "tiny-random", *common, "--work-dir", work / "bf16", "--device", device, "--precision", "bf16",
                      "--resize-on", "device")
     assert f"{device} bfloat16" in bf16.stdout and "resize on device" in bf16.stdout
-    fp32 = run_kscli("extract", *common, "--work-dir", work / "fp32", "--device", device, "--precision", "fp32")
+    fp32 = run_kscli("extract", "--backbone", "tiny-random", *common, "--work-dir", work / "fp32", "--device", device, "--precision", "fp32")
     assert f"{device} float32" in fp32.stdout
-    run_kscli("extract", *common, "--work-dir", work / "cpu", "--device", "cpu")
+    run_kscli("extract", "--backbone", "tiny-random", *common, "--work-dir", work / "cpu", "--device", "cpu")
     assert FeatureStore(work / "bf16" / "features" / tag / "val").config["precision"] == "bfloat16"
     return [store_content(work / w, tag) for w in ("bf16", "fp32", "cpu")]
 
@@ -85,13 +85,13 @@ def test_bf16_with_resize_on_the_device_on_the_cpu_matches_fp32(sample_root, tmp
 @pytest.mark.cuda
 def test_torchrun_two_ranks_share_one_gpu(sample_root, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")[:1]}
-    p = subprocess.run([*torchrun_cmd(), "--standalone", "--nproc-per-node", "2", "-m", "kscli", "extract",
+    p = subprocess.run([*torchrun_cmd(), "--standalone", "--nproc-per-node", "2", "-m", "kscli", "extract", "--backbone", "tiny-random",
                         "--data-root", str(sample_root), "--work-dir", str(tmp_path / "gpu"), "--device", "cuda",
                         *VAL_EGO[:2], "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     for rank in (1, 2):
         assert f"[shard {rank}/2] torchrun RANK/WORLD_SIZE: cuda:0 bfloat16" in p.stdout
-    run_kscli("extract", "--data-root", sample_root, "--work-dir", tmp_path / "cpu", "--device", "cpu",
+    run_kscli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", tmp_path / "cpu", "--device", "cpu",
               *VAL_EGO[:2], "--no-progress")
     assert_same_store(store_content(tmp_path / "gpu", "tiny-random"), store_content(tmp_path / "cpu", "tiny-random"),
                       min_cosine=0.995)
@@ -124,8 +124,8 @@ def test_train_head_leaves_the_callers_rng_alone(device):
 @ON_GPU_AND_CPU
 def test_train_head_cli_trains_on_the_device(sample_root, tmp_path, device):
     work = tmp_path / "work"
-    run_kscli("extract", "--data-root", sample_root, "--work-dir", work, "--split", "train,val", "--no-progress")
-    p = run_kscli("train-head", "--head", "distill", "--data-root", sample_root, "--work-dir", work,
+    run_kscli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "train,val", "--no-progress")
+    p = run_kscli("train-head", "--backbone", "tiny-random", "--head", "distill", "--data-root", sample_root, "--work-dir", work,
                   "--name", "run", *(["--device", "cpu"] if device == "cpu" else []))
     run = work / "runs" / "run"
     metrics = json.loads((run / "metrics.json").read_text())

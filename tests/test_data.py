@@ -190,7 +190,7 @@ def test_one_vocabulary_and_old_spellings_for_one_more_release(sample_root, tmp_
     old = cli(*common, "--jobs", "1", "--report", tmp_path / "b.json")
     assert (tmp_path / "b.json").is_file()
     assert "note: --jobs is now --workers" in old.stderr and "note: --report is now --out" in old.stderr
-    cli("extract", "--data-root", sample_root, "--work-dir", tmp_path, "--split", "test", "--workers", "0",
+    cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", tmp_path, "--split", "test", "--workers", "0",
         "--no-progress")
     by_option = cli("features", "info", "--backbone", "tiny-random", "--work-dir", tmp_path, "--json").stdout
     assert cli("features", "info", "tiny-random", "--work-dir", tmp_path, "--json").stdout == by_option

@@ -31,7 +31,7 @@ def store_arrays(work, split, tag="tiny-random"):
 
 def test_extract_cli_all_views_then_resume_skips(sample_root, tmp_path):
     work = tmp_path / "work"
-    p = cli("extract", "--data-root", sample_root, "--work-dir", work, "--split", "train,test",
+    p = cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "train,test",
                   "--workers", "1", "--no-progress")
     assert "train: extracted" in p.stdout and "failed 0" in p.stdout
     for split in ("train", "test"):
@@ -43,25 +43,31 @@ def test_extract_cli_all_views_then_resume_skips(sample_root, tmp_path):
     assert {store.role(n) for n in store.names} == {"ego", "exo"}
     assert store.config["backbone"]["name"] == "tiny-random" and "torch" in store.config["versions"]
     assert len(store.parts) == 1  # the run merged its batch parts
-    again = cli("extract", "--data-root", sample_root, "--work-dir", work, "--split", "train",
+    again = cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "train",
                       "--workers", "0", "--no-progress")
     assert f"extracted 0, skipped {len(names and all_clip_names(sample_root, 'train'))}" in again.stdout
     info = cli("features", "info", "--backbone", "tiny-random", "--work-dir", work, "--split", "train", "--json")
     assert json.loads(info.stdout)[0]["clips"] == len(all_clip_names(sample_root, "train"))
     # other sampling settings into the same store: refused with the reason; --overwrite moves it aside
-    bad = cli("extract", "--data-root", sample_root, "--work-dir", work, "--split", "train",
+    bad = cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "train",
                     "--num-frames", "4", "--no-progress", check=False)
     assert bad.exit_code == 2 and "backbone.num_frames is 8 in the store but 4 now" in bad.stderr
     assert bad.stderr.count("\n") == 1  # one clear line, no traceback
-    cli("extract", "--data-root", sample_root, "--work-dir", work, "--split", "test",
-              "--num-frames", "4", "--overwrite", "--workers", "0", "--no-progress")
-    assert list((work / "features" / "tiny-random").glob("test.replaced-*"))
-    assert FeatureStore(work / "features" / "tiny-random" / "test").config["sampling"]["num_frames"] == 4
+    # one split made otherwise than the others: refused before anything moves
+    one = cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "test",
+              "--num-frames", "4", "--overwrite", "--workers", "0", "--no-progress", check=False)
+    assert one.exit_code == 2 and "backbone.num_frames is 8 in its train split but 4 now" in one.stderr
+    assert not list((work / "features" / "tiny-random").glob("*.replaced-*"))
+    cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "train,test",
+        "--num-frames", "4", "--overwrite", "--workers", "0", "--no-progress")
+    assert len(list((work / "features" / "tiny-random").glob("*.replaced-*"))) == 2
+    for split in ("train", "test"):
+        assert FeatureStore(work / "features" / "tiny-random" / split).config["backbone"]["num_frames"] == 4
 
 
 def test_view_ego_and_windows_store_sequences(sample_root, tmp_path):
     work = tmp_path / "work"
-    cli("extract", "--data-root", sample_root, "--work-dir", work, "--split", "val", "--view", "ego",
+    cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "val", "--view", "ego",
               "--windows", "3", "--workers", "0", "--no-progress")
     store = FeatureStore(work / "features" / "tiny-random-w3" / "val")
     assert {store.role(n) for n in store.names} == {"ego"}
@@ -79,7 +85,7 @@ def test_broken_clips_are_recorded_and_the_run_goes_on(sample_copy, tmp_path):
     (clips / empty).write_bytes(b"")
     data = (clips / truncated).read_bytes()
     (clips / truncated).write_bytes(data[: len(data) // 3])
-    p = cli("extract", "--data-root", sample_copy, "--work-dir", work, "--split", "val",
+    p = cli("extract", "--backbone", "tiny-random", "--data-root", sample_copy, "--work-dir", work, "--split", "val",
                   "--workers", "2", "--no-progress")
     assert f"failed 3 of {len(names)}" in p.stdout
     store = FeatureStore(work / "features" / "tiny-random" / "val")
@@ -87,7 +93,7 @@ def test_broken_clips_are_recorded_and_the_run_goes_on(sample_copy, tmp_path):
     fails = store.failures()
     assert set(fails) == {missing, empty, truncated}
     assert "missing" in fails[missing] and "empty" in fails[empty]
-    strict = cli("extract", "--data-root", sample_copy, "--work-dir", work, "--split", "val", "--strict",
+    strict = cli("extract", "--backbone", "tiny-random", "--data-root", sample_copy, "--work-dir", work, "--split", "val", "--strict",
                  "--no-progress", check=False)  # the failed clips are tried again, and fail again
     assert strict.exit_code == 1 and "--strict: 3 clip(s) failed" in strict.stderr
     check = cli("check-data", "--data-root", sample_copy, "--work-dir", work, "--split", "val",
@@ -110,9 +116,9 @@ def test_check_data_passes_on_the_sample(sample_root, tmp_path):
 def test_kill_9_loses_at_most_the_batch_in_flight(sample_root, tmp_path):
     ref, work = tmp_path / "ref", tmp_path / "work"
     args = ["--data-root", sample_root, "--split", "train", "--batch-size", "2", "--workers", "1", "--no-progress"]
-    run_kscli("extract", "--work-dir", ref, *args)
+    run_kscli("extract", "--backbone", "tiny-random", "--work-dir", ref, *args)
     store_dir = work / "features" / "tiny-random" / "train"
-    proc = subprocess.Popen([sys.executable, "-m", "kscli", "extract", "--work-dir", str(work), *map(str, args)],
+    proc = subprocess.Popen([sys.executable, "-m", "kscli", "extract", "--backbone", "tiny-random", "--work-dir", str(work), *map(str, args)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(store_dir.glob("part-*.h5"))) < 4:
@@ -122,7 +128,7 @@ def test_kill_9_loses_at_most_the_batch_in_flight(sample_root, tmp_path):
     partial = FeatureStore(store_dir)  # readable after the kill
     total = len(all_clip_names(sample_root, "train"))
     assert 0 < len(partial) < total
-    p = run_kscli("extract", "--work-dir", work, *args)
+    p = run_kscli("extract", "--backbone", "tiny-random", "--work-dir", work, *args)
     assert f"skipped {len(partial)}" in p.stdout
     names, feats, times = store_arrays(work, "train")
     rnames, rfeats, rtimes = store_arrays(ref, "train")
@@ -181,7 +187,7 @@ def test_decord_noise_stays_off_the_terminal_and_its_reason_is_recorded_once(sam
     work = tmp_path / "work"
     bad = all_clip_names(sample_copy, "test")[0]
     (sample_copy / "keystep_benchmark" / "clips_448p" / bad).write_bytes(b"not a video at all")
-    for args in (["check-data", "--split", "test", "--no-progress"], ["extract", "--split", "test", "--no-progress"]):
+    for args in (["check-data", "--split", "test", "--no-progress"], ["extract", "--backbone", "tiny-random", "--split", "test", "--no-progress"]):
         p = run_kscli(*args, "--data-root", sample_copy, "--work-dir", work, check=False)
         assert "video_reader.cc" not in p.stderr and "moov atom" not in p.stderr, p.stderr
         assert p.stdout.count("cannot open the video: Invalid data found when processing input") == 1, p.stdout

@@ -89,7 +89,7 @@ def hostile(sample_root, tmp_path_factory):
     for job, (kind, (write, _)) in zip(jobs[::6], HOSTILE.items()):
         write(job.path)
         kinds[kind] = job.name
-    p = run_kscli("extract", "--data-root", data, "--work-dir", work, "--split", "val", "--workers", "2",
+    p = run_kscli("extract", "--backbone", "tiny-random", "--data-root", data, "--work-dir", work, "--split", "val", "--workers", "2",
                   "--no-progress")
     return data, work, kinds, p
 
@@ -124,8 +124,8 @@ def test_hostile_videos_run_goes_on_quietly(hostile):
 
 def test_odd_paths_work_through_training_and_submission(hostile):
     data, work, _, _ = hostile
-    run_kscli("extract", "--data-root", data, "--work-dir", work, "--split", "train,test", "--no-progress")
-    p = run_kscli("train-head", "--head", "linear", "--data-root", data, "--work-dir", work, "--name", "rün 1")
+    run_kscli("extract", "--backbone", "tiny-random", "--data-root", data, "--work-dir", work, "--split", "train,test", "--no-progress")
+    p = run_kscli("train-head", "--backbone", "tiny-random", "--head", "linear", "--data-root", data, "--work-dir", work, "--name", "rün 1")
     assert "top-1" in p.stdout
     s = run_kscli("submit", "--run", "rün 1", "--data-root", data, "--work-dir", work)
     out = next((work / "submissions").glob("test_*.json"))
@@ -168,12 +168,12 @@ def _unwritable_dir(tmp_path) -> Path:
 
 def test_a_read_only_work_dir_is_one_line(sample_root, tmp_path):
     work = _unwritable_dir(tmp_path)
-    p = run_kscli("extract", "--data-root", sample_root, "--work-dir", work, "--split", "test", "--no-progress",
+    p = run_kscli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "test", "--no-progress",
                   check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert "check its permissions (kscli reads the download and writes under --work-dir" in p.stderr
     assert str(work) in p.stderr
-    t = run_kscli("train-head", "--head", "linear", "--data-root", sample_root, "--work-dir", work, check=False)
+    t = run_kscli("train-head", "--backbone", "tiny-random", "--head", "linear", "--data-root", sample_root, "--work-dir", work, check=False)
     assert t.returncode == 2 and t.stderr.count("\n") == 1, t.stderr
 
 
@@ -186,7 +186,7 @@ def _limited(nbytes):
 def test_a_disk_that_fills_mid_write_loses_nothing_finished(sample_root, tmp_path, limit, finished):
     """40 kB: every batch part fits, the final merge does not; 8 kB: not even the first part."""
     work = tmp_path / "work"
-    args = ["extract", "--data-root", str(sample_root), "--work-dir", str(work), "--split", "train",
+    args = ["extract", "--backbone", "tiny-random", "--data-root", str(sample_root), "--work-dir", str(work), "--split", "train",
             "--workers", "0", "--batch-size", "4", "--no-progress"]
     p = subprocess.run([sys.executable, "-m", "kscli", *args], cwd=REPO, capture_output=True, text=True,
                        preexec_fn=_limited(limit))
@@ -204,7 +204,7 @@ def test_a_disk_that_fills_mid_write_loses_nothing_finished(sample_root, tmp_pat
 
 def test_a_damaged_part_is_named_listed_and_moved_aside_for_a_rerun(sample_root, tmp_path):
     work = tmp_path / "work"
-    args = ["extract", "--data-root", sample_root, "--work-dir", work, "--split", "val", "--workers", "0",
+    args = ["extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "val", "--workers", "0",
             "--no-progress"]
     run_kscli(*args)
     folder = work / "features" / "tiny-random" / "val"

@@ -32,7 +32,7 @@ def extracted(sample_root, tmp_path_factory):
     clips = data / "keystep_benchmark" / "clips_448p"
     for name in gone.values():
         (clips / name).unlink()
-    cli("extract", "--data-root", data, "--work-dir", work, "--workers", "2", "--no-progress")
+    cli("extract", "--backbone", "tiny-random", "--data-root", data, "--work-dir", work, "--workers", "2", "--no-progress")
     return data, work, gone
 
 
@@ -59,7 +59,7 @@ def test_assembly_counts_missing_ego_and_masks_missing_exo(extracted):
 @pytest.mark.parametrize("head", ["linear", "mlp", "distill", "attentive"])
 def test_each_head_learns_the_sample_far_above_chance(extracted, head):
     _, work, _ = extracted
-    res = cli("train-head", "--head", head, "--name", f"h-{head}", *args(extracted))
+    res = cli("train-head", "--backbone", "tiny-random", "--head", head, "--name", f"h-{head}", *args(extracted))
     metrics = json.loads((work / "runs" / f"h-{head}" / "metrics.json").read_text())
     chance = 100 / 6
     assert metrics["val"]["top1"] >= 2.5 * chance, res.stdout
@@ -70,7 +70,7 @@ def test_each_head_learns_the_sample_far_above_chance(extracted, head):
 
 def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
     data, work, gone = extracted
-    res = cli("train-head", "--head", "context", "--name", "ctx", *args(extracted))
+    res = cli("train-head", "--backbone", "tiny-random", "--head", "context", "--name", "ctx", *args(extracted))
     run = work / "runs" / "ctx"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["head"] == "context" and "top-1" in res.stdout
@@ -92,7 +92,7 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
             json.loads((run / "predictions_val.json").read_text())["results"]}
     hits = [pred[n] == y for n, y, r in zip(val_fs.names, val_fs.labels, rows) if r]
     assert teacher["n"] == len(hits) and teacher["student_val_top1"] == pytest.approx(100 * np.mean(hits))
-    no_teacher = cli("train-head", "--head", "context", "--set", "use_exo=false", "--epochs", "1",
+    no_teacher = cli("train-head", "--backbone", "tiny-random", "--head", "context", "--set", "use_exo=false", "--epochs", "1",
                      "--name", "ctx-noexo", *args(extracted))
     assert "teacher" not in json.loads((work / "runs" / "ctx-noexo" / "metrics.json").read_text())
     assert "teacher" not in no_teacher.stdout
@@ -110,7 +110,7 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
     assert [int(p.argmax()) for p in probs] == [by_name[n] for n in names]
     cli("report", "ctx", "--work-dir", work)
     assert "| teacher val top-1 (ego + exo" in (run / "report.md").read_text()
-    val = cli("train-head", "--head", "context", "--select-on", "val", "--name", "ctx-val", *args(extracted))
+    val = cli("train-head", "--backbone", "tiny-random", "--head", "context", "--select-on", "val", "--name", "ctx-val", *args(extracted))
     sel = json.loads((work / "runs" / "ctx-val" / "metrics.json").read_text())["selection"]
     assert sel["on"] == "val" and sel["n_select"] == len(bench.segments("val")), val.stdout
     for bad, msg in ((["--head", "bogus"], "known heads: attentive, context, distill, linear, mlp"),
@@ -119,7 +119,7 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
                      (["--head", "mlp", "--set", "hidden=abc"], "hidden takes an integer, e.g. --set hidden=512"),
                      (["--head", "attentive", "--set", "dropout=1.5"], "dropout must be in [0, 1)"),
                      (["--head", "mlp", "--set", "hidden"], "expected key=value")):
-        r = cli("train-head", *bad, *args(extracted), check=False)
+        r = cli("train-head", "--backbone", "tiny-random", *bad, *args(extracted), check=False)
         assert r.exit_code == 2 and msg in r.stderr, r.stderr
 
 
@@ -146,8 +146,8 @@ def test_nonfinite_features_count_as_missing_and_metrics_refuse_nan(extracted, t
 
 def test_same_seed_same_predictions_and_checkpoint_round_trip(extracted):
     data, work, _ = extracted
-    cli("train-head", "--head", "mlp", "--name", "seed-a", "--seed", "3", *args(extracted))
-    cli("train-head", "--head", "mlp", "--name", "seed-b", "--seed", "3", *args(extracted))
+    cli("train-head", "--backbone", "tiny-random", "--head", "mlp", "--name", "seed-a", "--seed", "3", *args(extracted))
+    cli("train-head", "--backbone", "tiny-random", "--head", "mlp", "--name", "seed-b", "--seed", "3", *args(extracted))
     a = json.loads((work / "runs" / "seed-a" / "predictions_val.json").read_text())["results"]
     b = json.loads((work / "runs" / "seed-b" / "predictions_val.json").read_text())["results"]
     assert a == b
@@ -159,13 +159,13 @@ def test_same_seed_same_predictions_and_checkpoint_round_trip(extracted):
     probs = head.predict_proba(fs)
     by_name = {r["ego_segment_name"]: r for r in a}
     assert [int(p.argmax()) for p in probs] == [by_name[n]["label_id"] for n in fs.names]
-    again = cli("train-head", "--head", "mlp", "--name", "seed-a", *args(extracted), check=False)
+    again = cli("train-head", "--backbone", "tiny-random", "--head", "mlp", "--name", "seed-a", *args(extracted), check=False)
     assert again.exit_code == 2 and "never overwritten" in again.stderr
 
 
 def test_evaluate_rescores_a_run_and_rejects_bad_files(extracted, tmp_path):
     _, work, _ = extracted
-    cli("train-head", "--head", "linear", "--name", "ev", *args(extracted))
+    cli("train-head", "--backbone", "tiny-random", "--head", "linear", "--name", "ev", *args(extracted))
     preds = work / "runs" / "ev" / "predictions_val.json"
     res = cli("evaluate", preds, "--json", *args(extracted))
     assert json.loads(res.stdout)["top1"] == pytest.approx(
@@ -187,8 +187,8 @@ def test_evaluate_rescores_a_run_and_rejects_bad_files(extracted, tmp_path):
 
 def test_submit_covers_every_test_segment_ensembles_and_writes_csv(extracted):
     data, work, gone = extracted
-    cli("train-head", "--head", "linear", "--name", "s-lin", *args(extracted))
-    cli("train-head", "--head", "distill", "--name", "s-dis", *args(extracted))
+    cli("train-head", "--backbone", "tiny-random", "--head", "linear", "--name", "s-lin", *args(extracted))
+    cli("train-head", "--backbone", "tiny-random", "--head", "distill", "--name", "s-dis", *args(extracted))
     res = cli("submit", "--run", "s-lin", *args(extracted))
     assert "1 segment(s) had no ego feature" in res.stdout and gone["test_ego"] in res.stdout
     out = work / "submissions" / "test_s-lin.json"
@@ -213,7 +213,7 @@ def test_submit_covers_every_test_segment_ensembles_and_writes_csv(extracted):
 
 def test_report_draws_valid_pngs(extracted):
     _, work, _ = extracted
-    cli("train-head", "--head", "mlp", "--name", "rep", *args(extracted))
+    cli("train-head", "--backbone", "tiny-random", "--head", "mlp", "--name", "rep", *args(extracted))
     res = cli("report", "rep", "--work-dir", work)
     md = (work / "runs" / "rep" / "report.md").read_text()
     assert "report.md" in res.stdout and "val top-1" in md and "one segment = " in md
@@ -273,7 +273,7 @@ def test_a_kill_while_saving_the_checkpoint_leaves_no_checkpoint(extracted, monk
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dies_half_way)
-    r = cli("train-head", "--head", "linear", "--name", "cut", *args(extracted), check=False)
+    r = cli("train-head", "--backbone", "tiny-random", "--head", "linear", "--name", "cut", *args(extracted), check=False)
     assert r.exit_code == 130
     run = work / "runs" / "cut"
     assert not (run / "checkpoint.pt").exists() and not list(run.glob("*.tmp"))
@@ -313,7 +313,7 @@ def test_a_new_head_from_the_design_doc_trains_through_the_cli(extracted, tmp_pa
     assert "lowrank    low-rank linear probe" in listed
     assert "rank of the weight matrix" in run_kscli("heads", "--head", "lowrank", env=env).stdout
     _, work, _ = extracted
-    out = run_kscli("train-head", "--head", "lowrank", "--set", "rank=8", "--name", "toy", *args(extracted), env=env)
+    out = run_kscli("train-head", "--backbone", "tiny-random", "--head", "lowrank", "--set", "rank=8", "--name", "toy", *args(extracted), env=env)
     metrics = json.loads((work / "runs" / "toy" / "metrics.json").read_text())
     assert metrics["head"] == "lowrank" and metrics["val"]["top1"] >= 2.5 * 100 / 6, out.stdout
     ckpt = torch.load(work / "runs" / "toy" / "checkpoint.pt", weights_only=True)

@@ -156,16 +156,24 @@ def test_a_weights_folders_processor_config_wins_and_is_recorded(sample_root, tm
     assert "preprocessing: short side to 240 (bilinear, antialiased), centre crop 224x224" in info.stdout
     full = cli(*args, "--crop", "full", check=False)
     assert full.exit_code == 2 and "backbone.resize_mode is 'short' in the store but 'full' now" in full.stderr
-    # a store from before preprocessing was recorded: its parts lack the keys
+    # a store from before preprocessing was recorded: its parts lack the keys, and no store.json
+    _as_an_older_kscli_left_it(work / "features" / "dinov2-base" / "test", ("resize_mode", "resize_short",
+                                                                            "interpolation"))
+    again = cli(*args, check=False)
+    assert again.exit_code == 2 and "backbone.interpolation is not recorded in the store (made by an older " \
+        "kscli) but is 'bilinear' now" in again.stderr and "--overwrite" in again.stderr
+
+
+def _as_an_older_kscli_left_it(store, drop_keys):
     import h5py
-    for part in (work / "features" / "dinov2-base" / "test").glob("part-*.h5"):
+
+    (store / "store.json").unlink()
+    for part in store.glob("part-*.h5"):
         with h5py.File(part, "r+") as f:
             old = json.loads(f.attrs["config"])
-            for key in ("resize_mode", "resize_short", "interpolation"):
+            for key in drop_keys:
                 old["backbone"].pop(key)
             f.attrs["config"] = json.dumps(old)
-    again = cli(*args, check=False)
-    assert again.exit_code == 2 and "in the store but" in again.stderr and "--overwrite" in again.stderr
 
 
 def test_backbones_name_shows_what_a_model_gets():
@@ -192,31 +200,20 @@ def test_processor_configs_kscli_cannot_follow_are_one_line_not_a_substitute():
                                    256, "vjepa2") == Geometry("short", 292, "bilinear")
 
 
-def test_a_store_from_before_preprocessing_was_recorded(sample_root, tmp_path):
-    """Such stores were made from the centre square, bilinear: tiny-random (still so) resumes; a
-    bilinear model's resumes with --crop full; otherwise the refusal says what the store was."""
-    import h5py
-
+def test_a_store_an_older_kscli_made_is_refused_naming_what_it_did_not_record(sample_root, tmp_path):
+    """An older kscli recorded neither the weights' digest nor the preprocessing: such a store
+    cannot be shown to hold this run's features, so resuming it is refused (never mixed) in one
+    line naming what it did not record, and --overwrite redoes it."""
     work = tmp_path / "work"
-    base = ["extract", "--data-root", sample_root, "--work-dir", work, "--split", "test", "--view", "ego", "--no-progress"]
-    vjepa, dino = _model("vjepa2", tmp_path / "vjepa2"), _model("dinov2", tmp_path / "dino")
+    base = ["extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "test",
+            "--view", "ego", "--no-progress"]
     cli(*base)
-    cli(*base, "--backbone", "vjepa2-vitl", "--weights", vjepa, "--crop", "full")
-    cli(*base, "--backbone", "dinov2-base", "--weights", dino, "--crop", "full")
-    for store in ("tiny-random", "vjepa2-vitl", "dinov2-base"):
-        for part in (work / "features" / store / "test").glob("part-*.h5"):
-            with h5py.File(part, "r+") as f:
-                old = json.loads(f.attrs["config"])
-                for key in ("resize_mode", "resize_short", "interpolation"):
-                    old["backbone"].pop(key)
-                f.attrs["config"] = json.dumps(old)
-    assert "skipped" in cli(*base).stdout
-    refused = cli(*base, "--backbone", "vjepa2-vitl", "--weights", vjepa, check=False)
-    assert refused.exit_code == 2 and "predates per-model preprocessing" in refused.stderr
-    assert "--crop full resumes it as it was made" in refused.stderr
-    assert "skipped" in cli(*base, "--backbone", "vjepa2-vitl", "--weights", vjepa, "--crop", "full").stdout
-    bicubic = cli(*base, "--backbone", "dinov2-base", "--weights", dino, "--crop", "full", check=False)
-    assert bicubic.exit_code == 2 and "bilinear, which this model's processor does not use" in bicubic.stderr
+    _as_an_older_kscli_left_it(work / "features" / "tiny-random" / "test", ("weights_digest",))
+    refused = cli(*base, check=False)
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
+    assert "backbone.weights_digest is not recorded in the store (made by an older kscli)" in refused.stderr
+    assert "pass --tag NAME for a new store, or --overwrite to redo this one" in refused.stderr
+    assert "extracted 8" in cli(*base, "--overwrite").stdout
 
 
 def test_a_transformers_that_cannot_use_this_torch_is_one_line(monkeypatch):

@@ -55,7 +55,7 @@ def test_two_runs_started_together_never_lose_clips(sample_root, tmp_path):
     """The repro: the same command twice, one second apart. Before: both merges removed each
     other's parts and the store ended empty. Now the second is refused (or finds nothing left)."""
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "kscli", "extract", "--data-root", str(sample_root), "--work-dir", str(work),
+    cmd = [sys.executable, "-m", "kscli", "extract", "--backbone", "tiny-random", "--data-root", str(sample_root), "--work-dir", str(work),
            "--workers", "1", "--batch-size", "2", *TRAIN]
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)
@@ -74,12 +74,12 @@ def test_two_runs_started_together_never_lose_clips(sample_root, tmp_path):
 def test_a_second_writer_of_a_rank_is_refused_with_the_holder(sample_root, tmp_path):
     work = tmp_path / "work"
     with RankLock(store_dir(work), 0):
-        p = run_kscli("extract", "--data-root", sample_root, "--work-dir", work, *TRAIN, check=False)
+        p = run_kscli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, *TRAIN, check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert f"being written by pid {os.getpid()} on host " in p.stderr and " since " in p.stderr
     assert not list(store_dir(work).glob("part-*"))
     # the lock goes with its holder: the same command now runs
-    run_kscli("extract", "--data-root", sample_root, "--work-dir", work, "--workers", "1", *TRAIN)
+    run_kscli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--workers", "1", *TRAIN)
     assert_complete(work, sample_root)
 
 
@@ -87,9 +87,9 @@ def test_overwrite_waits_for_no_writer_and_a_moved_lock_file_is_not_trusted(samp
     from kscli.extract import lock as lock_mod
 
     work = tmp_path / "work"
-    run_kscli("extract", "--data-root", sample_root, "--work-dir", work, "--workers", "1", *TRAIN)
+    run_kscli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--workers", "1", *TRAIN)
     with RankLock(store_dir(work), 0):  # a run is writing rank 0: the store is not moved under it
-        p = run_kscli("extract", "--data-root", sample_root, "--work-dir", work, "--overwrite", *TRAIN, check=False)
+        p = run_kscli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--overwrite", *TRAIN, check=False)
     assert p.returncode == 2 and "--overwrite refused: " in p.stderr and f"by pid {os.getpid()} " in p.stderr
     assert not list(store_dir(work).parent.glob("train.replaced-*"))
     # a writer that opened the lock file just before --overwrite moved the folder aside must not
@@ -148,7 +148,7 @@ MERGE_HOOK = textwrap.dedent("""
 
 def extract_with_merge_hook(root, work, at, signals, **popen):
     signals.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-c", MERGE_HOOK, "extract", "--data-root", str(root), "--work-dir", str(work),
+    cmd = [sys.executable, "-c", MERGE_HOOK, "extract", "--backbone", "tiny-random", "--data-root", str(root), "--work-dir", str(work),
            "--workers", "1", "--batch-size", "8", *TRAIN]
     env = {**os.environ, "MERGE_AT": at, "MERGE_SIGNALS": str(signals)}
     return subprocess.Popen(cmd, cwd=REPO, env=env, **popen)
@@ -158,7 +158,7 @@ def extract_with_merge_hook(root, work, at, signals, **popen):
 def reference(sample_root, tmp_path_factory):
     """One uninterrupted run's names and features, to compare interrupted ones with."""
     work = tmp_path_factory.mktemp("ref")
-    run_kscli("extract", "--data-root", sample_root, "--work-dir", work, "--workers", "1", "--batch-size", "8", *TRAIN)
+    run_kscli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--workers", "1", "--batch-size", "8", *TRAIN)
     store = FeatureStore(store_dir(work))
     names = sorted(store.names)
     return names, store.get(names)
@@ -176,7 +176,7 @@ def test_kill_9_during_the_merge_loses_nothing(sample_root, reference, tmp_path,
     store = assert_complete(work, sample_root)  # every clip, each read once
     names, feats = reference
     np.testing.assert_array_equal(store.get(names), feats)
-    p = run_kscli("extract", "--data-root", sample_root, "--work-dir", work, "--workers", "1", *TRAIN)
+    p = run_kscli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--workers", "1", *TRAIN)
     assert f"extracted 0, skipped {len(names)}" in p.stdout  # the rerun finds all done and
     assert sorted(rows_on_disk(folder)) == names  # finishes the merge: one copy of each clip
     assert len(list(folder.glob("part-*.h5"))) == 1 and not list(folder.glob("*.tmp"))
@@ -213,7 +213,7 @@ def test_torchrun_two_ranks_build_the_store_of_one_process(sample_copy, referenc
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for var in ("SLURM_ARRAY_TASK_ID", "SLURM_STEP_NUM_TASKS", "SLURM_CPUS_PER_TASK"):
         env.pop(var, None)
-    p = subprocess.run([*torchrun_cmd(), "--standalone", "--nproc-per-node", "2", "-m", "kscli", "extract",
+    p = subprocess.run([*torchrun_cmd(), "--standalone", "--nproc-per-node", "2", "-m", "kscli", "extract", "--backbone", "tiny-random",
                         "--data-root", str(sample_copy), "--work-dir", str(work), "--batch-size", "8", *TRAIN],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -352,14 +352,14 @@ def test_a_failed_part_write_stops_with_one_line_and_keeps_finished_parts(sample
         return real(path, rows, config)
 
     monkeypatch.setattr(store_mod, "write_part", disk_fills)
-    p = cli("extract", "--data-root", sample_root, "--work-dir", work, "--workers", "0", "--batch-size", "4",
+    p = cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--workers", "0", "--batch-size", "4",
             *TRAIN, check=False)
     assert p.exit_code == 2 and p.stderr.count("\n") == 1
     assert "No space left on device; the disk is full: free some space, then rerun the same command (finished " \
            "work is kept)" in p.stderr
     assert len(FeatureStore(store_dir(work))) == 8
     monkeypatch.setattr(store_mod, "write_part", real)
-    again = cli("extract", "--data-root", sample_root, "--work-dir", work, "--workers", "0", *TRAIN)
+    again = cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--workers", "0", *TRAIN)
     assert "skipped 8 (already done)" in again.stdout
     assert_complete(work, sample_root)
 

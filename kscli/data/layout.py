@@ -73,13 +73,23 @@ class Layout:
     def clip_path(self, clip_name: str) -> Path:
         return self.clips_root / clip_name
 
-    # Where each stage writes, all under the work folder.
-    def features_dir(self, backbone: str, split: str) -> Path:
-        return self.work_dir / "features" / backbone / split
+    # Where each stage writes, all under the work folder; names are checked to stay under it.
+    def store_dir(self, tag: str) -> Path:
+        """A feature store's folder (one subfolder per split): `<work>/features/<tag>`."""
+        return self.work_dir / "features" / check_name(tag, "store name (--backbone / --tag)")
+
+    def features_dir(self, tag: str, split: str) -> Path:
+        if split not in SPLITS:
+            raise KscliError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        return self.store_dir(tag) / split
 
     @property
     def runs_dir(self) -> Path:
         return self.work_dir / "runs"
+
+    def run_dir(self, name: str) -> Path:
+        """A run's folder: `<work>/runs/<name>`."""
+        return self.runs_dir / check_name(name, "run name (--name)")
 
     @property
     def submissions_dir(self) -> Path:
@@ -106,6 +116,22 @@ class Benchmark:
             labels = self.labels if split != "test" else None
             self._splits[split] = read_segments(self.layout.annotation_path(split), split, labels).segments
         return self._splits[split]
+
+
+def check_name(name: str, what: str) -> str:
+    """`name` if it is one plain folder name (what kscli makes under the work folder), else one
+    line: a path separator, `..` or an absolute path would write or read outside it."""
+    if not isinstance(name, str) or not name.strip():
+        raise KscliError(f"{what}: empty; give a plain name such as vjepa2-vitl or my-run")
+    bad = next((c for c in ("/", "\\", "\0") if c in name), None)
+    if bad is not None or name in (".", "..") or name != name.strip():
+        why = ("holds a path separator" if bad in ("/", "\\") else "holds a NUL byte" if bad
+               else "is not a folder name" if name in (".", "..") else "starts or ends with a space")
+        raise KscliError(f"{what} {name!r} {why}; kscli keeps stores and runs under --work-dir: give a "
+                         "plain name (pass --work-dir to choose where they go)")
+    if len(name.encode("utf-8")) > 200:
+        raise KscliError(f"{what}: {len(name)} characters is too long for a folder name (at most 200 bytes)")
+    return name
 
 
 def parse_splits(value: str | list[str] | tuple[str, ...]) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from kscli.data.labels import LabelMap
 from kscli.errors import KscliError
+from kscli.fileio import read_json
 
 SPLITS = ("train", "val", "test")
 ANNOTATION_FILES = {
@@ -121,13 +121,7 @@ def read_segments(path: str | Path, split: str, labels: LabelMap | None = None) 
         raise KscliError(f"{path}: annotation file for split '{split}' not found; download it with "
                          "`egoexo -o OUT --parts annotations --benchmarks keystep` and pass "
                          "--data-root OUT (or --annotations-dir)")
-    try:
-        with open(path, encoding="utf-8-sig") as f:  # a BOM (Windows editors) is not an error
-            doc = json.load(f)
-    except json.JSONDecodeError as e:
-        raise KscliError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise KscliError(f"{path}: not UTF-8 text ({e.reason})") from None
+    doc = read_json(path)  # strict; a BOM (Windows editors) is not an error
     if not isinstance(doc, dict) or not isinstance(doc.get("segments"), list):
         raise KscliError(f"{path}: expected a JSON object with a 'segments' list")
     labelled = split != "test"

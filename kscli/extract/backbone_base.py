@@ -8,6 +8,7 @@ The built-in backbones register themselves from :mod:`kscli.extract.tiny` and
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Mapping
 
@@ -63,6 +64,9 @@ class BackboneSpec:
     resize_mode: str = "full"
     resize_short: int = 0
     interpolation: str = "bilinear"
+    # sha256 (first 16 hex digits) of the loaded parameters and buffers: which weights made the
+    # features, wherever the folder or hub id they came from (see weights_digest)
+    weights_digest: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", _triple(self.mean, "mean"))
@@ -111,6 +115,29 @@ class BackboneSpec:
             return cls(**kw)
         except (ValueError, TypeError) as e:
             raise KscliError(f"invalid backbone spec: {e}") from None
+
+
+def random_weights(spec) -> bool:
+    """Whether a backbone spec (a BackboneSpec or a store's recorded dict) is a randomly
+    initialised test network (tiny-random): its features carry no learned information."""
+    weights = spec.get("weights") if isinstance(spec, Mapping) else getattr(spec, "weights", None)
+    return weights == TINY_RANDOM_WEIGHTS
+
+
+RANDOM_FEATURES_WARNING = ("RANDOM FEATURES: made by tiny-random, a randomly initialised test network; "
+                           "no number from them means anything about keystep recognition")
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, dtypes, shapes, bytes), first 16 hex
+    digits: the same weights give the same digest from a hub id, a local folder or a copy of it;
+    other weights (another revision, a fine-tuned copy) give another. About 1 s per GB."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from kscli.extract.backbone_base import (
     BackboneSpec,
     _Registration,
     register_backbone,
+    weights_digest,
 )
 from kscli.extract.hf_loading import _FAMILY_OF
 from kscli.extract.processors import CROPS, describe, family_geometry
@@ -107,6 +108,7 @@ def create_backbone(name: str, weights: str | None = None, crop: str = "model", 
         raise TypeError(f"factory of backbone '{name}' returned {type(bb).__name__}, not a Backbone")
     if crop == "full":
         bb.spec = replace(bb.spec, resize_mode="full", resize_short=0)
+    bb.spec = replace(bb.spec, weights_digest=weights_digest(bb))
     return bb.freeze()
 
 

@@ -52,7 +52,6 @@ Assumptions, stated where they matter:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -66,6 +65,7 @@ from tqdm import tqdm
 
 from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
+from kscli.fileio import read_json
 from kscli.extract.run import (SplitSummary, _versions, report_interrupted,
                                view_clips)
 from kscli.extract.store import StoreRows, open_for_writing
@@ -353,10 +353,10 @@ def read_take_seconds(path: Path) -> dict[str, float]:
     """take_uid -> duration_sec from Ego-Exo4D's metadata file `takes.json` (a list of takes, or
     a dict holding one); a file that is not that is one clear error."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError) as e:
-        raise KscliError(f"{path}: cannot read it as takes.json ({e}); pass the metadata file of the "
-                         "Ego-Exo4D download (`egoexo -o OUT --parts metadata`: OUT/takes.json)") from None
+        data = read_json(path, "takes.json")
+    except KscliError as e:
+        raise KscliError(f"{e}; pass the metadata file of the Ego-Exo4D download "
+                         "(`egoexo -o OUT --parts metadata`: OUT/takes.json)") from None
     if isinstance(data, dict):  # a wrapper object holding the list
         data = next((v for v in data.values() if isinstance(v, list)), [])
     takes = data if isinstance(data, list) else []

@@ -19,11 +19,13 @@ import torch
 from tqdm import tqdm
 
 import kscli
-from kscli.data.layout import Benchmark, Layout
+from kscli.data.layout import Benchmark, Layout, check_name, parse_splits
 from kscli.device import resolve_device
 from kscli.errors import KscliError
+from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING, random_weights
 from kscli.extract.backbones import create_backbone
 from kscli.extract.preprocess import preprocess_clips, resize_clip_uint8
+from kscli.extract.processors import CROPS
 from kscli.extract.sampling import SamplingConfig, decode_frames
 from kscli.extract.shard import ShardPlan, assign_shards, default_workers, resolve_shard, usable_cores
 from kscli.extract.store import PartWriterThread, StoreRows, StoreWriter, open_for_writing
@@ -39,9 +41,18 @@ class ClipJob:
     duration: float
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+RESIZE_PLACES = ("auto", "worker", "device")
+STORE_DTYPES = ("float32", "float16")
+
+
 @dataclass
 class ExtractConfig:
-    backbone: str = "tiny-random"
+    """What `kscli extract` does; every value is checked here, so the library and the CLI refuse
+    the same things in the same words. `backbone` has no default: a store is made by a model
+    someone chose (`tiny-random`, a random test network, only when named)."""
+
+    backbone: str
     weights: str | None = None
     splits: tuple[str, ...] = ("train", "val", "test")
     view: str = "all"
@@ -60,6 +71,31 @@ class ExtractConfig:
     overwrite: bool = False
     limit: int | None = None  # only the first N clips of each split (smoke tests)
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """One line for the first bad value."""
+        if not isinstance(self.backbone, str) or not self.backbone.strip():
+            raise KscliError("--backbone: name the backbone to extract with (see `kscli backbones`)")
+        self.splits = tuple(parse_splits(self.splits))
+        for name, value, allowed in (("--view", self.view, VIEWS), ("--precision", self.precision, PRECISIONS),
+                                     ("--resize-on", self.resize_on, RESIZE_PLACES), ("--crop", self.crop, CROPS),
+                                     ("--dtype", self.dtype, STORE_DTYPES)):
+            if value not in allowed:
+                raise KscliError(f"{name} {value!r}: choose from {', '.join(allowed)}")
+        for name, value, low in (("--num-frames", self.num_frames, 1), ("--windows", self.windows, 1),
+                                 ("--batch-size", self.batch_size, 1), ("--workers", self.workers, 0),
+                                 ("--limit", self.limit, 1), ("--shard", self.shard, 0),
+                                 ("--num-shards", self.num_shards, 1)):
+            optional = name not in ("--windows", "--batch-size")
+            if value is None and optional:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise KscliError(f"{name} {value!r}: must be a whole number >= {low}")
+        if self.tag is not None:
+            check_name(self.tag, "--tag")
+
 
 @dataclass
 class SplitSummary:
@@ -73,6 +109,8 @@ class SplitSummary:
     failures: list = field(default_factory=list)
     plan: "RunPlan | None" = None  # how this process ran (shard, device, workers)
     notes: list = field(default_factory=list)  # what the run changed on the way, in words
+    clips_root: str = ""  # where the clips were read from
+    random_features: bool = False  # made by a randomly initialised test backbone
 
     @property
     def clips_per_s(self) -> float:
@@ -98,7 +136,29 @@ def format_summaries(summaries: list[SplitSummary]) -> str:
     if failed:
         lines.append(f"{tag}{failed} clips failed (recorded next to the store); fix or re-download them and "
                      "rerun the same command to extract just those")
+    if any(s.random_features for s in summaries):
+        lines.append(f"{tag}WARNING: {RANDOM_FEATURES_WARNING}")
     return "\n".join(lines)
+
+
+def extraction_problem(summaries: list[SplitSummary], strict: bool = False) -> str | None:
+    """Why this run should exit non-zero, in one line, or None: every clip it tried failed and
+    none of its clips is in the store from before (a wrong clip source, most likely: named), or,
+    with `strict`, any clip failed. A rerun that retries only the known-broken clips of an
+    otherwise finished store is not an error without `strict`."""
+    failed = [(name, err) for s in summaries for name, err in s.failures]
+    n_failed = sum(s.failed for s in summaries)
+    if n_failed and not sum(s.extracted + s.skipped for s in summaries):
+        root = summaries[0].clips_root
+        if all("clip file is missing" in err for _, err in failed):
+            return (f"none of the {n_failed} clip(s) of this run is under {root} (e.g. {failed[0][0]}): "
+                    "is --parts (or --clips-root / --data-root) right? `kscli check-data` lists what is there")
+        name, err = failed[0]
+        return (f"no clip of this run could be read: all {n_failed} failed (e.g. {name}: {err}); "
+                f"see failures-r*.jsonl next to the store, or run `kscli check-data`")
+    if strict and n_failed:
+        return f"--strict: {n_failed} clip(s) failed in this run (listed above and in failures-r*.jsonl)"
+    return None
 
 
 def report_interrupted(summary: SplitSummary, path) -> None:
@@ -262,7 +322,7 @@ class _Embedder:
         self.use_device()
         self.dtype = torch.bfloat16 if plan.precision == "bfloat16" else torch.float32
         backbone = create_backbone(cfg.backbone, weights=cfg.weights, crop=cfg.crop,
-                                   **({"num_frames": cfg.num_frames} if cfg.num_frames else {}))
+                                   **({"num_frames": cfg.num_frames} if cfg.num_frames is not None else {}))
         self.backbone = backbone.to(device=self.device, dtype=self.dtype).eval()
         self.spec = backbone.spec
         self.sampling = SamplingConfig(num_frames=self.spec.num_frames, windows=cfg.windows)
@@ -332,6 +392,10 @@ def extract(layout: Layout, cfg: ExtractConfig, progress: bool = True) -> list[S
         plan = plan_run(cfg)
         bench = Benchmark(layout)
         jobs_by_split = {s: list_clip_jobs(bench, s, cfg.view) for s in cfg.splits}  # validate all first
+        if not layout.clips_root.is_dir():
+            raise KscliError(f"{layout.clips_root}: the clips folder does not exist; is --parts (now "
+                             f"{layout.part!r}) or --clips-root / --data-root right? The download puts clips "
+                             "in <data-root>/keystep_benchmark/<part>")
         if progress:
             print(plan.text(), file=sys.stderr)
         embedder = _Embedder(cfg, plan)
@@ -349,11 +413,13 @@ def _extract_split(layout: Layout, cfg: ExtractConfig, plan: RunPlan, embedder: 
         jobs = sorted(jobs, key=lambda j: j.name)[: cfg.limit]
     mine = assign_shards(jobs, plan.shard.num_shards)[plan.shard.shard]
     path = layout.features_dir(store_tag(cfg), split)
-    writer, store = open_for_writing(path, {**embedder.config, "split": split}, plan.shard.shard,
-                                     cfg.overwrite, plan.shard.num_shards)
+    config = {**embedder.config, "split": split, "clips": layout.clips_root.name}
+    writer, store = open_for_writing(path, config, plan.shard.shard, cfg.overwrite, plan.shard.num_shards,
+                                     redoing=cfg.splits if cfg.overwrite else ())
     try:
         todo = [j for j in mine if j.name not in store]
-        summary = SplitSummary(split, str(path), total=len(mine), skipped=len(mine) - len(todo), plan=plan)
+        summary = SplitSummary(split, str(path), total=len(mine), skipped=len(mine) - len(todo), plan=plan,
+                               clips_root=str(layout.clips_root), random_features=random_weights(embedder.spec))
         if todo:
             _decode_embed_write(embedder, todo, writer, summary, cfg, plan, progress)
         writer.merge_parts()  # also finishes a merge that an earlier run was killed in

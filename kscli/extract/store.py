@@ -2,10 +2,19 @@
 
 Layout of a store folder (`<work>/features/<tag>/<split>/`):
 
+    store.json             how every row was made (the config that shapes a feature, its digest)
     part-r000-s000000.h5   one finished batch: names, roles, features, frame times (+ attrs)
     part-r001-s000000.h5   ... each rank writes its own parts, so ranks never share a file
     failures-r000.jsonl    clips that were missing or did not decode, one JSON line each
     writer-r000.lock       locked while a run writes rank 0 (records pid, host, since)
+
+A store is made one way. Its ``store.json`` is created (atomically, create-if-absent) by the
+first writer that writes a part; every writer checks its settings against it before decoding
+and again before its first part, so a resume or a second shard with other settings (backbone
+weights, precision, frames, windows, crop, where frames are resized, dtype, clip source) is
+refused in one line, and so are settings that differ from the store's other splits. Readers
+check every part's own config against it: a store that is mixed anyway (made before
+store.json existed) is reported, and ``verify_store(move_aside=True)`` heals it.
 
 A part is written to `*.h5.tmp`, closed, fsynced and renamed, so a `kill -9` at any moment
 leaves only whole parts (a stray `.tmp` is ignored and removed by the next writer of that rank).
@@ -43,15 +52,16 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+import kscli
+from kscli.data.segments import SPLITS
 from kscli.errors import KscliError
-from kscli.fileio import commit, fsync_dir, os_error_line
+from kscli.fileio import commit, dumps_strict, fsync_dir, os_error_line, read_json, tmp_path
 from kscli.extract.lock import RankLock, lock_ranks
-from kscli.extract.store_reader import FeatureStore, _part_key, _size, _strings, list_parts, unreadable_part
+from kscli.extract.store_reader import (IDENTITY_FILE, FeatureStore, _part_key, _size, _strings, config_digest,
+                                        identity_difference, list_parts, unreadable_part)
 from kscli.extract.store_reader import PART_RE  # noqa: F401 - re-export
 
 STR = h5py.string_dtype("utf-8")
-# Config keys that must agree between parts of one store: features made otherwise don't mix.
-CONFIG_KEYS_MUST_MATCH = ("backbone", "sampling", "dtype")
 
 
 @dataclass
@@ -130,30 +140,60 @@ def read_part(path: Path) -> tuple[StoreRows, dict]:
         return rows, json.loads(f.attrs["config"])
 
 
-# What stores made before kscli recorded preprocessing did: the centre square, bilinear.
-_BEFORE_PREPROCESSING_WAS_RECORDED = {"resize_mode": "full", "resize_short": 0, "interpolation": "bilinear"}
+def check_identity(path: Path, config: dict, redoing: tuple[str, ...] = ()) -> None:
+    """Refuse, in one line, to write `config`'s features into a store made otherwise: its
+    ``store.json``, the parts of a store from before store.json, and the store's other splits
+    (a head trains on one split and predicts another, so a store's splits are made one way)."""
+    file = path / IDENTITY_FILE
+    if file.is_file():
+        _refuse_other(path, identity_difference(read_json(file)["config"], config))
+    else:
+        legacy = FeatureStore(path)
+        if legacy.exists:
+            legacy.check_one_way()
+            _refuse_other(path, identity_difference(legacy.config, config))
+    check_sibling_splits(path, config, redoing)
 
 
-def config_mismatch(old: dict, new: dict) -> str | None:
-    """The first key that differs between two store configs, as a readable phrase, or None."""
-    for key in CONFIG_KEYS_MUST_MATCH:
-        a, b = old.get(key), new.get(key)
-        if key == "backbone" and isinstance(a, dict) and isinstance(b, dict) and a.get("kind") != "official":
-            a = {**_BEFORE_PREPROCESSING_WAS_RECORDED, **a}
-            b = {**_BEFORE_PREPROCESSING_WAS_RECORDED, **b}
-        if a != b:
-            if isinstance(a, dict) and isinstance(b, dict):
-                diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-                k = diff[0]
-                why = f"{key}.{k} is {a.get(k)!r} in the store but {b.get(k)!r} now"
-                if k in _BEFORE_PREPROCESSING_WAS_RECORDED and "resize_mode" not in old.get(key, {}):
-                    why += (" (the store predates per-model preprocessing: it was made from the centre square, "
-                            + ("bilinear; --crop full resumes it as it was made)" if b.get("interpolation") == "bilinear"
-                               else "bilinear, which this model's processor does not use)"))
-                return why
-            return f"{key} is {a!r} in the store but {b!r} now"
-    return None
+def check_sibling_splits(path: Path, config: dict, redoing: tuple[str, ...] = ()) -> None:
+    """Refuse `config` for split folder `path` if another split of the store was made otherwise
+    (splits in `redoing`, which this run overwrites too, do not count)."""
+    for sibling in sorted(path.parent.glob(f"*/{IDENTITY_FILE}")):
+        if sibling.parent != path and sibling.parent.name in SPLITS and sibling.parent.name not in redoing:
+            why = identity_difference(read_json(sibling)["config"], config, f"in its {sibling.parent.name} split")
+            if why:
+                raise KscliError(f"{path.parent}: {why}; the splits of one store are made one way (a head "
+                                 "trains on one split and predicts another): pass --tag NAME for a new store, "
+                                 "or redo every split with --overwrite")
 
+
+def claim_identity(path: Path, config: dict, redoing: tuple[str, ...] = ()) -> None:
+    """Make `config` the store's identity (``store.json``) if it has none, then check it (see
+    :func:`check_identity`). The file is created with ``os.link``, which fails if it exists: of
+    two writers racing to create it (shards started together with other settings), one wins
+    and the other is refused before its first part is written. A writer claims the store when
+    it writes its first part, so a run that wrote nothing (every clip failed) claims nothing."""
+    file = path / IDENTITY_FILE
+    if not file.exists():
+        check_identity(path, config, redoing)  # parts from before store.json, and the other splits
+        record = {"config": config, "digest": config_digest(config), "kscli": kscli.__version__,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = tmp_path(file)
+        try:
+            tmp.write_text(dumps_strict(record, 1, str(file)), encoding="utf-8")
+            os.link(tmp, file)  # atomic create-if-absent
+            fsync_dir(path)
+        except FileExistsError:
+            pass  # another writer created it first: compare with theirs
+        finally:
+            tmp.unlink(missing_ok=True)
+    check_identity(path, config, redoing)
+
+
+def _refuse_other(path: Path, why: str | None) -> None:
+    if why:
+        raise KscliError(f"{path}: the store was made with other settings ({why}); pass --tag NAME for a "
+                         "new store, or --overwrite to redo this one")
 
 
 class StoreWriter:
@@ -164,8 +204,9 @@ class StoreWriter:
     Use it as a context manager.
     """
 
-    def __init__(self, path: str | Path, rank: int, config: dict):
+    def __init__(self, path: str | Path, rank: int, config: dict, redoing: tuple[str, ...] = ()):
         self.path = Path(path)
+        self.redoing = tuple(redoing)
         self.path.mkdir(parents=True, exist_ok=True)
         self.rank = rank
         self.config = config
@@ -175,6 +216,7 @@ class StoreWriter:
         seqs = [_part_key(p)[0] for p in list_parts(self.path, rank)]
         self.seq = max(seqs, default=-1) + 1
         self.written: list[Path] = []
+        self.claimed = False
         self.failure_log = self.path / f"failures-r{rank:03d}.jsonl"
 
     def close(self) -> None:
@@ -192,6 +234,9 @@ class StoreWriter:
         return p
 
     def write(self, rows: StoreRows) -> Path:
+        if not self.claimed:  # the first part: the store is made this way from now on
+            claim_identity(self.path, self.config, self.redoing)
+            self.claimed = True
         part = write_part(self._next_path(), rows, self.config)
         self.written.append(part)
         return part
@@ -214,14 +259,20 @@ class StoreWriter:
         # Part by part into the new file (built in memory up to IN_MEMORY_MAX, streamed to disk
         # above). The newest copy of a clip wins (parts sorted oldest first).
         owner: dict[str, tuple[int, int]] = {}
+        digests = set()
         for i, p in enumerate(parts):
             try:
                 with h5py.File(p, "r") as f:
                     names = _strings(f["names"][()])
-            except (OSError, KeyError) as e:
+                    digests.add(config_digest(json.loads(f.attrs["config"])))
+            except (OSError, KeyError, ValueError) as e:
                 raise unreadable_part(p, e) from None
             for row, n in enumerate(names):
                 owner[n] = (i, row)
+        if len(digests) > 1:  # never one file that claims one config for rows made two ways
+            FeatureStore(self.path).check_one_way()
+            raise KscliError(f"{self.path}: rank {self.rank}'s parts were made with other settings; "
+                             "`kscli features verify --move-aside` moves them aside")
         out = self._next_path()
         tmp = out.with_name(out.name + ".tmp")
         size = sum(_size(p) for p in parts)
@@ -312,12 +363,19 @@ def verify_store(path: Path, move_aside: bool = False, progress: bool = False
                 continue
             if why is not None and p.exists():
                 bad.append((p, why))
+        damaged = {p for p, _ in bad}
+        if not damaged:  # whole parts: are they all made the store's way?
+            bad += [(p, f"{MADE_OTHERWISE}: {why}") for p, _, why in FeatureStore(path).mismatched_parts()]
         if move_aside:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            for p, _ in bad:
-                os.rename(p, p.with_name(f"{p.name}.unreadable-{stamp}"))
+            for p, why in bad:
+                kind = "unreadable" if p in damaged else "mismatched"
+                os.rename(p, p.with_name(f"{p.name}.{kind}-{stamp}"))
             fsync_dir(path)
     return bad
+
+
+MADE_OTHERWISE = "made with other settings than the store"
 
 
 def _move_aside(path: Path) -> None:
@@ -334,24 +392,22 @@ def _move_aside(path: Path) -> None:
 
 
 def open_for_writing(path: Path, config: dict, rank: int, overwrite: bool = False,
-                     num_shards: int = 1) -> tuple[StoreWriter, FeatureStore]:
+                     num_shards: int = 1, redoing: tuple[str, ...] = ()) -> tuple[StoreWriter, FeatureStore]:
     """Take rank `rank` of the store at `path` for writing: refuse other settings (or, with
     `overwrite`, move the old store aside), lock the rank, and read what is already done.
-    The store is read after the lock, so a run that just finished is never redone."""
+    The store is read after the lock, so a run that just finished is never redone. `redoing`:
+    the other splits this run overwrites (their old settings do not count against it)."""
     old = FeatureStore(path)
-    if old.exists and overwrite:
+    if overwrite and (old.exists or (path / IDENTITY_FILE).exists()):
+        check_sibling_splits(path, config, redoing)  # before anything moves
         if num_shards > 1:
             raise KscliError(f"{path}: --overwrite refused: several shards would race to move it; when no "
                              "run writes it, move that folder away yourself, then rerun without --overwrite")
         _move_aside(path)
-    elif old.exists:
-        why = config_mismatch(old.config, config)
-        if why:
-            raise KscliError(f"{path}: the store was made with other settings ({why}); pass --tag NAME "
-                             "for a new store, or --overwrite to redo this one")
-    writer = StoreWriter(path, rank, config)
+    check_identity(path, config, redoing)  # before any decoding; claimed again with the first part
+    writer = StoreWriter(path, rank, config, redoing)
     try:
-        return writer, FeatureStore(path)
+        return writer, FeatureStore(path).check_one_way()
     except BaseException:
         writer.close()
         raise

@@ -7,6 +7,7 @@ re-exports its public names.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -16,9 +17,55 @@ import h5py
 import numpy as np
 
 from kscli.errors import KscliError
+from kscli.fileio import read_json
+from kscli.extract.backbone_base import random_weights
 from kscli.extract.lock import active_writers
 
 PART_RE = re.compile(r"^part-r(?P<rank>\d{3,})-s(?P<seq>\d{6,})\.h5$")
+IDENTITY_FILE = "store.json"
+
+# Everything in a store's config that shapes a feature. Rows made with any of these different
+# are not the same features, so a store holds one value of each (checked on every write and
+# read). `view` and `versions` are recorded too but may differ between parts.
+IDENTITY_KEYS = ("backbone", "sampling", "dtype", "precision", "resize_on", "clips", "import")
+
+
+def identity(config: dict) -> dict:
+    """The part of a store config that shapes its features (IDENTITY_KEYS). A model backbone is
+    known by its weights' digest, not by the folder or hub id they were read from (a moved or
+    re-downloaded copy of the same weights is the same backbone); imported features by their
+    source."""
+    out = {k: config.get(k) for k in IDENTITY_KEYS if config.get(k) is not None}
+    bb = out.get("backbone")
+    if isinstance(bb, dict) and bb.get("kind") != "official":
+        out["backbone"] = {k: v for k, v in bb.items() if k != "weights"}
+    return out
+
+
+def config_digest(config: dict) -> str:
+    """16 hex digits naming a store's identity: two stores with the same digest hold features
+    made the same way (what runs and submissions record)."""
+    text = json.dumps(identity(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def identity_difference(store: dict, new: dict, store_word: str = "in the store",
+                        new_word: str = "now") -> str | None:
+    """The first setting that differs between two store configs, as a phrase, or None."""
+    a, b = identity(store), identity(new)
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if x == y:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            sub = next(k for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k))
+            key, x, y = f"{key}.{sub}", x.get(sub), y.get(sub)
+        if x is None:
+            return f"{key} is not recorded {store_word} (made by an older kscli) but is {y!r} {new_word}"
+        if y is None:
+            return f"{key} is {x!r} {store_word} but not set {new_word}"
+        return f"{key} is {x!r} {store_word} but {y!r} {new_word}"
+    return None
 
 
 def _strings(values) -> list[str]:
@@ -75,25 +122,28 @@ class FeatureStore:
         self.parts = list_parts(self.path)
         self._index: dict[str, tuple[int, int]] = {}
         self._roles: dict[str, str] = {}
-        self._config: dict | None = None
+        self._part_configs: list[dict] = []
         self._shapes: list[tuple] = []
+        declared = self.path / IDENTITY_FILE
+        self.declared: dict | None = read_json(declared)["config"] if declared.is_file() else None
         for i, part in enumerate(self.parts):
             try:
                 with h5py.File(part, "r") as f:
                     names = _strings(f["names"][()])
                     roles = _strings(f["roles"][()])
                     self._shapes.append(f["features"].shape)
-                    if self._config is None:
-                        self._config = json.loads(f.attrs["config"])
+                    self._part_configs.append(json.loads(f.attrs["config"]))
             except FileNotFoundError:
                 raise
-            except (OSError, KeyError) as e:
+            except (OSError, KeyError, ValueError) as e:
                 if not part.exists():
                     raise FileNotFoundError(part) from None
                 raise unreadable_part(part, e) from None
             for row, (n, r) in enumerate(zip(names, roles)):
                 self._index[n] = (i, row)  # later parts win: they are the newest copy
                 self._roles[n] = r
+        first = self._part_configs[0] if self._part_configs else None
+        self._config = self.declared or first
 
     def __len__(self) -> int:
         return len(self._index)
@@ -114,6 +164,42 @@ class FeatureStore:
         if self._config is None:
             raise KscliError(f"{self.path}: no feature store here; run `kscli extract` first")
         return self._config
+
+    @property
+    def digest(self) -> str:
+        """The store's config digest (:func:`config_digest`)."""
+        return config_digest(self.config)
+
+    @property
+    def random_features(self) -> bool:
+        """Whether the features come from a randomly initialised test backbone (tiny-random)."""
+        return self._config is not None and random_weights(self._config.get("backbone") or {})
+
+    def mismatched_parts(self) -> list[tuple[Path, int, str]]:
+        """(part, rows, how it differs) for every part made otherwise than the store says (its
+        store.json; a store from before store.json: its oldest part)."""
+        out = []
+        for part, cfg, shape in zip(self.parts, self._part_configs, self._shapes):
+            why = identity_difference(self.config, cfg, "in the store", "in this part")
+            if why is None and shape[1:] != self._shapes[0][1:]:
+                why = f"its features are {shape[1:]} per clip, the store's {self._shapes[0][1:]}"
+            if why is not None:
+                out.append((part, int(shape[0]), why))
+        return out
+
+    def check_one_way(self, tag: str | None = None) -> "FeatureStore":
+        """Raise one line if the store mixes features made two ways (and say how to heal it);
+        return self otherwise."""
+        bad = self.mismatched_parts()
+        if bad:
+            rows = sum(n for _, n, _ in bad)
+            name = tag or self.path.parent.name
+            raise KscliError(f"{self.path}: this store mixes features made two ways: {rows} row(s) in "
+                             f"{len(bad)} part(s) differ from the store ({bad[0][2]}); heal it with "
+                             f"`kscli features verify --backbone {name} --split {self.path.name} --move-aside` "
+                             "(moves those parts aside), then rerun `kscli extract` with the store's "
+                             "settings to recompute their clips")
+        return self
 
     @property
     def feature_shape(self) -> tuple:
@@ -172,8 +258,10 @@ class FeatureStore:
         roles: dict[str, int] = {}
         for r in self._roles.values():
             roles[r] = roles.get(r, 0) + 1
+        mixed = [{"part": p.name, "rows": n, "difference": why} for p, n, why in self.mismatched_parts()]
         return {"path": str(self.path), "clips": len(self), "by_view": roles, "parts": len(self.parts),
                 "feature_shape": list(self.feature_shape), "failures": len(self.failures()),
                 "size_mb": round(sum(_size(p) for p in self.parts) / 2**20, 2),
                 "writing": {f"r{rank:03d}": who for rank, who in active_writers(self.path).items()},
-                "config": cfg}
+                "digest": self.digest, "random_features": self.random_features,
+                "mixed": mixed, "config": cfg}

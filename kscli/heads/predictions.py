@@ -13,7 +13,6 @@ annotation file's own key for a segment. Every file is validated before it is wr
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from kscli.data.labels import LabelMap
 from kscli.data.segments import Segment
 from kscli.errors import KscliError
-from kscli.fileio import atomic_write
+from kscli.fileio import atomic_write, read_json
 
 VERSION = "1.0"
 CHALLENGE = "egoexo4d_fine_grained_keystep_recognition"
@@ -101,10 +100,7 @@ def read_doc(path: str | Path) -> dict:
                 except (KeyError, TypeError, ValueError) as e:
                     raise KscliError(f"{path}: line {lineno}: bad row ({e})") from None
         return {"results": results}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise KscliError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    return read_json(path)
 
 
 def doc_scores(doc: dict, names: list[str], num_classes: int) -> np.ndarray:
