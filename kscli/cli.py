@@ -152,7 +152,7 @@ def backbones_cmd(name: Optional[str] = typer.Option(None, "--name", help="Show 
 
 
 @app.command("extract")
-def extract_cmd(backbone: str = typer.Option(..., help="Registered backbone name (see `kscli backbones`); tiny-random is a random test network."),
+def extract_cmd(backbone: Optional[str] = typer.Option(None, help="Registered backbone name, required (see `kscli backbones`); tiny-random is a random test network."),
                 weights: Optional[str] = typer.Option(None, help="HF hub id or local folder [default: the backbone's]."),
                 split: str = typer.Option("train,val,test", help="Comma-separated splits."),
                 view: str = typer.Option("all", help="ego, exo or all."),
@@ -189,15 +189,20 @@ def extract_cmd(backbone: str = typer.Option(..., help="Registered backbone name
         raise typer.Exit(1)
 
 
-def _store_folder(backbone: str | None, positional: str | None, work_dir) -> tuple[str, Path]:
-    """(name, folder) of a store. It is named by --backbone everywhere (train-head too);
-    `features info NAME` still works."""
-    from kscli.data.layout import DEFAULT_WORK_DIR
+def _store(backbone: str | None, positional: str | None, work_dir):
+    """(name, Layout) of the store a `features` command reads: named by --backbone everywhere
+    (train-head too); `features info NAME` still works. None named: one line listing them."""
+    from kscli.data.layout import Layout
 
-    if backbone is None and positional is None:
-        raise KscliError("which store? pass --backbone NAME (the backbone, or the --tag it was made with)")
+    layout = Layout.work_only(work_dir)
     tag = backbone or positional
-    return tag, Path(work_dir or DEFAULT_WORK_DIR) / "features" / tag
+    if tag is None:
+        names = layout.store_names()
+        there = f"stores in {layout.work_dir / 'features'}: {', '.join(names)}" if names else \
+            f"there is no store in {layout.work_dir / 'features'} yet"
+        raise KscliError(f"which store? pass --backbone NAME (the backbone, or the --tag it was made with); {there}")
+    layout.store_dir(tag)  # a plain name
+    return tag, layout
 
 
 @features_app.command("info")
@@ -206,34 +211,13 @@ def features_info_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, met
                       split: str = typer.Option("train,val,test", help="Comma-separated splits."),
                       as_json: bool = typer.Option(False, "--json", help="Print JSON."),
                       work_dir: Optional[Path] = WorkDir):
-    """Summarise feature stores: clips per view, shape, failures, size, config."""
+    """Summarise feature stores: clips per view, shape, failures, size, config, and whether they are made one way."""
     from kscli.data.layout import parse_splits
-    from kscli.extract.store import FeatureStore
+    from kscli.extract.store import format_info, store_infos
 
-    tag, root = _store_folder(backbone, tag, work_dir)
-    infos = []
-    for s in parse_splits(split):
-        store = FeatureStore(root / s)
-        if store.exists:
-            infos.append(store.info())
-    if not infos:
-        raise KscliError(f"{root}: no feature store for {split}; run `kscli extract --backbone {tag}` first")
-    if as_json:
-        _echo_json(infos)
-        return
-    for info in infos:
-        cfg = info["config"]
-        typer.echo(f"{info['path']}: {info['clips']} clips {info['by_view']}, features {info['feature_shape']} "
-                   f"{cfg.get('dtype')}, {info['parts']} part(s), {info['size_mb']} MB, "
-                   f"{info['failures']} failed clip(s)")
-        typer.echo(f"  backbone {cfg['backbone'].get('name')} ({cfg['backbone'].get('weights')}), "
-                   f"sampling {cfg['sampling']}, precision {cfg.get('precision')}")
-        if cfg["backbone"].get("kind") != "official":
-            from kscli.extract.processors import describe
-
-            typer.echo(f"  preprocessing: {describe(cfg['backbone'])}")
-        for rank, who in info["writing"].items():
-            typer.echo(f"  being written now: rank {rank} by {who}")
+    tag, layout = _store(backbone, tag, work_dir)
+    infos = store_infos(layout, tag, parse_splits(split))
+    typer.echo(json.dumps(infos, indent=1) if as_json else format_info(infos, tag))
 
 
 @features_app.command("verify")
@@ -241,27 +225,17 @@ def features_verify_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, m
                         backbone: Optional[str] = typer.Option(None, help="Store name: the backbone, or --tag of extract / import-features."),
                         split: str = typer.Option("train,val,test", help="Comma-separated splits."),
                         move_aside: bool = typer.Option(False, "--move-aside",
-                                                        help="Rename unreadable parts to *.unreadable-<time>, so a rerun of extract recomputes their clips."),
+                                                        help="Rename unreadable parts, and parts made otherwise than the store, to *.unreadable-<time> / *.mismatched-<time>, so a rerun of extract recomputes their clips."),
                         progress: bool = typer.Option(True, help="Show a progress bar."),
                         work_dir: Optional[Path] = WorkDir):
-    """Read every part of a store in full and list those that cannot be read (exit 1 if any stays)."""
+    """Read every part of a store in full; list those that cannot be read or were made otherwise (exit 1 if any stays)."""
     from kscli.data.layout import parse_splits
-    from kscli.extract.store import list_parts, verify_store
+    from kscli.extract.store import verify_stores
 
-    tag, root = _store_folder(backbone, tag, work_dir)
-    folders = [root / s for s in parse_splits(split) if (root / s).is_dir()]
-    if not folders:
-        raise KscliError(f"{root}: no feature store for {split}; run `kscli extract --backbone {tag}` first")
-    left = 0
-    for folder in folders:
-        parts = len(list_parts(folder))
-        bad = verify_store(folder, move_aside=move_aside, progress=progress)
-        typer.echo(f"{folder}: {parts - len(bad)} readable part(s)" + (f", {len(bad)} unreadable" if bad else ""))
-        for part, why in bad:
-            typer.echo(f"  {'moved aside' if move_aside else 'unreadable'}: {part.name} ({why})")
-        left += 0 if move_aside else len(bad)
+    tag, layout = _store(backbone, tag, work_dir)
+    text, left = verify_stores(layout, tag, parse_splits(split), move_aside=move_aside, progress=progress)
+    typer.echo(text)
     if left:
-        typer.echo(f"{left} unreadable part(s); rerun with --move-aside, then `kscli extract` recomputes their clips")
         raise typer.Exit(1)
 
 
@@ -308,9 +282,14 @@ def _floats(value: str, name: str) -> tuple[float, ...]:
     return out
 
 
+TRAINING_OPTIONS = ("head", "backbone", "epochs", "lrs", "wds", "label_smoothing", "class_balance", "select_on",
+                    "seed", "set_")
+
+
 @app.command("train-head")
-def train_head_cmd(head: str = typer.Option("linear", help="Which head: linear, mlp, distill, attentive, context (see `kscli heads`)."),
-                   backbone: str = typer.Option("tiny-random", help="Store name(s): a, or a,b to concatenate backbones."),
+def train_head_cmd(ctx: typer.Context,
+                   head: str = typer.Option("linear", help="Which head: linear, mlp, distill, attentive, context (see `kscli heads`)."),
+                   backbone: Optional[str] = typer.Option(None, help="Store name(s): a, or a,b to concatenate backbones (required)."),
                    epochs: Optional[int] = typer.Option(None, help="Epochs [default: enough steps for the data size]."),
                    lrs: Optional[str] = typer.Option(None, help="Learning-rate grid, e.g. 1e-3,3e-3 [default: the head's]."),
                    wds: Optional[str] = typer.Option(None, help="Weight-decay grid, e.g. 1e-4,0.05 [default: the head's]."),
@@ -320,20 +299,39 @@ def train_head_cmd(head: str = typer.Option("linear", help="Which head: linear, 
                    seed: int = typer.Option(0, help="Random seed (same seed, same result)."),
                    device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N."),
                    name: Optional[str] = typer.Option(None, help="Run folder name [default: head_backbone_time]."),
+                   from_run: Optional[str] = typer.Option(None, "--from", help="Retrain a run exactly as it was trained (its options and stores); only --name, --device and where things are may be given with it."),
                    progress: bool = typer.Option(True, help="Show what is being loaded and trained."),
                    set_: List[str] = typer.Option([], "--set", help="Any other option of the head, key=value (repeatable; `kscli heads --head NAME` lists them)."),
                    data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                    clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
     """Train a head on cached features (its lr x wd grid), score it on val, save a run."""
     from kscli.heads.base import config_for
-    from kscli.heads.run import parse_tags, train_run
+    from kscli.heads.run import parse_tags, rerun_config, train_run
 
-    flags = {"select_on": select_on, "seed": seed, "device": device, "epochs": epochs,
-             "label_smoothing": label_smoothing, "lrs": lrs and _floats(lrs, "--lrs"),
-             "weight_decays": wds and _floats(wds, "--wds"), "class_balance": class_balance or None}
-    cfg = config_for(head, sets=set_, **{k: v for k, v in flags.items() if v is not None})
+    def given(option: str) -> bool:  # on the command line (or from the environment), not a default
+        return getattr(ctx.get_parameter_source(option), "name", "DEFAULT") != "DEFAULT"
+
     layout = _layout(data_root, annotations_dir, clips_root, work_dir)
-    result = train_run(layout, parse_tags(backbone), cfg, name=name, progress=progress)
+    if from_run is not None:
+        extra = [o for o in TRAINING_OPTIONS if given(o)]
+        if extra:
+            raise KscliError(f"--from {from_run}: takes the head, its options and its stores from that run; drop "
+                             f"{', '.join('--' + o.rstrip('_').replace('_', '-') for o in extra)}")
+        cfg, tags = rerun_config(layout, from_run)
+        if given("device"):
+            cfg.device = device
+    else:
+        if backbone is None:
+            names = layout.store_names()
+            raise KscliError("--backbone: name the store(s) to train on" + (
+                f" (stores in {layout.work_dir / 'features'}: {', '.join(names)})" if names else
+                f"; there is no store in {layout.work_dir / 'features'}: run `kscli extract --backbone NAME` first"))
+        flags = {"select_on": select_on, "seed": seed, "device": device, "epochs": epochs,
+                 "label_smoothing": label_smoothing, "lrs": lrs and _floats(lrs, "--lrs"),
+                 "weight_decays": wds and _floats(wds, "--wds"), "class_balance": class_balance or None}
+        cfg = config_for(head, sets=set_, **{k: v for k, v in flags.items() if v is not None})
+        tags = parse_tags(backbone)
+    result = train_run(layout, tags, cfg, name=name, progress=progress)
     typer.echo(result.summary)
 
 
@@ -373,13 +371,16 @@ def submit_cmd(split: str = typer.Option("test", help="test (the challenge) or v
                data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
     """Predict every segment of a split from ego features alone and write the challenge file."""
+    from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING as RANDOM_FEATURES
     from kscli.heads.metrics import format_summary
     from kscli.heads.submit import submit
 
-    if split not in ("val", "test"):
-        raise KscliError(f"--split {split!r}: choose test or val")
     res = submit(_layout(data_root, annotations_dir, clips_root, work_dir), run or None, split, fmt, out)
+    if res.choice is not None:
+        typer.echo(res.choice.text())
     typer.echo(f"{res.split}: {res.segments} segments predicted by {len(res.runs)} run(s) -> {res.path}")
+    if res.random_features:
+        typer.echo(f"WARNING: this submission is built on {RANDOM_FEATURES}; do not submit it", err=True)
     if res.without_ego_feature:
         typer.echo(f"{len(res.without_ego_feature)} segment(s) had no ego feature: predicted with the training "
                    "prior, or from their take by a context head (listed under 'without_ego_feature'), e.g.:")
@@ -392,12 +393,11 @@ def submit_cmd(split: str = typer.Option("test", help="test (the challenge) or v
 @app.command("report")
 def report_cmd(run: str = typer.Argument(..., help="Run folder or name."), work_dir: Optional[Path] = WorkDir):
     """Draw a run's pictures (per scenario, confusions, by length, training curve) and a Markdown summary."""
-    from kscli.data.layout import DEFAULT_WORK_DIR, Layout
+    from kscli.data.layout import Layout
     from kscli.heads.report import write_report
     from kscli.heads.submit import resolve_run
 
-    layout = Layout(annotations_dir=Path("."), clips_root=Path("."), work_dir=Path(work_dir or DEFAULT_WORK_DIR))
-    path = write_report(resolve_run(layout, run))
+    path = write_report(resolve_run(Layout.work_only(work_dir), run))
     typer.echo(f"report: {path}")
 
 

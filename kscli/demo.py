@@ -67,14 +67,14 @@ def run_demo(root: Path, seed: int = 0, heads: tuple[str, ...] = DEMO_HEADS, wor
         runs[head] = run.path
     say("")
     say(results_table(result.results, runs, layout))
-    best = rank_runs(runs.values())[0][1]
-    head = next(h for h, r in runs.items() if r == best)
-    say(f"[5/5] test submission from the best head ({head}; ties go to the run name sorting first, as in "
-        "`kscli submit`)")
-    result.submission = submit(layout, [str(best)], "test")
+    ranked = [r.run for r in rank_runs(layout, runs.values()).ranked]
+    head = next(h for h, r in runs.items() if r == ranked[0])
+    say(f"[5/5] test submission from the best head ({head}: val top-1, ties to the run name sorting first, "
+        "as in `kscli submit`)")
+    result.submission = submit(layout, [str(ranked[0])], "test")
     say(f"  {result.submission.segments} test segments -> {result.submission.path}")
     say(NOTICE)
-    say(next_steps(layout, [r for _, r in rank_runs(runs.values())]))
+    say(next_steps(layout, ranked))
     return result
 
 

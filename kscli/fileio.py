@@ -68,16 +68,25 @@ def commit(tmp: Path, path: Path) -> Path:
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """``write(tmp)`` writes the whole file to the tmp path it is given; then it is committed."""
+    """``write(tmp)`` writes the whole file to the tmp path it is given; then it is committed.
+    A failed write (full disk, quota, read-only folder) leaves nothing and is one KscliError
+    naming the file and what to do."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         return commit(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise KscliError(os_error_line(e, path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

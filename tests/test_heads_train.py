@@ -269,6 +269,8 @@ def test_checkpoint_rebuilds_from_itself(data, head):
                                .mean(1).mean(0), rtol=1e-4)
     np.testing.assert_array_equal(ckpt["prior"], res.head.prior)
     with pytest.raises(KscliError, match="does not fit"):
+        load_head({**ckpt, "num_classes": C + 1, "prior": [1 / (C + 1)] * (C + 1)})
+    with pytest.raises(KscliError, match=f"its class prior is not {C + 1} finite non-negative numbers"):
         load_head({**ckpt, "num_classes": C + 1})
 
 

@@ -217,14 +217,14 @@ def test_a_damaged_part_is_named_listed_and_moved_aside_for_a_rerun(sample_root,
     assert "features verify --move-aside" in info.stderr
     verify = ["features", "verify", "--backbone", "tiny-random", "--work-dir", work, "--split", "val"]
     v = run_kscli(*verify, check=False)
-    assert v.returncode == 1 and f"unreadable: {part.name}" in v.stdout and "0 readable part(s), 1 unreadable" in v.stdout
+    assert v.returncode == 1 and f"unreadable: {part.name}" in v.stdout and "0 good part(s), 1 unreadable" in v.stdout
     v = run_kscli(*verify, "--move-aside")
     assert f"moved aside: {part.name}" in v.stdout and not part.exists()
     assert list(folder.glob(f"{part.name}.unreadable-*"))  # kept for a look, out of the store
     again = run_kscli(*args)
     assert f"extracted {len(names)}, skipped 0" in again.stdout
     assert sorted(FeatureStore(folder).names) == names
-    assert "1 readable part(s)" in run_kscli(*verify).stdout
+    assert "1 good part(s)" in run_kscli(*verify).stdout
 
 
 def _reasons(paths):

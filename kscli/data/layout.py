@@ -34,8 +34,8 @@ def _setting(value, env: str) -> Path | None:
 class Layout:
     """Resolved paths of one download and one work folder."""
 
-    annotations_dir: Path
-    clips_root: Path
+    annotations_dir: Path | None  # None: a layout of the work folder alone (Layout.work_only)
+    clips_root: Path | None
     work_dir: Path
     data_root: Path | None = None
     part: str = DEFAULT_PART
@@ -63,15 +63,34 @@ class Layout:
         work = _setting(work_dir, ENV_WORK_DIR) or Path(DEFAULT_WORK_DIR)
         return cls(annotations_dir=ann, clips_root=clips, work_dir=work, data_root=root, part=part)
 
+    @classmethod
+    def work_only(cls, work_dir=None) -> "Layout":
+        """Just the work folder (for commands that read only what kscli wrote: features info,
+        report); asking it for the download is one line saying to pass --data-root."""
+        return cls(annotations_dir=None, clips_root=None,
+                   work_dir=_setting(work_dir, ENV_WORK_DIR) or Path(DEFAULT_WORK_DIR))
+
+    def _download(self, path: Path | None) -> Path:
+        if path is None:
+            raise KscliError(f"where is the download? pass --data-root OUT or set {ENV_DATA_ROOT}")
+        return path
+
     @property
     def label_mapping_path(self) -> Path:
-        return self.annotations_dir / "label_mapping.csv"
+        return self._download(self.annotations_dir) / "label_mapping.csv"
 
     def annotation_path(self, split: str) -> Path:
-        return self.annotations_dir / ANNOTATION_FILES[split]
+        return self._download(self.annotations_dir) / ANNOTATION_FILES[split]
 
     def clip_path(self, clip_name: str) -> Path:
-        return self.clips_root / clip_name
+        return self._download(self.clips_root) / clip_name
+
+    def store_names(self) -> list[str]:
+        """The feature stores under the work folder (folders of features/ holding a split)."""
+        root = self.work_dir / "features"
+        if not root.is_dir():
+            return []
+        return sorted(d.name for d in root.iterdir() if d.is_dir() and any((d / s).is_dir() for s in SPLITS))
 
     # Where each stage writes, all under the work folder; names are checked to stay under it.
     def store_dir(self, tag: str) -> Path:

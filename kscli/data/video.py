@@ -13,6 +13,7 @@ opens its own) and one decode at a time per process hold the redirect (a lock).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -99,7 +100,10 @@ def read_frames(path, choose=None):
             n = len(vr)
             if n < 1:
                 raise VideoError("clip has no frames")
-            fps = float(vr.get_avg_fps()) or 30.0
+            fps = float(vr.get_avg_fps())
+            if not math.isfinite(fps) or fps <= 0:  # frame times would be made up: a failure, not a guess
+                raise VideoError(f"the clip has no usable frame rate (its container says {fps:g}); "
+                                 "re-encode it with a frame rate")
             frames = vr.get_batch(list(choose(n))).asnumpy() if choose is not None else None
         except VideoError:
             raise

@@ -8,6 +8,7 @@ checkpoint's preprocessor config (mean / std, crop size).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from kscli.errors import KscliError
+from kscli.fileio import read_json
 from kscli.extract.backbone_base import _Registration, _triple
 
 PREPROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json")
@@ -179,7 +181,10 @@ def _hub_offline() -> bool:
 
 
 def _read_preprocessor_config(src: str, local: bool, use_network: bool = False) -> dict:
-    """The first of preprocessor_config.json / video_preprocessor_config.json found, or {}. Never raises.
+    """The first of preprocessor_config.json / video_preprocessor_config.json found, or {} when
+    there is none. One that is there but cannot be read (not JSON, not an object) is an error:
+    the model's own preprocessing is what it says, and a silent default would be recorded as if
+    it were the model's.
 
     For a hub id: the local cache only, unless ``use_network`` (the model itself came over the network).
     """
@@ -204,25 +209,28 @@ def _read_preprocessor_config(src: str, local: bool, use_network: bool = False) 
             except Exception:
                 path = None
         if path:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    d = json.load(f)
-                if isinstance(d, dict):
-                    return d
-            except (OSError, ValueError):
-                continue
+            d = read_json(path, "the weights' processor config")
+            if not isinstance(d, dict):
+                raise KscliError(f"{path}: the weights' processor config is not a JSON object; fix or remove it "
+                                 "(without it the model family's default preprocessing is used)")
+            return d
     return {}
 
 
 def _mean_std(pp: dict, reg: _Registration) -> tuple[tuple, tuple]:
+    """The processor config's image_mean / image_std (the registry's where it says none); a
+    value that is not 3 numbers (std > 0) is one line, never replaced by a default."""
     mean, std = reg.mean, reg.std
     try:
         if pp.get("image_mean") is not None:
             mean = _triple(pp["image_mean"], "image_mean")
         if pp.get("image_std") is not None:
             std = _triple(pp["image_std"], "image_std")
-    except (ValueError, TypeError):
-        mean, std = reg.mean, reg.std
+    except (ValueError, TypeError) as e:
+        raise KscliError(f"the weights' processor config: {e}; fix image_mean / image_std there") from None
+    if not all(math.isfinite(v) for v in (*mean, *std)) or min(std) <= 0:
+        raise KscliError(f"the weights' processor config: image_mean {list(mean)} / image_std {list(std)} must be "
+                         "finite, with std > 0")
     return mean, std
 
 

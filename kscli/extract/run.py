@@ -77,7 +77,8 @@ class ExtractConfig:
     def check(self) -> None:
         """One line for the first bad value."""
         if not isinstance(self.backbone, str) or not self.backbone.strip():
-            raise KscliError("--backbone: name the backbone to extract with (see `kscli backbones`)")
+            raise KscliError("--backbone: name the backbone to extract with (`kscli backbones` lists them; "
+                             "tiny-random is a random network for tests)")
         self.splits = tuple(parse_splits(self.splits))
         for name, value, allowed in (("--view", self.view, VIEWS), ("--precision", self.precision, PRECISIONS),
                                      ("--resize-on", self.resize_on, RESIZE_PLACES), ("--crop", self.crop, CROPS),

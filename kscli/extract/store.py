@@ -468,3 +468,70 @@ class PartWriterThread:
             self.queue.put(None)
             self.thread.join()
         self._raise()
+
+
+# ----------------------------------------------------------------------------- what the CLI shows
+def store_infos(layout, tag: str, splits: list[str]) -> list[dict]:
+    """`FeatureStore.info()` of each split of store `tag` that exists; one line if none does."""
+    infos = [FeatureStore(layout.features_dir(tag, s)).info() for s in splits
+             if FeatureStore(layout.features_dir(tag, s)).exists]
+    if not infos:
+        raise KscliError(f"{layout.store_dir(tag)}: no feature store for {','.join(splits)}; run "
+                         f"`kscli extract --backbone {tag}` first")
+    return infos
+
+
+def format_info(infos: list[dict], tag: str) -> str:
+    """What `kscli features info` prints: per split, what is there, how it was made, and any
+    reason not to trust it (random features, parts made otherwise)."""
+    from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING
+    from kscli.extract.processors import describe
+
+    lines = []
+    for info in infos:
+        cfg = info["config"]
+        bb = cfg["backbone"]
+        lines.append(f"{info['path']}: {info['clips']} clips {info['by_view']}, features {info['feature_shape']} "
+                     f"{cfg.get('dtype')}, {info['parts']} part(s), {info['size_mb']} MB, "
+                     f"{info['failures']} failed clip(s)")
+        lines.append(f"  backbone {bb.get('name')} ({bb.get('weights')}), sampling {cfg['sampling']}, "
+                     f"precision {cfg.get('precision')}, resize on {cfg.get('resize_on')}, clips {cfg.get('clips')}")
+        if bb.get("kind") != "official":
+            lines.append(f"  preprocessing: {describe(bb)}")
+        lines.append(f"  config digest {info['digest']}" + (f", weights digest {bb['weights_digest']}"
+                                                            if bb.get("weights_digest") else ""))
+        if info["random_features"]:
+            lines.append(f"  WARNING: {RANDOM_FEATURES_WARNING}")
+        if info["mixed"]:
+            rows = sum(m["rows"] for m in info["mixed"])
+            split = Path(info["path"]).name
+            lines.append(f"  MIXED: {rows} row(s) in {len(info['mixed'])} part(s) were made otherwise than the store "
+                         f"(e.g. {info['mixed'][0]['part']}: {info['mixed'][0]['difference']}); heal it with "
+                         f"`kscli features verify --backbone {tag} --split {split} --move-aside`, then rerun "
+                         "`kscli extract` with the store's settings")
+        for rank, who in info["writing"].items():
+            lines.append(f"  being written now: rank {rank} by {who}")
+    return "\n".join(lines)
+
+
+def verify_stores(layout, tag: str, splits: list[str], move_aside: bool = False,
+                  progress: bool = False) -> tuple[str, int]:
+    """`kscli features verify`: (the report, how many bad parts stay in the store)."""
+    folders = [layout.features_dir(tag, s) for s in splits if layout.features_dir(tag, s).is_dir()]
+    if not folders:
+        raise KscliError(f"{layout.store_dir(tag)}: no feature store for {','.join(splits)}; run "
+                         f"`kscli extract --backbone {tag}` first")
+    lines, left = [], 0
+    for folder in folders:
+        parts = len(list_parts(folder))
+        bad = verify_store(folder, move_aside=move_aside, progress=progress)
+        kinds = ["made otherwise" if why.startswith(MADE_OTHERWISE) else "unreadable" for _, why in bad]
+        counts = "".join(f", {kinds.count(k)} {k}" for k in ("unreadable", "made otherwise") if k in kinds)
+        lines.append(f"{folder}: {parts - len(bad)} good part(s){counts}")
+        for (part, why), kind in zip(bad, kinds):
+            lines.append(f"  {'moved aside' if move_aside else kind}: {part.name} ({why})")
+        left += 0 if move_aside else len(bad)
+    if left:
+        lines.append(f"{left} bad part(s); rerun with --move-aside, then `kscli extract` (with the store's settings) "
+                     "recomputes their clips")
+    return "\n".join(lines), left

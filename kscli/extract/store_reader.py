@@ -142,8 +142,18 @@ class FeatureStore:
             for row, (n, r) in enumerate(zip(names, roles)):
                 self._index[n] = (i, row)  # later parts win: they are the newest copy
                 self._roles[n] = r
-        first = self._part_configs[0] if self._part_configs else None
-        self._config = self.declared or first
+        self._config = self.declared or self._most_rows_config()
+
+    def _most_rows_config(self) -> dict | None:
+        """A store from before store.json: the config most of its rows were made with (ties: the
+        oldest part's), so healing a mixed one moves the fewest rows aside."""
+        rows: dict[str, int] = {}
+        first: dict[str, dict] = {}
+        for cfg, shape in zip(self._part_configs, self._shapes):
+            d = config_digest(cfg)
+            rows[d] = rows.get(d, 0) + int(shape[0])
+            first.setdefault(d, cfg)
+        return first[max(first, key=lambda d: rows[d])] if first else None
 
     def __len__(self) -> int:
         return len(self._index)
@@ -177,12 +187,14 @@ class FeatureStore:
 
     def mismatched_parts(self) -> list[tuple[Path, int, str]]:
         """(part, rows, how it differs) for every part made otherwise than the store says (its
-        store.json; a store from before store.json: its oldest part)."""
+        store.json; a store from before store.json: the config of most of its rows)."""
         out = []
+        ref = next((sh for cfg, sh in zip(self._part_configs, self._shapes)
+                    if identity_difference(self.config, cfg) is None), self._shapes[0] if self._shapes else ())
         for part, cfg, shape in zip(self.parts, self._part_configs, self._shapes):
             why = identity_difference(self.config, cfg, "in the store", "in this part")
-            if why is None and shape[1:] != self._shapes[0][1:]:
-                why = f"its features are {shape[1:]} per clip, the store's {self._shapes[0][1:]}"
+            if why is None and shape[1:] != ref[1:]:
+                why = f"its features are {shape[1:]} per clip, the store's {ref[1:]}"
             if why is not None:
                 out.append((part, int(shape[0]), why))
         return out

@@ -214,15 +214,26 @@ class Head:
     def build_model(self, model_cfg: dict) -> torch.nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def parameter_count(self, train) -> int:
+        """Numbers in one trained model (parameters and buffers) for `train`'s features, counted
+        on the meta device: nothing is allocated, however large the options ask it to be."""
+        exo_dim = int(train.exo.shape[-1]) if train.has_exo() else 0
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):
+            model = self.build_model({**self.cfg.model_cfg(), "exo_dim": exo_dim})
+        return sum(t.numel() for t in model.state_dict().values())
+
     def state(self) -> dict:
-        """The checkpoint dict: plain tensors and JSON-able values (torch.load(weights_only))."""
+        """The checkpoint dict: plain tensors and JSON-able values (torch.load(weights_only)).
+        A model with a non-finite weight or statistic is refused: it would predict garbage."""
         if self.model is None:
             raise KscliError(f"head {self.name!r} has no trained model to save")
-        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "head": self.name,
+        ckpt = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "head": self.name,
                 "in_dim": self.in_dim, "num_classes": self.num_classes,
                 "cfg": plain(self.model.cfg), "prior": self.prior.tolist(),
                 "state_dict": {k: v.detach().cpu().clone()
                                for k, v in self.model.state_dict().items()}}
+        check_checkpoint(ckpt, f"the trained {self.name} head")
+        return ckpt
 
     @classmethod
     def from_state(cls, ckpt: dict) -> "Head":
@@ -234,8 +245,12 @@ class Head:
         head = cls(cls.Config(), int(ckpt["in_dim"]), int(ckpt["num_classes"]),
                    prior=ckpt.get("prior"))
         model_cfg = {**head.cfg.model_cfg(), **dict(ckpt["cfg"])}
-        with torch.random.fork_rng(devices=[]):  # the throw-away init leaves the caller's RNG
-            model = head.build_model(model_cfg)
+        try:
+            with torch.random.fork_rng(devices=[]):  # the throw-away init leaves the caller's RNG
+                model = head.build_model(model_cfg)
+        except (TypeError, ValueError, KeyError) as e:
+            raise KscliError(f"head checkpoint: its cfg {model_cfg} does not build a {cls.name!r} head "
+                             f"({type(e).__name__}: {e}); the file is damaged or not from kscli: retrain") from None
         try:
             model.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as e:
@@ -246,19 +261,50 @@ class Head:
         return head
 
 
-def check_checkpoint(ckpt: dict) -> None:
-    """One clear error for a dict that is not a kscli head checkpoint this version can read."""
+_FIELD_KINDS = {"head": (str, "text"), "in_dim": (int, "an integer"), "num_classes": (int, "an integer"),
+                "cfg": (dict, "a dict"), "state_dict": (dict, "a dict of tensors"),
+                "version": (int, "an integer"), "prior": (list, "a list of numbers"),
+                "tags": (list, "a list of store names"), "labels": (list, "a list of label rows")}
+
+
+def check_checkpoint(ckpt: dict, where: str = "head checkpoint") -> None:
+    """One clear error for a dict that is not a kscli head checkpoint this version can read, or
+    whose numbers could not give finite predictions (a NaN or infinite weight, a std of 0)."""
     if not isinstance(ckpt, dict):
-        raise KscliError("not a kscli head checkpoint (expected a dict)")
+        raise KscliError(f"{where}: not a kscli head checkpoint (expected a dict)")
     fmt = ckpt.get("format", CHECKPOINT_FORMAT)
     if fmt != CHECKPOINT_FORMAT:
-        raise KscliError(f"checkpoint format is {fmt!r}, expected {CHECKPOINT_FORMAT!r}")
+        raise KscliError(f"{where}: checkpoint format is {fmt!r}, expected {CHECKPOINT_FORMAT!r}")
     for key in ("head", "in_dim", "num_classes", "cfg", "state_dict"):
         if key not in ckpt:
-            raise KscliError(f"head checkpoint has no {key!r}: not a kscli head checkpoint")
+            raise KscliError(f"{where} has no {key!r}: not a kscli head checkpoint")
+    for key, (kind, words) in _FIELD_KINDS.items():
+        value = ckpt.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise KscliError(f"{where}: field {key!r} is {type(value).__name__} {str(value)[:40]!r}, expected "
+                             f"{words}; the file is damaged or not from kscli: retrain")
     if int(ckpt.get("version", CHECKPOINT_VERSION)) > CHECKPOINT_VERSION:
-        raise KscliError(f"head checkpoint version {ckpt['version']} is newer than this kscli "
+        raise KscliError(f"{where}: checkpoint version {ckpt['version']} is newer than this kscli "
                          f"understands ({CHECKPOINT_VERSION}); upgrade kscli")
+    if ckpt["in_dim"] < 1 or ckpt["num_classes"] < 2:
+        raise KscliError(f"{where}: in_dim {ckpt['in_dim']} / num_classes {ckpt['num_classes']} are not a "
+                         "head's; the file is damaged: retrain")
+    for name, t in ckpt["state_dict"].items():
+        if not isinstance(t, torch.Tensor):
+            raise KscliError(f"{where}: state_dict[{name!r}] is not a tensor; the file is damaged: retrain")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise KscliError(f"{where}: {name} holds NaN or infinite values (a diverged training?); it "
+                             "would predict garbage: retrain with a smaller learning rate")
+        if name.rsplit(".", 1)[-1].endswith("_std") and t.is_floating_point() and bool((t <= 0).any()):
+            raise KscliError(f"{where}: {name} has a standard deviation <= 0 (features would be divided "
+                             "by it); the file is damaged: retrain")
+    prior = ckpt.get("prior")
+    if prior is not None:
+        p = np.asarray(prior, dtype=np.float64) if all(isinstance(v, (int, float)) for v in prior) else None
+        if p is None or p.shape != (ckpt["num_classes"],) or not np.isfinite(p).all() or (p < 0).any() \
+                or p.sum() <= 0:
+            raise KscliError(f"{where}: its class prior is not {ckpt['num_classes']} finite non-negative "
+                             "numbers; the file is damaged: retrain")
 
 
 def load_head(ckpt: dict) -> Head:

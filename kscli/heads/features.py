@@ -13,7 +13,7 @@ import numpy as np
 
 from kscli.data.layout import Benchmark
 from kscli.errors import KscliError
-from kscli.extract.store import FeatureStore
+from kscli.extract.store import FeatureStore, identity_difference
 from kscli.heads.featureset import FeatureSet
 
 
@@ -30,6 +30,8 @@ class Assembly:
     exo_missing: int = 0  # exo clips named but without (finite) features
     nonfinite: list[str] = field(default_factory=list)  # clips whose stored feature has NaN/inf
     store_configs: dict = field(default_factory=dict)
+    store_digests: dict = field(default_factory=dict)  # tag -> config digest of the store read
+    random_features: bool = False  # a store holds features of a randomly initialised test network
     kept_missing: bool = False  # segments without ego are rows (zeros) instead of left out
 
     def line(self) -> str:
@@ -46,13 +48,30 @@ class Assembly:
         return s
 
 
-def open_stores(bench: Benchmark, tags: list[str], split: str) -> list[FeatureStore]:
+def store_digest(layout, tag: str, split: str) -> str | None:
+    """The config digest of store `tag`'s split (None when it has no features)."""
+    store = FeatureStore(layout.features_dir(tag, split))
+    return store.digest if store.exists else None
+
+
+def open_stores(bench: Benchmark, tags: list[str], split: str, made_like: dict | None = None
+                ) -> list[FeatureStore]:
+    """The stores of `tags` for `split`, each made one way; with `made_like` ({tag: store
+    config}, e.g. what a run trained on), each made exactly that way too."""
     stores = []
     for tag in tags:
         store = FeatureStore(bench.layout.features_dir(tag, split))
         if not store.exists:
             raise KscliError(f"{store.path}: no features for split '{split}' of backbone '{tag}'; run "
                              f"`kscli extract --backbone {tag} --split {split}` first")
+        store.check_one_way(tag)
+        if made_like is not None and tag in made_like:
+            why = identity_difference(made_like[tag], store.config, "in the features the head trained on",
+                                      f"in the {split} store")
+            if why:
+                raise KscliError(f"{store.path}: these features were made otherwise than those the head "
+                                 f"trained on ({why}); a head only reads features made its way: extract "
+                                 f"{split} with the settings of the train store, or retrain")
         stores.append(store)
     shapes = {s.feature_shape[:-1] for s in stores}
     if len(shapes) > 1:
@@ -71,16 +90,20 @@ def _finite_rows(feats: np.ndarray) -> np.ndarray:
 
 
 def load_feature_set(bench: Benchmark, split: str, tags: list[str], with_exo: bool = True,
-                     keep_missing: bool = False) -> tuple[FeatureSet, Assembly]:
+                     keep_missing: bool = False, made_like: dict | None = None
+                     ) -> tuple[FeatureSet, Assembly]:
     """The FeatureSet of one split from the stores `tags` (joined along features).
 
     `keep_missing=False` leaves out segments without an ego feature (training, scoring);
     the names left out are in the Assembly. Exo views fill slots in camera order with a mask.
+    `made_like` ({tag: store config}): refuse stores made otherwise (see :func:`open_stores`).
     """
-    stores = open_stores(bench, tags, split)
+    stores = open_stores(bench, tags, split, made_like)
     segments = bench.segments(split)
     asm = Assembly(split, list(tags), segments=len(segments),
-                   store_configs={t: s.config for t, s in zip(tags, stores)})
+                   store_configs={t: s.config for t, s in zip(tags, stores)},
+                   store_digests={t: s.digest for t, s in zip(tags, stores)},
+                   random_features=any(s.random_features for s in stores))
     asm.kept_missing = keep_missing
     has = [all(seg.ego.name in s for s in stores) for seg in segments]
     stored = [i for i, ok in enumerate(has) if ok]

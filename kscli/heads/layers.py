@@ -32,19 +32,20 @@ from kscli.errors import KscliError
 # ----------------------------------------------------------------------------- building blocks
 def stacked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0,
                           class_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy per member. logits (G, B, C), y (B,) -> (G,).
+    """Cross-entropy per member. logits (G, B, C), y (B,) -> (G,): member g's value is
+    `F.cross_entropy(logits[g], y, label_smoothing=..., weight=class_weight)` (reduction
+    'mean'), computed by torch for all members at once.
 
-    Label smoothing as torch's: (1-e) * NLL + e * mean over classes of -log p. With class
-    weights each sample counts w[y] and the loss is normalised by the sum of weights."""
-    G, B, _ = logits.shape
-    logp = logits.log_softmax(-1)
-    loss = -logp.gather(-1, y.view(1, B, 1).expand(G, B, 1)).squeeze(-1)
-    if label_smoothing > 0:
-        loss = (1.0 - label_smoothing) * loss - label_smoothing * logp.mean(-1)
-    if class_weight is not None:
-        w = class_weight[y]
-        return (loss * w).sum(1) / w.sum().clamp_min(1e-12)
-    return loss.mean(1)
+    With class weights w, sample i's loss is w[y_i] (1-e) (-log p_{y_i}) + e/C sum_c w[c]
+    (-log p_c) (torch weighs the smoothing term by each class's own weight) and the member's
+    loss is the sum over the batch divided by sum_i w[y_i], as torch's 'mean' does; a batch
+    whose labels all weigh 0 gives 0 (torch: NaN)."""
+    G, B, C = logits.shape
+    per = F.cross_entropy(logits.reshape(G * B, C), y.repeat(G), weight=class_weight,
+                          label_smoothing=label_smoothing, reduction="none").view(G, B)
+    if class_weight is None:
+        return per.mean(1)
+    return per.sum(1) / class_weight[y].sum().clamp_min(1e-12)
 
 
 def trunc_normal(shape, std: float) -> torch.Tensor:

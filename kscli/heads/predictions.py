@@ -13,6 +13,7 @@ annotation file's own key for a segment. Every file is validated before it is wr
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,13 @@ TOP_K = 5
 
 def predictions_doc(names: list[str], probs: np.ndarray, split: str, labels: np.ndarray | None = None,
                     extra: dict | None = None) -> dict:
-    """The prediction document for `names` from class probabilities (N, C)."""
+    """The prediction document for `names` from class probabilities (N, C), which must be finite
+    (a NaN would rank its class first and be written as invalid JSON)."""
+    bad = ~np.isfinite(probs).all(1)
+    if bad.any():
+        raise KscliError(f"{split} predictions: {int(bad.sum())} of {len(probs)} segments got NaN or infinite "
+                         f"scores (e.g. {names[int(np.flatnonzero(bad)[0])]}); nothing was written: the head or "
+                         "its features are broken (retrain; `kscli features verify` checks the stores)")
     k = min(TOP_K, probs.shape[1])
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     results = []
@@ -60,11 +67,18 @@ def validate_doc(doc: dict, segments: list[Segment], label_map: LabelMap, where:
         if name in seen:
             raise KscliError(f"{where}: results[{i}]: segment {name!r} is predicted twice")
         seen.add(name)
-        ids = [r.get("label_id")] + [t.get("label_id") if isinstance(t, dict) else None for t in r.get("top5", [])]
+        top = r.get("top5", [])
+        if not isinstance(top, list):
+            raise KscliError(f"{where}: results[{i}] ({name}): 'top5' is not a list")
+        ids = [r.get("label_id")] + [t.get("label_id") if isinstance(t, dict) else None for t in top]
         for lid in ids:
             if not isinstance(lid, int) or isinstance(lid, bool) or lid not in label_map:
                 raise KscliError(f"{where}: results[{i}] ({name}): label_id {lid!r} is not in the label "
                                  f"mapping (0..{label_map.num_classes - 1})")
+        for t in top:
+            score = t.get("score")
+            if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
+                raise KscliError(f"{where}: results[{i}] ({name}): score {score!r} is not a finite number")
     missing = expected - seen
     if missing:
         raise KscliError(f"{where}: {len(missing)} segment(s) of the split have no prediction, "

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from kscli.data.segments import CLIP_NAME_RE
 from kscli.errors import KscliError
-from kscli.fileio import atomic_write, write_text_atomic
+from kscli.fileio import atomic_write, read_json, write_text_atomic
 from kscli.heads.run import load_checkpoint
 
 LENGTH_BINS = (0, 1, 2, 5, 10, 20, 60, float("inf"))
@@ -121,6 +120,28 @@ def _teacher_rows(t: dict) -> list[str]:
             f"{t['val_top1']:.2f}% (student on the same segments: {t['student_val_top1']:.2f}%) |"]
 
 
+def _history_rows(doc, path: Path, member: int) -> list[dict]:
+    """history.json's per-epoch rows, checked to be what the training curve reads (a
+    hand-edited file is one line naming it)."""
+    rows = doc.get("history") if isinstance(doc, dict) else None
+
+    def number(v):
+        if isinstance(v, list):
+            if not isinstance(member, int) or not 0 <= member < len(v):
+                return False
+            v = v[member]
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    ok = isinstance(rows, list) and all(
+        isinstance(r, dict) and isinstance(r.get("epoch"), int) and "train_loss" in r
+        and all(number(r[k]) for k in ("train_loss", "select_top1", "teacher_select_top1") if k in r)
+        for r in rows) if rows is not None else False
+    if not ok:
+        raise KscliError(f"{path}: not a history train-head wrote (a list of epochs, each with its epoch and "
+                         f"per-member train_loss / select_top1 for member {member}); restore it or rerun the run")
+    return rows
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Draw the run's pictures and write report.md next to them; returns the Markdown path."""
     run_dir = Path(run_dir)
@@ -129,22 +150,29 @@ def write_report(run_dir: str | Path) -> Path:
         raise KscliError(f"{run_dir}: no metrics.json; pass a run folder made by `kscli train-head`")
     if not preds_path.is_file():
         raise KscliError(f"{run_dir}: no predictions_val.json (the run had no val features); extract val and retrain")
-    metrics = json.loads(metrics_path.read_text())
-    preds = json.loads(preds_path.read_text())["results"]
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else {}
-    names = [k["step_name"] for k in load_checkpoint(run_dir)["labels"]]
+    metrics = read_json(metrics_path)
+    preds = read_json(preds_path)
+    history_path = run_dir / "history.json"
+    history = read_json(history_path) if history_path.is_file() else {"history": []}
+    ckpt = load_checkpoint(run_dir)
+    try:
+        names = [k["step_name"] for k in ckpt["labels"]]
+        val, sel = metrics["val"], metrics.get("selection", {})
+        float(val["top1"]), float(val["top5"]), float(val["mean_class_acc"]), int(val["n"])
+        preds = preds["results"]
+        y = np.array([p["true_label_id"] for p in preds], dtype=np.int64)
+        yhat = np.array([p["label_id"] for p in preds], dtype=np.int64)
+        dur = np.array([_duration(p["ego_segment_name"]) for p in preds])
+    except (KeyError, TypeError, ValueError) as e:
+        raise KscliError(f"{run_dir}: metrics.json or predictions_val.json is not as train-head wrote it "
+                         f"({type(e).__name__}: {e}); rerun `kscli train-head` for a fresh run folder") from None
+    steps = _history_rows(history, history_path, sel.get("member", 0))
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    val = metrics["val"]
-    y = np.array([p["true_label_id"] for p in preds])
-    yhat = np.array([p["label_id"] for p in preds])
-    dur = np.array([_duration(p["ego_segment_name"]) for p in preds])
-    sel = metrics.get("selection", {})
     _save(plot_per_scenario(val), out / "per_scenario.png")
     _save(plot_confusions(y, yhat, names), out / "confusions.png")
     _save(plot_by_length(y, yhat, dur), out / "by_length.png")
-    _save(plot_training_curve(history.get("history", []), sel.get("member", 0), sel.get("on", "holdout")),
-          out / "training_curve.png")
+    _save(plot_training_curve(steps, sel.get("member", 0), sel.get("on", "holdout")), out / "training_curve.png")
     md = [f"# Run {run_dir.name}", "",
           f"Head `{metrics['head']}` on `{'+'.join(metrics['backbones'])}`, selected on {sel.get('on')} "
           f"(lr {sel.get('lr')}, wd {sel.get('wd')}).", "",

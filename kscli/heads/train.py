@@ -15,12 +15,16 @@
          teacher's top-1, for heads with an ego + exo teacher) go into the history.
       5. selection: the member with the best selection top-1 after its last epoch; ties go to
          the lower NLL, then to the earlier member. It is the member fit on train minus the
-         holdout (no refit), and becomes head.model.
+         holdout (no refit), and becomes head.model. A member whose training loss or selection
+         NLL became NaN or infinite has diverged: it is never selected (a note names it), and
+         when every member diverged training stops with one line suggesting smaller learning
+         rates.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,7 +165,8 @@ def fit(head: Head, train: FeatureSet, val: FeatureSet | None = None,
     threads = cfg.num_threads
     if threads is None and head.small_steps(train, fit_rows, len(chunks[0])):
         threads = 1
-    with torch_threads(threads), seeded(cfg.seed, dev):
+    check_memory(head, train, len(chunks[0]), dev)
+    with torch_threads(threads), seeded(cfg.seed, dev), _one_line_when_out_of_memory(head):
         info = head.prepare(train, fit_rows, select, len(chunks[0]), notes)
         if info["n_select"] == 0:
             where = "val" if cfg.select_on == "val" else "the holdout of train"
@@ -183,10 +188,20 @@ def fit(head: Head, train: FeatureSet, val: FeatureSet | None = None,
                 curves.add(chunk, ep, loss, *scores, now - t_m)
                 t_m = now
                 _log_epoch(progress, head, grid, curves, chunk, ep)
-            g = curves.best(chunk, -1)
+            alive = [m for m in chunk if m not in curves.diverged]
+            if not alive:
+                continue
+            g = curves.best(alive, -1)
             key = member_key(curves.acc[g, -1], curves.nll[g, -1], g)
             if best is None or key < best[0]:
                 best = (key, head.snapshot(chunk.index(g)))
+        if best is None:
+            raise KscliError(f"[{head.name}] training diverged: the loss of every grid member became NaN or "
+                             f"infinite (learning rates {', '.join(f'{lr:g}' for lr in cfg.lrs)}); try smaller "
+                             f"ones, e.g. --lrs {', '.join(f'{lr / 10:g}' for lr in cfg.lrs).replace(' ', '')}")
+        for m in sorted(curves.diverged):
+            notes.append(f"grid member lr {grid[m][0]:g} wd {grid[m][1]:g} diverged (its loss became NaN or "
+                         "infinite) and was not considered; a smaller learning rate trains it")
         t_train = time.perf_counter()
         head.finish(best[1])
     t_end = time.perf_counter()
@@ -211,6 +226,48 @@ def fit(head: Head, train: FeatureSet, val: FeatureSet | None = None,
                        holdout_rows=hold_rows, notes=notes)
 
 
+def available_memory(dev: torch.device) -> int | None:
+    """Bytes free for a model on `dev` (CUDA: the GPU's free memory; CPU: MemAvailable on Linux),
+    or None where it cannot be known."""
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(head: Head, train: FeatureSet, members: int, dev: torch.device) -> None:
+    """Refuse, in one line, a head whose options cannot fit: its weights, gradients and two
+    AdamW moments (float32) for every member trained at once, against what `dev` has free."""
+    need = 16 * members * head.parameter_count(train)
+    free = available_memory(dev)
+    if free is not None and need > free:
+        big = {k: v for k, v in head.cfg.model_cfg().items() if isinstance(v, int) and not isinstance(v, bool)}
+        raise KscliError(f"[{head.name}] these options need about {need / 2**30:.1f} GB for {members} grid "
+                         f"member(s) trained together ({big}), and {dev} has {free / 2**30:.1f} GB free; "
+                         "choose smaller sizes (kscli heads --head " + head.name + ")")
+
+
+@contextmanager
+def _one_line_when_out_of_memory(head: Head):
+    """Running out of memory while training is one line, not a traceback."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise KscliError(f"[{head.name}] out of memory while training ({type(e).__name__}); choose smaller "
+                         "sizes or batches (kscli heads --head " + head.name + ")") from None
+    except RuntimeError as e:
+        if "out of memory" in str(e) or "can't allocate memory" in str(e) or "not enough memory" in str(e):
+            raise KscliError(f"[{head.name}] out of memory while training ({str(e).splitlines()[0][:120]}); "
+                             f"choose smaller sizes or batches (kscli heads --head {head.name})") from None
+        raise
+
+
 def class_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Train label frequencies (a tiny floor for absent classes): the prediction for a segment
     a head cannot read."""
@@ -226,6 +283,7 @@ class _Curves:
         self.loss, self.acc, self.nll = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         self.teacher, self.seconds = np.full(shape, np.nan), np.zeros(shape)
         self.has_teacher = False
+        self.diverged: set[int] = set()  # members whose loss or selection NLL became non-finite
 
     def add(self, chunk, ep, loss, acc, nll, teacher, seconds) -> None:
         self.loss[chunk, ep], self.acc[chunk, ep], self.nll[chunk, ep] = loss, acc, nll
@@ -233,28 +291,41 @@ class _Curves:
         if teacher is not None:
             self.teacher[chunk, ep] = teacher
             self.has_teacher = True
+        for m in chunk:
+            if not (np.isfinite(self.loss[m, ep]) and np.isfinite(self.nll[m, ep])):
+                self.diverged.add(m)
 
     def best(self, members, ep: int) -> int:
         """The selection rule: the best of `members` after epoch `ep`."""
         return min(members, key=lambda g: member_key(self.acc[g, ep], self.nll[g, ep], g))
 
     def history(self) -> list[dict]:
+        """Per epoch, every member's numbers; a diverged member's non-finite ones are None (JSON
+        null), so the file stays strict JSON."""
         out = []
+        alive = [m for m in range(self.acc.shape[0]) if m not in self.diverged] or [0]
         for ep in range(self.acc.shape[1]):
-            acc, nll = self.acc[:, ep], self.nll[:, ep]
-            b = self.best(range(len(acc)), ep)
-            row = {"epoch": ep + 1, "train_loss": self.loss[:, ep].tolist(),
-                   "select_top1": acc.tolist(), "select_nll": nll.tolist()}
+            b = self.best(alive, ep)
+            row = {"epoch": ep + 1, "train_loss": _finite(self.loss[:, ep]),
+                   "select_top1": _finite(self.acc[:, ep]), "select_nll": _finite(self.nll[:, ep])}
             if self.has_teacher:
-                row["teacher_select_top1"] = self.teacher[:, ep].tolist()
-            out.append({**row, "best_member": b, "best_select_top1": float(acc[b]),
+                row["teacher_select_top1"] = _finite(self.teacher[:, ep])
+            out.append({**row, "best_member": b, "best_select_top1": _finite(self.acc[b, ep]),
                         "seconds": float(self.seconds[:, ep].sum())})
         return out
 
     def grid_rows(self, grid) -> list[dict]:
-        return [{"member": g, "lr": lr, "wd": wd, "select_top1": float(self.acc[g, -1]),
-                 "select_nll": float(self.nll[g, -1]), "train_loss": float(self.loss[g, -1]),
-                 "seconds": float(self.seconds[g].sum())} for g, (lr, wd) in enumerate(grid)]
+        return [{"member": g, "lr": lr, "wd": wd, "select_top1": _finite(self.acc[g, -1]),
+                 "select_nll": _finite(self.nll[g, -1]), "train_loss": _finite(self.loss[g, -1]),
+                 "diverged": g in self.diverged, "seconds": float(self.seconds[g].sum())}
+                for g, (lr, wd) in enumerate(grid)]
+
+
+def _finite(a):
+    """Python floats (or a list of them) with None for NaN / infinity."""
+    if np.ndim(a) == 0:
+        return float(a) if np.isfinite(a) else None
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(a).tolist()]
 
 
 def _log_epoch(progress: bool, head: Head, grid, curves: _Curves, chunk, ep: int) -> None:
