@@ -5,4 +5,4 @@ frozen backbone, ``kscli.heads`` trains light heads on those features. ``kscli.d
 benchmark itself as objects (labels, segments, the clip layout) and imports no torch.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
