@@ -80,6 +80,7 @@ def sample_cmd(out: Optional[Path] = typer.Option(None, "--out", help="Folder to
                seed: int = typer.Option(0, help="Random seed (same seed, same files)."),
                tiny: bool = typer.Option(False, "--tiny", help="The tiny version the tests use (64 px, seconds)."),
                size: int = typer.Option(448, help="Short side of the clips in pixels (even)."),
+               encoding: str = typer.Option("default", help="default: x264's defaults, as Ego-Exo4D's clips were encoded (B-frames, long GOP); fast: quicker to write and decode, unlike the real clips."),
                workers: Optional[int] = typer.Option(None, help="Encoding processes (same files for any number) [default: cores]."),
                overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
                progress: bool = typer.Option(True, help="Show a progress bar.")):
@@ -92,7 +93,7 @@ def sample_cmd(out: Optional[Path] = typer.Option(None, "--out", help="Folder to
         raise KscliError("where to? pass --out DIR (a new or empty folder)")
     kw = tiny_sample_kwargs() if tiny else {"short_side": size}
     summary = write_sample_benchmark(out, seed=seed, overwrite=overwrite, workers=workers or usable_cores()[0],
-                                     progress=progress, **kw)
+                                     progress=progress, encoding=encoding, **kw)
     typer.echo(summary.text())
     typer.echo(f"use it with: --data-root {out}")
 
@@ -165,6 +166,7 @@ def extract_cmd(backbone: Optional[str] = typer.Option(None, help="Registered ba
                 resize_on: str = typer.Option("auto", help="auto, worker or device: where frames are resized."),
                 crop: str = typer.Option("model", help="model: resize and crop as the model's own processor; full: the centre square of the short side (keeps the frame's full height)."),
                 dtype: str = typer.Option("float32", help="Stored feature dtype: float32 or float16."),
+                decode: str = typer.Option("sampled", help="sampled: decode only the frames the sample needs (and those they depend on); all: every frame. Same frames, same store."),
                 tag: Optional[str] = typer.Option(None, help="Store name under <work>/features [default: backbone(-wN)]."),
                 shard: Optional[int] = typer.Option(None, help="This shard (0-based) [default: RANK or SLURM array]."),
                 num_shards: Optional[int] = typer.Option(None, help="Number of shards [default: WORLD_SIZE or array size]."),
@@ -180,7 +182,7 @@ def extract_cmd(backbone: Optional[str] = typer.Option(None, help="Registered ba
     cfg = ExtractConfig(backbone=backbone, weights=weights, splits=split, view=view,
                         num_frames=num_frames, windows=windows, batch_size=batch_size, workers=workers,
                         device=device, precision=precision, resize_on=resize_on, crop=crop, dtype=dtype, tag=tag,
-                        shard=shard, num_shards=num_shards, overwrite=overwrite, limit=limit)
+                        shard=shard, num_shards=num_shards, overwrite=overwrite, limit=limit, decode=decode)
     summaries = extract(_layout(data_root, annotations_dir, clips_root, work_dir, parts), cfg, progress=progress)
     typer.echo(format_summaries(summaries))
     problem = extraction_problem(summaries, strict)

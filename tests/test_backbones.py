@@ -107,7 +107,7 @@ def test_worker_resize_then_preprocess_equals_direct(mode):
     assert small.shape == (3, 4, 32, 32, 3) and small.dtype == torch.uint8 and small.is_contiguous()
     via_worker = preprocess_clips(small, spec, geometry=False)
     assert torch.equal(via_worker, direct)  # the same uint8 kernels, then the same normalisation
-    # numpy input (what decord's .asnumpy() gives) works in the worker helper
+    # numpy input (what the decoder gives) works in the worker helper
     assert torch.equal(resize_clip_uint8(x[0].numpy(), spec), small[0])
     with pytest.raises(ValueError, match="must already be 32x32"):
         preprocess_clips(x, spec, geometry=False)

@@ -1,7 +1,7 @@
 """`kscli check-data`: does a download hold every clip the annotations name, and do they decode?
 
 The probes run in a pool of *spawned* processes. A forked pool hung once in ~100 runs: fork()
-copies only the calling thread, and a child that then imported decord for the first time sat
+copies only the calling thread, and a child that then imported the video library for the first time sat
 in the dynamic loader forever, on a loader lock that another thread of the parent (tqdm's
 monitor thread, started by the progress bar) held at the moment of the fork. Spawned children
 start from a fresh interpreter and inherit no lock; they cost a few hundred ms to start, once.
@@ -40,7 +40,7 @@ class ClipCheck:
 
 
 def probe_clip(path: str | Path, decode: bool = True) -> dict:
-    """Open a clip with decord and read its first frame; a dict with status, frames, fps, size, error."""
+    """Open a clip and decode its first frame; a dict with status, frames, fps, size, error."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -53,10 +53,11 @@ def probe_clip(path: str | Path, decode: bool = True) -> dict:
     if not decode:
         return {"status": "ok"}
     try:
-        n, fps, frames = read_frames(path, choose=lambda n: [0])
+        clip = read_frames(path, choose=lambda n: [0])
     except VideoError as e:
         return {"status": "corrupt", "error": str(e)}
-    return {"status": "ok", "frames": n, "fps": fps, "height": int(frames.shape[1]), "width": int(frames.shape[2])}
+    h, w = clip.frames.shape[1:3]
+    return {"status": "ok", "frames": clip.frame_count, "fps": clip.fps, "height": int(h), "width": int(w)}
 
 
 def _probe_job(job):

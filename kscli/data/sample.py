@@ -59,7 +59,7 @@ from kscli.data.sample_plan import (
     clip_num_frames,
     format_time,
 )
-from kscli.data.sample_video import _write_one
+from kscli.data.sample_video import ENCODINGS, _write_one
 from kscli.errors import KscliError
 
 __all__ = [
@@ -192,15 +192,16 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 def _write_clips(
     clips: list[_Clip], looks: list, clips_dir: Path, *, seed: int, ego_size: tuple[int, int],
-    exo_size: tuple[int, int], fps: int, crf: int, div: int, workers: int, progress: bool = False,
+    exo_size: tuple[int, int], fps: int, crf: int | None, encoding: str, div: int, workers: int,
+    progress: bool = False,
 ) -> list[tuple[int, int]]:
     """Render and encode every clip (in ``workers`` processes if > 1); (frames, bytes) of each."""
     from tqdm import tqdm
 
     for d in sorted({str(Path(c.rel).parent) for c in clips}):
         (clips_dir / d).mkdir(parents=True, exist_ok=True)
-    jobs = [(c, looks[c.label], seed, ego_size if c.ego else exo_size, int(fps), int(crf), div, str(clips_dir))
-            for c in clips]
+    jobs = [(c, looks[c.label], seed, ego_size if c.ego else exo_size, int(fps), crf, encoding, div,
+             str(clips_dir)) for c in clips]
     if workers and workers > 1 and len(jobs) > 1:
         from concurrent.futures import ProcessPoolExecutor
         import multiprocessing as mp
@@ -248,7 +249,8 @@ def write_sample_benchmark(
     short_clip_prob: float = 0.06,
     integer_time_prob: float = 0.12,
     aria_nonumber_prob: float = 0.2,
-    crf: int = 28,
+    crf: int | None = None,
+    encoding: str = "default",
     workers: int = 1,
     progress: bool = False,
 ) -> SampleSummary:
@@ -261,7 +263,9 @@ def write_sample_benchmark(
     test) are 0.16-0.5 s long.  Test segments list the ego clip only and only ego clips are written
     for test.  ``workers`` > 1 encodes clips in that many processes (output is identical);
     ``progress`` shows a bar.  Frames are drawn at ``1 / max(1, short_side // 224)`` resolution
-    and scaled up (bilinear) by the encoder; ``crf`` is x264's quality (lower = bigger files).
+    and scaled up (bilinear) by the encoder. ``encoding`` "default" encodes as Ego-Exo4D's clips
+    were (x264's defaults: B-frames, long GOP), "fast" quicker to write and decode but unlike them;
+    ``crf`` is x264's quality (lower = bigger files; None: 23, x264's default).
 
     A non-empty ``out`` is refused unless ``overwrite``: then the previous sample's annotations
     and clips are removed first (other files in ``out`` are left alone).
@@ -271,6 +275,10 @@ def write_sample_benchmark(
     if takes_per_split is None:
         takes_per_split = {"train": 8, "val": 3, "test": 3}
     _check_settings(num_classes, takes_per_split, fps, segments_per_take, clip_seconds)
+    if encoding not in ENCODINGS:
+        raise KscliError(f"--encoding {encoding!r}: choose from {', '.join(ENCODINGS)}")
+    if crf is not None and not 0 <= int(crf) <= 51:
+        raise KscliError(f"crf={crf}: x264 takes 0..51")
     ego_size, exo_size = _frame_sizes(short_side, long_side)
     _prepare_out(out, overwrite)
 
@@ -288,7 +296,7 @@ def write_sample_benchmark(
     clips_dir.mkdir(parents=True, exist_ok=True)
     results = _write_clips(
         clips, looks, clips_dir, seed=seed, ego_size=ego_size, exo_size=exo_size, fps=fps, crf=crf,
-        div=max(1, ego_size[0] // 224), workers=workers, progress=progress,  # ego_size[0]: short side
+        encoding=encoding, div=max(1, ego_size[0] // 224), workers=workers, progress=progress,  # [0]: short side
     )
     # annotations last, so a folder with annotations has its clips
     label_path, split_json = _write_annotations(ann_dir, rows, docs)

@@ -6,7 +6,8 @@ pattern cleanly from a fixed viewpoint above a class-independent floor band; the
 washes the colours out, lowers the contrast, adds noise, a vignette, camera shake and a
 random-coloured distractor box (the knobs are in ``_EXO_LOOK`` / ``_EGO_LOOK``).  Every take adds
 its own brightness, offset and tint.  :func:`_encode_clip` writes the frames as an mp4
-(single-threaded x264, so the output is reproducible); :func:`_write_one` does both for one clip
+(single-threaded x264 with its default settings, as the real clips were made, so the output is
+reproducible); :func:`_write_one` does both for one clip
 and is what worker processes run.  PyAV is imported only when a clip is encoded.
 """
 
@@ -312,25 +313,45 @@ def _render_clip(clip: _Clip, look: _ClassLook, *, seed: int, height: int, width
 # --------------------------------------------------------------------------------------------
 
 
-def _encode_clip(path: Path, frames, *, width: int, height: int, fps: int, crf: int) -> int:
+# How clips are encoded. "default": x264's own defaults, which is how Ego-Exo4D's downscale script
+# (`ffmpeg -i SRC -vf scale=... OUT.mp4`, no codec options) made its 448p takes: preset medium,
+# crf 23, CABAC, 3 reference frames, 3 B-frames with pyramid, keyframes up to 250 frames apart;
+# about half the frames are non-reference B-frames. One rate-control setting differs: MB-tree
+# is off. With it on, the x264 in PyAV's wheels gave different bytes for identical frames from
+# run to run (measured on the tiny sample's clips: 6 of 13 clips had 2+ outcomes in 8 runs; at
+# 448x448, 2 outcomes in 6), so "same seed, same files" would not hold; with it off, every clip
+# had one outcome in every run (also at 448x448 and 796x448). MB-tree only moves quantizers
+# between blocks: the stream's structure, which is what decoding costs, stays (120 frames of
+# 448x448: 87 B / 32 P / 1 I against 88 / 31 / 1 with it on). "fast": preset ultrafast with a
+# keyframe every second (no B-frames, no CABAC): quick to write and decode, and so not what real
+# clips cost.
+ENCODINGS = ("default", "fast")
+_X264 = {"default": {"threads": "1", "x264-params": "mbtree=0"},
+         "fast": {"threads": "1", "preset": "ultrafast"}}
+
+
+def _encode_clip(path: Path, frames, *, width: int, height: int, fps: int, crf: int | None,
+                 encoding: str = "default") -> int:
     """Encode RGB frames to H.264 mp4 at path (via a temp name renamed at the end); return frame count.
 
-    Frames of another size are scaled (bilinear) to width x height."""
+    Frames of another size are scaled (bilinear) to width x height. One x264 thread, so the
+    output is reproducible; `crf` None keeps the encoding's own (23 for both)."""
     import av  # PyAV; imported here so the rest of kscli.data does not need it
     from av.video.reformatter import VideoReformatter
 
     tmp = path.with_name(f".{path.stem}.partial.mp4")
     n = 0
+    options = dict(_X264[encoding])
+    if crf is not None:
+        options["crf"] = str(crf)
     try:
         with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(
-                "libx264", rate=fps,
-                options={"preset": "ultrafast", "crf": str(crf), "threads": "1"},
-            )
+            stream = container.add_stream("libx264", rate=fps, options=options)
             stream.width = width
             stream.height = height
             stream.pix_fmt = "yuv420p"
-            stream.codec_context.gop_size = fps
+            if encoding == "fast":
+                stream.codec_context.gop_size = fps
             scaler = VideoReformatter()  # one scaling context for the whole clip
             for arr in frames:
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
@@ -349,10 +370,10 @@ def _encode_clip(path: Path, frames, *, width: int, height: int, fps: int, crf: 
 
 
 def _write_one(job):
-    """Render and encode one clip; ``job`` is (clip, look, seed, (height, width), fps, crf, div, root)."""
-    clip, look, seed, size, fps, crf, div, root = job
+    """Render and encode one clip; ``job`` is (clip, look, seed, (height, width), fps, crf, encoding, div, root)."""
+    clip, look, seed, size, fps, crf, encoding, div, root = job
     height, width = size
     path = Path(root) / clip.rel
     frames = _render_clip(clip, look, seed=seed, height=height, width=width, fps=fps, div=div)
-    n = _encode_clip(path, frames, width=width, height=height, fps=fps, crf=crf)
+    n = _encode_clip(path, frames, width=width, height=height, fps=fps, crf=crf, encoding=encoding)
     return n, path.stat().st_size

@@ -47,7 +47,7 @@ def _as_uint8_tensor(frames, what: str) -> torch.Tensor:
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(np.ascontiguousarray(frames))
     elif not isinstance(frames, torch.Tensor):
-        # decord NDArray and similar expose .asnumpy()
+        # array-likes that expose .asnumpy() (e.g. decord's NDArray)
         asnumpy = getattr(frames, "asnumpy", None)
         if asnumpy is None:
             raise TypeError(f"{what}: expected a torch.Tensor or numpy array, got {type(frames).__name__}")
@@ -109,7 +109,7 @@ def _geometry_nchw(x: torch.Tensor, spec: "BackboneSpec", force_float: bool = Fa
 def resize_clip_uint8(frames, spec: "BackboneSpec", force_float: bool = False) -> torch.Tensor:
     """One clip's frames as the model takes them, still uint8: ``(T, H, W, 3)`` -> ``(T, S, S, 3)``.
 
-    For a CPU decoding worker (accepts a torch tensor, a numpy array or a decord NDArray); then
+    For a CPU decoding worker (accepts a torch tensor, a numpy array or an array with .asnumpy()); then
     call :func:`preprocess_clips` with ``geometry=False``. In a worker process call
     ``torch.set_num_threads(1)`` once.
     """

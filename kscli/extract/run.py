@@ -1,7 +1,7 @@
 """`kscli extract`: every clip of the chosen splits and views through a frozen backbone into a store.
 
 Data flow: clip list (from the annotations) -> this rank's shard (balanced by duration) -> minus
-the clips the store already holds -> decord in DataLoader worker processes (one per core, one
+the clips the store already holds -> PyAV in DataLoader worker processes (one per core, one
 thread each; batches cross clips) -> preprocess (in the worker on CPU, on the device on CUDA)
 -> backbone (bf16 on CUDA) -> one store part per batch. A clip that is missing or does not
 decode is logged to the store's failures file and the run goes on.
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import kscli
 from kscli.data.layout import Benchmark, Layout, check_name, parse_splits
+from kscli.data.video import DECODE_RULES, DECODER
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING, random_weights
@@ -70,6 +71,7 @@ class ExtractConfig:
     num_shards: int | None = None
     overwrite: bool = False
     limit: int | None = None  # only the first N clips of each split (smoke tests)
+    decode: str = "sampled"  # sampled: only the frames the sample needs; all: every frame (same frames)
 
     def __post_init__(self) -> None:
         self.check()
@@ -81,6 +83,7 @@ class ExtractConfig:
                              "tiny-random is a random network for tests)")
         self.splits = tuple(parse_splits(self.splits))
         for name, value, allowed in (("--view", self.view, VIEWS), ("--precision", self.precision, PRECISIONS),
+                                     ("--decode", self.decode, DECODE_RULES),
                                      ("--resize-on", self.resize_on, RESIZE_PLACES), ("--crop", self.crop, CROPS),
                                      ("--dtype", self.dtype, STORE_DTYPES)):
             if value not in allowed:
@@ -190,10 +193,10 @@ def list_clip_jobs(bench: Benchmark, split: str, view: str) -> list[ClipJob]:
 class ClipDataset(torch.utils.data.Dataset):
     """Decodes one clip per item in a worker; errors travel back as data, never kill the run."""
 
-    def __init__(self, jobs: list[ClipJob], sampling: SamplingConfig, resize_for=None):
+    def __init__(self, jobs: list[ClipJob], sampling: SamplingConfig, resize_for=None, rule: str = "sampled"):
         """`resize_for`: a BackboneSpec to resize the frames for in the worker, or None (the
-        device resizes them)."""
-        self.jobs, self.sampling, self.resize_for = jobs, sampling, resize_for
+        device resizes them); `rule`: the decoding rule (kscli.data.video)."""
+        self.jobs, self.sampling, self.resize_for, self.rule = jobs, sampling, resize_for, rule
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -207,11 +210,12 @@ class ClipDataset(torch.utils.data.Dataset):
                 raise FileNotFoundError("clip file is missing")
             if os.path.getsize(job.path) == 0:
                 raise ValueError("clip file is empty (0 bytes)")
-            frames, times, n, fps = decode_frames(job.path, self.sampling)
+            frames, times, n, fps, decoded = decode_frames(job.path, self.sampling, self.rule)
             frames = torch.from_numpy(frames)
             if self.resize_for is not None:
                 frames = resize_clip_uint8(frames, self.resize_for)
-            item.update(frames=frames, times=times, num_frames=n, fps=fps, decode_s=time.perf_counter() - t0)
+            item.update(frames=frames, times=times, num_frames=n, fps=fps, decoded=decoded,
+                        decode_s=time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 - any decode failure is recorded, not raised
             msg = str(e).strip().splitlines()
             item["error"] = f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
@@ -227,10 +231,11 @@ def _collate(items):
 
 
 def _versions() -> dict:
-    import decord
+    import av
     import h5py
 
-    out = {"kscli": kscli.__version__, "torch": torch.__version__, "decord": decord.__version__,
+    out = {"kscli": kscli.__version__, "torch": torch.__version__, "av": av.__version__,
+           "ffmpeg": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
            "h5py": h5py.__version__, "python": sys.version.split()[0]}
     try:
         import transformers
@@ -329,9 +334,11 @@ class _Embedder:
         self.sampling = SamplingConfig(num_frames=self.spec.num_frames, windows=cfg.windows)
         self.resize_for = self.spec if plan.resize_on == "worker" else None
         self.store_dtype = np.dtype(cfg.dtype)
+        self.rule = cfg.decode
         self.config = {"backbone": self.spec.to_attrs(), "sampling": self.sampling.to_attrs(),
                        "dtype": cfg.dtype, "view": cfg.view, "precision": plan.precision,
-                       "resize_on": plan.resize_on, "versions": _versions()}
+                       "resize_on": plan.resize_on, "decoder": DECODER, "decode": cfg.decode,
+                       "versions": _versions()}
 
     @torch.inference_mode()
     def features(self, items: list[dict]) -> torch.Tensor:
@@ -436,7 +443,8 @@ def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreW
     # resized ones, so fewer wait; host memory is ~ workers x prefetch x batch x clip bytes.
     prefetch = (4 if embedder.resize_for is not None else 2) if plan.workers else None
     loader = torch.utils.data.DataLoader(
-        ClipDataset(todo, embedder.sampling, embedder.resize_for), batch_size=cfg.batch_size, shuffle=False,
+        ClipDataset(todo, embedder.sampling, embedder.resize_for, embedder.rule), batch_size=cfg.batch_size,
+        shuffle=False,
         num_workers=plan.workers, collate_fn=_collate, worker_init_fn=_worker_init,
         prefetch_factor=prefetch, pin_memory=embedder.device.type == "cuda")
     batches = iter(loader)  # forks the decoders now, before the progress bar starts a thread

@@ -1,4 +1,4 @@
-"""Which frames of a clip a backbone sees, and decoding just those frames with decord."""
+"""Which frames of a clip a backbone sees, and decoding just those frames (kscli.data.video)."""
 
 from __future__ import annotations
 
@@ -38,21 +38,23 @@ def sample_frame_indices(clip_frames: int, num_frames: int, windows: int = 1) ->
     return np.clip(idx, 0, clip_frames - 1).reshape(windows, num_frames)
 
 
-def decode_frames(path: str, sampling: SamplingConfig) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Decode the sampled frames of one clip.
+def decode_frames(path: str, sampling: SamplingConfig, rule: str = "sampled"
+                  ) -> tuple[np.ndarray, np.ndarray, int, float, int]:
+    """Decode the sampled frames of one clip by decoding `rule` ("sampled": only what they need;
+    "all": every frame; the same frames either way).
 
     Returns uint8 frames (W*F, H, W, 3), their times in seconds from the clip's first frame,
-    the clip's frame count and its frame rate (probed, not assumed).
+    the clip's frame count, its frame rate (probed, not assumed) and how many frames were
+    decoded.
     """
     from kscli.data.video import read_frames
 
-    chosen = {}
+    idx = None
 
-    def choose(n: int) -> list[int]:
+    def choose(n: int) -> np.ndarray:
+        nonlocal idx
         idx = sample_frame_indices(n, sampling.num_frames, sampling.windows).reshape(-1)
-        chosen["idx"], chosen["unique"] = idx, np.unique(idx, return_inverse=True)
-        return chosen["unique"][0].tolist()
+        return idx
 
-    n, fps, frames = read_frames(path, choose)
-    idx, (_, inverse) = chosen["idx"], chosen["unique"]
-    return frames[inverse], (idx / fps).astype(np.float32), n, fps
+    clip = read_frames(path, choose, rule)
+    return clip.frames, (idx / clip.fps).astype(np.float32), clip.frame_count, clip.fps, clip.decoded

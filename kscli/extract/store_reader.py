@@ -26,8 +26,9 @@ IDENTITY_FILE = "store.json"
 
 # Everything in a store's config that shapes a feature. Rows made with any of these different
 # are not the same features, so a store holds one value of each (checked on every write and
-# read). `view` and `versions` are recorded too but may differ between parts.
-IDENTITY_KEYS = ("backbone", "sampling", "dtype", "precision", "resize_on", "clips", "import")
+# read). `view`, `versions` and the decoding rule (`decode`: "sampled" and "all" give the same
+# frames) are recorded too but may differ between parts.
+IDENTITY_KEYS = ("backbone", "sampling", "dtype", "precision", "resize_on", "clips", "decoder", "import")
 
 
 def identity(config: dict) -> dict:
