@@ -260,7 +260,7 @@ def import_features_cmd(source: str = typer.Option(..., help="omnivore_video or 
                         clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
     """Pool Ego-Exo4D's published per-take features over each segment into a feature store (no GPU needed)."""
     from kscli.data.layout import parse_splits
-    from kscli.extract.official import import_features
+    from kscli.extract.official import import_features, import_problem
 
     layout = _layout(data_root, annotations_dir, clips_root, work_dir)
     summaries = import_features(layout, source, features_dir, parse_splits(split), view=view, tag=tag,
@@ -272,6 +272,10 @@ def import_features_cmd(source: str = typer.Option(..., help="omnivore_video or 
                    f"{s.total} clips; {s.nearest} used the nearest window -> {s.store}")
         for name, err in s.failures[:5]:
             typer.echo(f"  failed: {name}: {err}")
+    problem = import_problem(summaries)
+    if problem:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(1)
 
 
 def _floats(value: str, name: str) -> tuple[float, ...]:

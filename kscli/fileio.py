@@ -125,10 +125,17 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: Python would read infinity
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
 def loads_strict(text: str, what: str):
     """Parse strict JSON text; any problem is one KscliError naming `what` and where."""
     try:
-        return json.loads(text, parse_constant=_no_constants)
+        return json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
     except json.JSONDecodeError as e:
         raise KscliError(f"{what}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except ValueError as e:  # NaN / Infinity: Python's json takes them, strict JSON does not

@@ -192,7 +192,8 @@ def test_processor_configs_kscli_cannot_follow_are_one_line_not_a_substitute():
                                     "crop_size": {"height": 224, "width": 224}}, short, 224) == Geometry("squash", 0, "bilinear")
     for pp, why in (({"size": {"height": 256, "width": 256}, "do_center_crop": True, "crop_size": 224}, "then crops 224"),
                     ({"resample": 0}, "resample=0"), ({"resample": 1}, "resample=1"),
-                    ({"size": {"shortest_edge": 200}, "crop_size": 224, "do_center_crop": True}, "would pad")):
+                    ({"size": {"shortest_edge": 200}, "crop_size": 224, "do_center_crop": True}, "would pad"),
+                    ({"size": {"height": 32, "width": 48}, "do_center_crop": False}, "32x48 without a crop")):
         with pytest.raises(KscliError, match=why):
             geometry_from_processor(pp, short, 224)
     # V-JEPA 2's processor derives its resize from the crop, whatever a saved `size` says

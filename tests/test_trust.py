@@ -346,5 +346,126 @@ def test_a_run_folder_reruns_to_the_same_metrics_and_submissions_say_what_made_t
     assert saved["kscli"] and saved["stores"]["tiny-random"]["train"] and saved["annotations"]["label_mapping"]
     cli("submit", "--run", "orig", "--out", tmp_path / "t.json", *where(sample_root, work))
     doc = json.loads((tmp_path / "t.json").read_text())
-    digest = FeatureStore(work / "features" / "tiny-random" / "test").digest
-    assert doc["runs"] == ["orig"] and doc["stores"] == {"orig": {"tiny-random": digest}} and doc["kscli"]
+    test = FeatureStore(work / "features" / "tiny-random" / "test")
+    assert doc["runs"] == ["orig"] and doc["kscli"]
+    assert doc["stores"] == {"orig": {"tiny-random": {"config": test.digest, "rows": test.rows_digest}}}
+
+
+# ----------------------------------------------------------------------------- found by an independent review
+def test_a_run_of_the_same_rank_with_other_settings_started_moments_later_is_refused(sample_root, tmp_path):
+    """B checks before A has written anything, then waits for A's lock: once it has the lock it
+    must compare again, not report A's rows as its own 'already done'."""
+    from kscli.extract.lock import held_by, lock_path
+    from kscli.extract.store import open_for_writing
+    from test_store import CFG, rows
+
+    folder = tmp_path / "store"
+    a = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, 'tests')\n"
+        "from test_store import CFG, rows\n"
+        "from kscli.extract.store import open_for_writing\n"
+        f"w, _ = open_for_writing(__import__('pathlib').Path({str(folder)!r}), CFG, 0)\n"
+        "print('locked', flush=True); time.sleep(1.0); w.write(rows(['a'])); w.close()")],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert a.stdout.readline().strip() == "locked" and held_by(lock_path(folder, 0))
+    with pytest.raises(KscliError, match="dtype is 'float32' in the store but 'float16' now"):
+        open_for_writing(folder, {**CFG, "dtype": "float16"}, 0)  # waits for A's lock, then compares
+    assert a.wait(timeout=30) == 0
+
+
+def test_from_refuses_a_store_that_holds_other_clips_now(sample_root, tmp_path):
+    w = tmp_path / "work"
+    base = [*TINY, *where(sample_root, w), "--workers", "0", "--no-progress"]
+    cli("extract", *base, "--split", "train", "--limit", "30")
+    cli("extract", *base, "--split", "val")
+    cli("train-head", *TINY, "--head", "linear", "--name", "few", *where(sample_root, w))
+    cli("extract", *base, "--split", "train")  # same settings, more clips
+    e = one_line(cli("train-head", "--from", "few", *where(sample_root, w), check=False))
+    assert "the store is not what few trained on (other clips" in e
+
+
+def test_evaluate_gives_top5_credit_only_for_listed_classes(sample_root, work, tmp_path):
+    cli("train-head", *TINY, "--head", "linear", "--name", "t5", *where(sample_root, work))
+    doc = json.loads((work / "runs" / "t5" / "predictions_val.json").read_text())
+    for r in doc["results"]:
+        r["label_id"], r["top5"] = 5, [{"label_id": 5, "score": 1.0}]
+    f = tmp_path / "one.json"
+    f.write_text(json.dumps(doc))
+    m = json.loads(cli("evaluate", f, "--json", *where(sample_root, work)).stdout)
+    assert m["top5"] == m["top1"]  # one class named: top-5 is top-1
+    doc["results"][0]["top5"] = [{"label_id": 5, "score": 1.0}, {"label_id": 5, "score": 0.5}]
+    f.write_text(json.dumps(doc))
+    assert "names a label_id twice" in one_line(cli("evaluate", f, *where(sample_root, work), check=False))
+
+
+def test_rows_with_non_finite_features_can_be_recomputed(sample_root, tmp_path):
+    w = tmp_path / "work"
+    base = [*TINY, *where(sample_root, w), "--split", "val", "--workers", "0", "--no-progress"]
+    cli("extract", *base)
+    folder = w / "features" / "tiny-random" / "val"
+    part = next(folder.glob("part-*.h5"))
+    with h5py.File(part, "r+") as f:
+        f["features"][:3] = np.nan
+    v = cli("features", "verify", *TINY, "--work-dir", w, "--split", "val", check=False)
+    assert v.exit_code == 1 and "1 non-finite" in v.stdout and "3 of" in v.stdout
+    cli("features", "verify", *TINY, "--work-dir", w, "--split", "val", "--move-aside")
+    again = cli("extract", *base)
+    store = FeatureStore(folder)
+    assert "extracted" in again.stdout and np.isfinite(store.get(store.names)).all()
+
+
+def test_hand_edited_stores_are_one_line(sample_root, tmp_path):
+    w = tmp_path / "work"
+    cli("extract", *TINY, *where(sample_root, w), "--split", "train", "--workers", "0", "--no-progress")
+    folder = w / "features" / "tiny-random" / "train"
+    part = next(folder.glob("part-*.h5"))
+    for name, spoil in (("config null", lambda f: f.attrs.__setitem__("config", "null")),
+                        ("names one short", lambda f: (f.__delitem__("names"),
+                                                       f.create_dataset("names", data=np.array(["x"] * (len(f["features"]) - 1), dtype=object),
+                                                                        dtype=h5py.string_dtype())))):
+        backup = part.read_bytes()
+        with h5py.File(part, "r+") as f:
+            spoil(f)
+        for args in (["features", "info", *TINY, "--work-dir", w], ["train-head", *TINY, *where(sample_root, w)]):
+            e = one_line(cli(*args, check=False))
+            assert "unreadable feature part" in e, (name, e)
+        part.write_bytes(backup)
+    (folder / "store.json").write_text("[1]")
+    assert "not a store.json kscli wrote" in one_line(cli("features", "info", *TINY, "--work-dir", w, check=False))
+
+
+def test_hand_edited_run_files_and_checkpoints_are_one_line(sample_root, work, tmp_path):
+    cli("train-head", *TINY, "--head", "linear", "--name", "ed", *where(sample_root, work))
+    run = work / "runs" / "ed"
+    for name, edit in (("config.json", lambda d: d["train"].pop("head")), ("config.json", lambda d: d.update(stores=[1]))):
+        shutil.copytree(run, tmp_path / "r")
+        doc = json.loads((run / name).read_text())
+        edit(doc)
+        (run / name).write_text(json.dumps(doc))
+        assert "cannot be rerun exactly" in one_line(cli("train-head", "--from", "ed", *where(sample_root, work),
+                                                         check=False))
+        shutil.rmtree(run), shutil.copytree(tmp_path / "r", run), shutil.rmtree(tmp_path / "r")
+    doc = json.loads((run / "metrics.json").read_text())
+    doc["selection"] = [1]
+    (run / "metrics.json").write_text(json.dumps(doc))
+    assert "is not as train-head wrote it" in one_line(cli("report", "ed", "--work-dir", work, check=False))
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    bad = work / "runs" / "ed-bad"
+    shutil.copytree(run, bad)
+    torch.save({**ckpt, "tags": []}, bad / "checkpoint.pt")
+    assert "field 'tags' must name the store" in one_line(cli("submit", "--run", bad, *where(sample_root, work),
+                                                                check=False))
+    (bad / ".unfinished").write_text("{}")
+    assert "this run is unfinished" in one_line(cli("submit", "--run", "ed-bad", *where(sample_root, work),
+                                                    check=False))
+
+
+def test_small_holes_the_review_found(sample_root, tmp_path, work):
+    from kscli.fileio import loads_strict
+
+    with pytest.raises(KscliError, match="1e999 is not a finite number"):
+        loads_strict('{"end_time": 1e999}', "x")
+    assert "holds a comma" in one_line(cli("extract", *TINY, "--tag", "a,b", *where(sample_root, tmp_path), check=False))
+    short = tmp_path / "short.csv"
+    short.write_text("ego_segment_name,label_id,top5_ids,top5_scores\nval/x.mp4\n")
+    assert "line 2: not a row of" in one_line(cli("evaluate", short, *where(sample_root, work), check=False))

@@ -142,9 +142,10 @@ def check_name(name: str, what: str) -> str:
     line: a path separator, `..` or an absolute path would write or read outside it."""
     if not isinstance(name, str) or not name.strip():
         raise KscliError(f"{what}: empty; give a plain name such as vjepa2-vitl or my-run")
-    bad = next((c for c in ("/", "\\", "\0") if c in name), None)
+    bad = next((c for c in ("/", "\\", "\0", ",") if c in name), None)
     if bad is not None or name in (".", "..") or name != name.strip():
-        why = ("holds a path separator" if bad in ("/", "\\") else "holds a NUL byte" if bad
+        why = ("holds a path separator" if bad in ("/", "\\") else "holds a NUL byte" if bad == "\0"
+               else "holds a comma (commas join store names: --backbone a,b)" if bad == ","
                else "is not a folder name" if name in (".", "..") else "starts or ends with a space")
         raise KscliError(f"{what} {name!r} {why}; kscli keeps stores and runs under --work-dir: give a "
                          "plain name (pass --work-dir to choose where they go)")

@@ -128,12 +128,16 @@ RANDOM_FEATURES_WARNING = ("RANDOM FEATURES: made by tiny-random, a randomly ini
                            "no number from them means anything about keystep recognition")
 
 
-def weights_digest(module: nn.Module) -> str:
+def weights_digest(module: nn.Module, skip: tuple[str, ...] = ()) -> str:
     """sha256 of a module's parameters and buffers (names, dtypes, shapes, bytes), first 16 hex
     digits: the same weights give the same digest from a hub id, a local folder or a copy of it;
-    other weights (another revision, a fine-tuned copy) give another. About 1 s per GB."""
+    other weights (another revision, a fine-tuned copy) give another. About 1 s per GB. Names
+    starting with `skip` (parts never run, which a checkpoint may leave out: V-JEPA 2's
+    predictor) do not count."""
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
+        if name.startswith(skip):
+            continue
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
@@ -148,9 +152,11 @@ class Backbone(nn.Module):
     """A frozen feature extractor: normalised ``(B, T, 3, S, S)`` -> ``(B, D)`` float32.
 
     Subclasses implement ``_features(pixels)`` (pixels already on the model's device and dtype).
+    ``unused_weights``: state-dict name prefixes of parts never run (left out of the digest).
     """
 
     spec: BackboneSpec
+    unused_weights: tuple[str, ...] = ()
 
     def __init__(self, spec: BackboneSpec):
         super().__init__()

@@ -108,7 +108,7 @@ def create_backbone(name: str, weights: str | None = None, crop: str = "model", 
         raise TypeError(f"factory of backbone '{name}' returned {type(bb).__name__}, not a Backbone")
     if crop == "full":
         bb.spec = replace(bb.spec, resize_mode="full", resize_short=0)
-    bb.spec = replace(bb.spec, weights_digest=weights_digest(bb))
+    bb.spec = replace(bb.spec, weights_digest=weights_digest(bb, bb.unused_weights))
     return bb.freeze()
 
 

@@ -133,7 +133,9 @@ def _make_video_factory(name: str, family: str):
             resize_short=geo.resize_short,
             interpolation=geo.interpolation,
         )
-        return HFVideoBackbone(spec, model, fam["pool"], fam["call_kwargs"])
+        bb = HFVideoBackbone(spec, model, fam["pool"], fam["call_kwargs"])
+        bb.unused_weights = tuple(f"model.{p}" for p in fam["ignore_missing"])  # never run: not in the digest
+        return bb
 
     return factory
 

@@ -408,6 +408,18 @@ def store_config(spec: SourceSpec, folder: Path, split: str, view: str, exo_stre
             "versions": _versions()}
 
 
+def import_problem(summaries: list) -> str | None:
+    """Why an import should exit non-zero, in one line, or None: every clip it tried failed and
+    none of its clips was in the store before (the wrong features folder, most likely)."""
+    failed = [(n, e) for s in summaries for n, e in s.failures]
+    n_failed = sum(s.failed for s in summaries)
+    if n_failed and not sum(s.extracted + s.skipped for s in summaries):
+        name, err = failed[0] if failed else ("?", "?")
+        return (f"no clip could be imported: all {n_failed} failed (e.g. {name}: {err}); is --features-dir the "
+                "folder of the released feature files for these takes (and --source the right family)?")
+    return None
+
+
 def import_features(layout: Layout, source: str, features_dir: Path, splits: list[str], view: str = "all",
                     tag: str | None = None, window_frames: int | None = None, stride_frames: int | None = None,
                     fps: float | None = None, exo_stream: str = "0", progress: bool = True, *,

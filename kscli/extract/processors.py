@@ -79,8 +79,11 @@ def geometry_from_processor(pp: dict, default: Geometry, size: int, family: str 
     crop_side = _edge(pp.get("crop_size"), "height") or size
     if isinstance(size_cfg, dict) and size_cfg.get("height"):
         h, w = int(size_cfg["height"]), int(size_cfg.get("width") or size_cfg["height"])
-        if not crop or (h == w == crop_side):
+        if (not crop and h == w) or (h == w == crop_side):
             return Geometry("squash", 0, interp)
+        if not crop:
+            raise KscliError(f"the weights' processor config resizes to {h}x{w} without a crop; kscli feeds square "
+                             "inputs: edit the config, or pass --crop full")
         raise KscliError(f"the weights' processor config resizes to {h}x{w} and then crops {crop_side}; kscli "
                          "does not do that: edit the config, or pass --crop full")
     short = _edge(size_cfg, "shortest_edge") if isinstance(size_cfg, dict) else _edge(size_cfg, "")

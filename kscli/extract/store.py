@@ -55,10 +55,10 @@ from tqdm import tqdm
 import kscli
 from kscli.data.segments import SPLITS
 from kscli.errors import KscliError
-from kscli.fileio import commit, dumps_strict, fsync_dir, os_error_line, read_json, tmp_path
+from kscli.fileio import commit, dumps_strict, fsync_dir, loads_strict, os_error_line, tmp_path
 from kscli.extract.lock import RankLock, lock_ranks
-from kscli.extract.store_reader import (IDENTITY_FILE, FeatureStore, _part_key, _size, _strings, config_digest,
-                                        identity_difference, list_parts, unreadable_part)
+from kscli.extract.store_reader import (IDENTITY_FILE, FeatureStore, _declared_config, _part_key, _size, _strings,
+                                        config_digest, identity_difference, list_parts, unreadable_part)
 from kscli.extract.store_reader import PART_RE  # noqa: F401 - re-export
 
 STR = h5py.string_dtype("utf-8")
@@ -146,7 +146,7 @@ def check_identity(path: Path, config: dict, redoing: tuple[str, ...] = ()) -> N
     (a head trains on one split and predicts another, so a store's splits are made one way)."""
     file = path / IDENTITY_FILE
     if file.is_file():
-        _refuse_other(path, identity_difference(read_json(file)["config"], config))
+        _refuse_other(path, identity_difference(_declared_config(file), config))
     else:
         legacy = FeatureStore(path)
         if legacy.exists:
@@ -160,7 +160,7 @@ def check_sibling_splits(path: Path, config: dict, redoing: tuple[str, ...] = ()
     (splits in `redoing`, which this run overwrites too, do not count)."""
     for sibling in sorted(path.parent.glob(f"*/{IDENTITY_FILE}")):
         if sibling.parent != path and sibling.parent.name in SPLITS and sibling.parent.name not in redoing:
-            why = identity_difference(read_json(sibling)["config"], config, f"in its {sibling.parent.name} split")
+            why = identity_difference(_declared_config(sibling), config, f"in its {sibling.parent.name} split")
             if why:
                 raise KscliError(f"{path.parent}: {why}; the splits of one store are made one way (a head "
                                  "trains on one split and predicts another): pass --tag NAME for a new store, "
@@ -317,15 +317,23 @@ def check_part(path: Path, block: int = 4096) -> str | None:
     try:
         with h5py.File(path, "r") as f:
             n = len(f["names"])
+            if f["features"].ndim < 2 or f["features"].dtype.kind != "f":
+                return f"features are {f['features'].dtype} of shape {f['features'].shape}, not (n, D) floats"
+            bad = 0
             for key in ("names", "roles", "features", "frame_times", "num_frames", "fps"):
                 if len(f[key]) != n:
                     return f"{key} has {len(f[key])} rows, names has {n}"
                 for at in range(0, n, block):
-                    f[key][at:at + block]
-            json.loads(f.attrs["config"])
+                    rows = f[key][at:at + block]
+                    if key == "features":
+                        bad += int((~np.isfinite(rows.reshape(len(rows), -1)).all(1)).sum())
+            if not isinstance(loads_strict(f.attrs["config"], "config"), dict):
+                return "its config attribute is not a JSON object"
+            if bad:
+                return f"{bad} of {n} rows hold NaN or infinite features (moved aside, their clips are recomputed)"
     except FileNotFoundError:
         raise
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, TypeError, KscliError) as e:
         return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     return None
 
@@ -407,6 +415,9 @@ def open_for_writing(path: Path, config: dict, rank: int, overwrite: bool = Fals
     check_identity(path, config, redoing)  # before any decoding; claimed again with the first part
     writer = StoreWriter(path, rank, config, redoing)
     try:
+        # again under the lock: a run of this rank with other settings may have claimed the store
+        # while we waited for it, and a run with nothing left to write never claims anything
+        check_identity(path, config, redoing)
         return writer, FeatureStore(path).check_one_way()
     except BaseException:
         writer.close()
@@ -525,8 +536,10 @@ def verify_stores(layout, tag: str, splits: list[str], move_aside: bool = False,
     for folder in folders:
         parts = len(list_parts(folder))
         bad = verify_store(folder, move_aside=move_aside, progress=progress)
-        kinds = ["made otherwise" if why.startswith(MADE_OTHERWISE) else "unreadable" for _, why in bad]
-        counts = "".join(f", {kinds.count(k)} {k}" for k in ("unreadable", "made otherwise") if k in kinds)
+        kinds = ["made otherwise" if why.startswith(MADE_OTHERWISE) else "non-finite" if "NaN or infinite" in why
+                 else "unreadable" for _, why in bad]
+        counts = "".join(f", {kinds.count(k)} {k}" for k in ("unreadable", "non-finite", "made otherwise")
+                         if k in kinds)
         lines.append(f"{folder}: {parts - len(bad)} good part(s){counts}")
         for (part, why), kind in zip(bad, kinds):
             lines.append(f"  {'moved aside' if move_aside else kind}: {part.name} ({why})")

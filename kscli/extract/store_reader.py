@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from kscli.errors import KscliError
-from kscli.fileio import read_json
+from kscli.fileio import loads_strict, read_json
 from kscli.extract.backbone_base import random_weights
 from kscli.extract.lock import active_writers
 
@@ -73,6 +73,16 @@ def _strings(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else v for v in values]
 
 
+def _declared_config(path: Path) -> dict:
+    """The config a store.json declares; a file that is not one is one line."""
+    doc = read_json(path, "the store's identity")
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict) \
+            or not isinstance(doc["config"].get("backbone"), dict):
+        raise KscliError(f"{path}: not a store.json kscli wrote (a JSON object whose config has a backbone); restore "
+                         "it, or move the store aside and extract again")
+    return doc["config"]
+
+
 def unreadable_part(part: Path, e: Exception) -> KscliError:
     """The one line for a part file that cannot be read, whoever finds it."""
     return KscliError(f"{part}: unreadable feature part ({e}); `kscli features verify --move-aside` moves such "
@@ -126,17 +136,24 @@ class FeatureStore:
         self._part_configs: list[dict] = []
         self._shapes: list[tuple] = []
         declared = self.path / IDENTITY_FILE
-        self.declared: dict | None = read_json(declared)["config"] if declared.is_file() else None
+        self.declared: dict | None = _declared_config(declared) if declared.is_file() else None
         for i, part in enumerate(self.parts):
             try:
                 with h5py.File(part, "r") as f:
                     names = _strings(f["names"][()])
                     roles = _strings(f["roles"][()])
-                    self._shapes.append(f["features"].shape)
-                    self._part_configs.append(json.loads(f.attrs["config"]))
+                    feats = f["features"]
+                    if feats.ndim < 2 or feats.dtype.kind != "f" or not len(names) == len(roles) == len(feats):
+                        raise ValueError(f"{len(names)} names, {len(roles)} roles and {feats.dtype} features of "
+                                         f"shape {feats.shape} do not make rows of (n, D) floats")
+                    self._shapes.append(feats.shape)
+                    config = loads_strict(f.attrs["config"], "its config attribute")
+                    if not isinstance(config, dict) or not isinstance(config.get("backbone"), dict):
+                        raise ValueError("its config attribute is not a store config (a JSON object with a backbone)")
+                    self._part_configs.append(config)
             except FileNotFoundError:
                 raise
-            except (OSError, KeyError, ValueError) as e:
+            except (OSError, KeyError, ValueError, TypeError, KscliError) as e:
                 if not part.exists():
                     raise FileNotFoundError(part) from None
                 raise unreadable_part(part, e) from None
@@ -180,6 +197,12 @@ class FeatureStore:
     def digest(self) -> str:
         """The store's config digest (:func:`config_digest`)."""
         return config_digest(self.config)
+
+    @property
+    def rows_digest(self) -> str:
+        """16 hex digits naming which clips the store holds (sorted names): with `digest`, what a
+        run or a submission records of the features it read."""
+        return hashlib.sha256("\n".join(sorted(self._index)).encode()).hexdigest()[:16]
 
     @property
     def random_features(self) -> bool:
@@ -260,9 +283,10 @@ class FeatureStore:
             for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     continue  # a line cut by a kill
-                failed[rec["clip"]] = rec["error"]
+                if isinstance(rec, dict) and isinstance(rec.get("clip"), str):
+                    failed[rec["clip"]] = str(rec.get("error"))
         return {k: v for k, v in failed.items() if k not in self._index}
 
     def info(self) -> dict:

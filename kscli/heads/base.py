@@ -248,9 +248,10 @@ class Head:
         try:
             with torch.random.fork_rng(devices=[]):  # the throw-away init leaves the caller's RNG
                 model = head.build_model(model_cfg)
-        except (TypeError, ValueError, KeyError) as e:
+        except (TypeError, ValueError, KeyError, RuntimeError, MemoryError) as e:
             raise KscliError(f"head checkpoint: its cfg {model_cfg} does not build a {cls.name!r} head "
-                             f"({type(e).__name__}: {e}); the file is damaged or not from kscli: retrain") from None
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); the file is "
+                             "damaged or not from kscli: retrain") from None
         try:
             model.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as e:
@@ -298,6 +299,11 @@ def check_checkpoint(ckpt: dict, where: str = "head checkpoint") -> None:
         if name.rsplit(".", 1)[-1].endswith("_std") and t.is_floating_point() and bool((t <= 0).any()):
             raise KscliError(f"{where}: {name} has a standard deviation <= 0 (features would be divided "
                              "by it); the file is damaged: retrain")
+    tags = ckpt.get("tags")
+    if tags is not None and (not tags or not all(isinstance(t, str) and t for t in tags)):
+        raise KscliError(f"{where}: field 'tags' must name the store(s) it was trained on; the file is damaged: retrain")
+    if ckpt.get("backbones") is not None and not isinstance(ckpt["backbones"], dict):
+        raise KscliError(f"{where}: field 'backbones' is not a dict of store configs; the file is damaged: retrain")
     prior = ckpt.get("prior")
     if prior is not None:
         p = np.asarray(prior, dtype=np.float64) if all(isinstance(v, (int, float)) for v in prior) else None

@@ -30,7 +30,7 @@ class Assembly:
     exo_missing: int = 0  # exo clips named but without (finite) features
     nonfinite: list[str] = field(default_factory=list)  # clips whose stored feature has NaN/inf
     store_configs: dict = field(default_factory=dict)
-    store_digests: dict = field(default_factory=dict)  # tag -> config digest of the store read
+    store_digests: dict = field(default_factory=dict)  # tag -> {"config", "rows"} digests of the store read
     random_features: bool = False  # a store holds features of a randomly initialised test network
     kept_missing: bool = False  # segments without ego are rows (zeros) instead of left out
 
@@ -44,14 +44,16 @@ class Assembly:
             s += f"; {self.exo_views} exo views, {self.exo_missing} exo clips without features"
         if self.nonfinite:
             s += (f"; {len(self.nonfinite)} clips whose features hold NaN/inf count as without "
-                  f"features (e.g. {self.nonfinite[0]}: re-extract them)")
+                  f"features (e.g. {self.nonfinite[0]}: `kscli features verify --move-aside` moves their "
+                  "parts aside, then `kscli extract` recomputes them)")
         return s
 
 
-def store_digest(layout, tag: str, split: str) -> str | None:
-    """The config digest of store `tag`'s split (None when it has no features)."""
+def store_digest(layout, tag: str, split: str) -> dict | None:
+    """What a run or a submission records of store `tag`'s split: its config digest (how the
+    features were made) and its rows digest (which clips it holds); None without features."""
     store = FeatureStore(layout.features_dir(tag, split))
-    return store.digest if store.exists else None
+    return {"config": store.digest, "rows": store.rows_digest} if store.exists else None
 
 
 def open_stores(bench: Benchmark, tags: list[str], split: str, made_like: dict | None = None
@@ -102,7 +104,7 @@ def load_feature_set(bench: Benchmark, split: str, tags: list[str], with_exo: bo
     segments = bench.segments(split)
     asm = Assembly(split, list(tags), segments=len(segments),
                    store_configs={t: s.config for t, s in zip(tags, stores)},
-                   store_digests={t: s.digest for t, s in zip(tags, stores)},
+                   store_digests={t: {"config": s.digest, "rows": s.rows_digest} for t, s in zip(tags, stores)},
                    random_features=any(s.random_features for s in stores))
     asm.kept_missing = keep_missing
     has = [all(seg.ego.name in s for s in stores) for seg in segments]

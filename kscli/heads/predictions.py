@@ -75,6 +75,9 @@ def validate_doc(doc: dict, segments: list[Segment], label_map: LabelMap, where:
             if not isinstance(lid, int) or isinstance(lid, bool) or lid not in label_map:
                 raise KscliError(f"{where}: results[{i}] ({name}): label_id {lid!r} is not in the label "
                                  f"mapping (0..{label_map.num_classes - 1})")
+        listed = [t.get("label_id") for t in top]
+        if len(set(listed)) != len(listed):
+            raise KscliError(f"{where}: results[{i}] ({name}): 'top5' names a label_id twice")
         for t in top:
             score = t.get("score")
             if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
@@ -103,18 +106,34 @@ def read_doc(path: str | Path) -> dict:
     if not path.is_file():
         raise KscliError(f"{path}: prediction file not found")
     if path.suffix == ".csv":
-        results = []
-        with open(path, newline="") as f:
-            for lineno, row in enumerate(csv.DictReader(f), start=2):
-                try:
-                    ids = [int(x) for x in row.get("top5_ids", "").split()]
-                    scores = [float(x) for x in row.get("top5_scores", "").split()]
+        results, lineno = [], 1
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                for lineno, row in enumerate(csv.DictReader(f), start=2):
+                    ids = [int(x) for x in (row.get("top5_ids") or "").split()]
+                    scores = [float(x) for x in (row.get("top5_scores") or "").split()]
+                    if len(ids) != len(scores):
+                        raise ValueError(f"{len(ids)} top5_ids but {len(scores)} top5_scores")
                     results.append({"ego_segment_name": row["ego_segment_name"], "label_id": int(row["label_id"]),
                                     "top5": [{"label_id": a, "score": b} for a, b in zip(ids, scores)]})
-                except (KeyError, TypeError, ValueError) as e:
-                    raise KscliError(f"{path}: line {lineno}: bad row ({e})") from None
+        except (KeyError, TypeError, ValueError, AttributeError, csv.Error) as e:
+            raise KscliError(f"{path}: line {lineno}: not a row of ego_segment_name,label_id,top5_ids,top5_scores "
+                             f"({type(e).__name__}: {str(e)[:120]})") from None
         return {"results": results}
     return read_json(path)
+
+
+def listed_hits(doc: dict, names: list[str], labels, k: int = TOP_K) -> np.ndarray:
+    """(N,) bool: whether each segment's true label is among the first `k` classes the file
+    lists for it (its label_id, then its top5): a file gets no credit for classes it never
+    named, however the rest would be ranked."""
+    by_name = {r["ego_segment_name"]: r for r in doc["results"]}
+    out = np.zeros(len(names), dtype=bool)
+    for i, (n, y) in enumerate(zip(names, labels)):
+        r = by_name[n]
+        listed = list(dict.fromkeys([r["label_id"]] + [t["label_id"] for t in r.get("top5") or []]))
+        out[i] = y in listed[:k]
+    return out
 
 
 def doc_scores(doc: dict, names: list[str], num_classes: int) -> np.ndarray:

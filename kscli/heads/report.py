@@ -158,6 +158,8 @@ def write_report(run_dir: str | Path) -> Path:
     try:
         names = [k["step_name"] for k in ckpt["labels"]]
         val, sel = metrics["val"], metrics.get("selection", {})
+        if not isinstance(val, dict) or not isinstance(sel, dict) or not isinstance(metrics.get("backbones"), list):
+            raise TypeError("val, selection or backbones is not what train-head writes")
         float(val["top1"]), float(val["top5"]), float(val["mean_class_acc"]), int(val["n"])
         preds = preds["results"]
         y = np.array([p["true_label_id"] for p in preds], dtype=np.int64)
@@ -169,6 +171,15 @@ def write_report(run_dir: str | Path) -> Path:
     steps = _history_rows(history, history_path, sel.get("member", 0))
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
+    try:
+        return _draw(run_dir, out, metrics, val, sel, y, yhat, dur, names, steps)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise KscliError(f"{run_dir}: metrics.json or predictions_val.json is not as train-head wrote it "
+                         f"({type(e).__name__}: {e}); rerun `kscli train-head` for a fresh run folder") from None
+
+
+def _draw(run_dir, out, metrics, val, sel, y, yhat, dur, names, steps) -> Path:
+    """The pictures and report.md of a run whose files were read."""
     _save(plot_per_scenario(val), out / "per_scenario.png")
     _save(plot_confusions(y, yhat, names), out / "confusions.png")
     _save(plot_by_length(y, yhat, dur), out / "by_length.png")

@@ -42,7 +42,7 @@ from kscli.heads.base import Head, check_checkpoint, config_for, head_class, loa
 from kscli.heads.common import plain
 from kscli.heads.features import load_feature_set, store_digest
 from kscli.heads.metrics import compute_metrics, format_summary
-from kscli.heads.predictions import doc_scores, predictions_doc, read_doc, validate_doc
+from kscli.heads.predictions import doc_scores, listed_hits, predictions_doc, read_doc, validate_doc
 from kscli.heads.train import check_memory
 
 UNFINISHED = ".unfinished"  # in a run folder while its run trains and writes
@@ -187,7 +187,11 @@ def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
                          val_fs, val_asm)
         (run_dir / UNFINISHED).unlink()  # last: from now on the run is finished
         return out
-    except BaseException:  # an unfinished run folder would block its --name
+    except KscliError as e:  # an unfinished run folder would block its --name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise KscliError(str(e).replace("rerun the same command (finished work is kept)",
+                                        "train again (this run was not saved)")) from None
+    except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -273,20 +277,33 @@ def rerun_config(layout: Layout, run: str | Path):
 
     run_dir = resolve_run(layout, str(run))
     saved = read_json(run_dir / "config.json", "the run's config")
-    try:
-        train, tags = dict(saved["train"]), list(saved["tags"])
-        stores, annotations = saved["stores"], saved["annotations"]
-    except (KeyError, TypeError):
-        raise KscliError(f"{run_dir}/config.json: made by an older kscli (no train options, stores or "
-                         "annotation digests): it cannot be rerun exactly; train a new run instead") from None
+    where = f"{run_dir / 'config.json'}"
+    train = saved.get("train") if isinstance(saved, dict) else None
+    tags, stores = (saved.get("tags"), saved.get("stores")) if isinstance(saved, dict) else (None, None)
+    annotations = saved.get("annotations") if isinstance(saved, dict) else None
+    ok = (isinstance(train, dict) and isinstance(train.get("head"), str)
+          and isinstance(tags, list) and tags and all(isinstance(t, str) for t in tags)
+          and isinstance(stores, dict) and all(isinstance(v, dict) and all(isinstance(d, dict) for d in v.values())
+                                               for v in stores.values())
+          and isinstance(annotations, dict) and all(isinstance(k, str) for k in annotations))
+    if not ok:
+        raise KscliError(f"{where}: not as train-head wrote it (its train options, tags, store digests or "
+                         "annotation digests are missing or malformed); it cannot be rerun exactly: train a "
+                         "new run instead")
+    train = dict(train)
     cfg = config_for(train.pop("head"), **train)
+    tags = parse_tags(",".join(tags))
     for tag, splits in stores.items():
         for split, digest in splits.items():
             now = store_digest(layout, tag, split)
             if now != digest:
+                what = "other clips" if now and now.get("config") == digest.get("config") else "other settings"
                 raise KscliError(f"{layout.features_dir(tag, split)}: the store is not what {run_dir.name} trained "
-                                 f"on (config digest {digest}, now {now}); the rerun would not reproduce it")
-    now = annotation_digests(layout, [s for s in annotations if s != "label_mapping"])
+                                 f"on ({what}: {digest}, now {now}); the rerun would not reproduce it")
+    splits = [s for s in annotations if s != "label_mapping"]
+    if not set(splits) <= {"train", "val", "test"}:
+        raise KscliError(f"{where}: annotation digests for unknown splits {sorted(splits)}; train a new run instead")
+    now = annotation_digests(layout, splits)
     changed = [k for k, d in annotations.items() if now.get(k) != d]
     if changed:
         raise KscliError(f"{layout.annotations_dir}: the annotations ({', '.join(changed)}) are not those "
@@ -325,4 +342,6 @@ def evaluate_file(layout: Layout, path: str | Path, split: str = "val") -> dict:
     scores = doc_scores(doc, names, bench.labels.num_classes)
     labels = np.array([s.label for s in segments], dtype=np.int64)
     scen = [bench.labels.scenarios[s.label] for s in segments]
-    return compute_metrics(scores, labels, scen, bench.labels.num_classes)
+    metrics = compute_metrics(scores, labels, scen, bench.labels.num_classes)
+    metrics["top5"] = 100.0 * float(listed_hits(doc, names, labels).mean())  # only what the file names
+    return metrics

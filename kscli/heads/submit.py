@@ -25,7 +25,7 @@ from kscli.fileio import write_json_atomic
 from kscli.heads.features import store_digest
 from kscli.heads.metrics import compute_metrics
 from kscli.heads.predictions import predictions_doc, validate_doc, write_csv
-from kscli.heads.run import evaluate_file, is_finished_run, load_checkpoint, predict_split
+from kscli.heads.run import UNFINISHED, evaluate_file, is_finished_run, load_checkpoint, predict_split
 
 FORMATS = ("json", "csv")
 
@@ -78,16 +78,18 @@ def rank_runs(layout: Layout, run_dirs) -> Choice:
     for run in sorted(map(Path, run_dirs), key=lambda p: p.name):
         try:
             ckpt = _checkpoint_for(run, bench)
+            if "tags" not in ckpt:
+                raise KscliError("its checkpoint does not name the stores it was trained on; retrain it")
             missing = [t for t in ckpt["tags"] if not layout.features_dir(t, "val").is_dir()]
             if missing:
                 left_out.append(f"{run.name}: no val features for {', '.join(missing)} to score it on")
                 continue
             names, probs, _ = predict_split(ckpt, bench, "val")
+            label_of = {s.name: s.label for s in segments}
+            m = compute_metrics(probs, [label_of[n] for n in names], None, bench.labels.num_classes)
         except KscliError as e:
             left_out.append(f"{run.name}: {e}")
             continue
-        label_of = {s.name: s.label for s in segments}
-        m = compute_metrics(probs, [label_of[n] for n in names], None, bench.labels.num_classes)
         ranked.append(Ranked(run, m["top1"], m["n"]))
     ranked.sort(key=lambda r: (-r.top1, r.run.name))
     return Choice(ranked, left_out)
@@ -102,13 +104,18 @@ def find_runs(layout: Layout) -> list[Path]:
 
 
 def resolve_run(layout: Layout, run: str) -> Path:
+    """A finished run's folder from its path or its name under the runs folder."""
     p = Path(run)
-    if (p / "checkpoint.pt").is_file():
-        return p
-    if (layout.runs_dir / run / "checkpoint.pt").is_file():
-        return layout.run_dir(run)
-    raise KscliError(f"run {run!r}: no checkpoint.pt there or under {layout.runs_dir}; "
-                     "see the run folders `kscli train-head` printed")
+    if not (p / "checkpoint.pt").is_file():
+        p = layout.runs_dir / run
+        if not (p / "checkpoint.pt").is_file():
+            raise KscliError(f"run {run!r}: no checkpoint.pt there or under {layout.runs_dir}; "
+                             "see the run folders `kscli train-head` printed")
+        layout.run_dir(run)
+    if (p / UNFINISHED).exists():
+        raise KscliError(f"{p}: this run is unfinished (still training, or killed: it has {UNFINISHED}); use a "
+                         "finished run, or train it again")
+    return p
 
 
 def _checkpoint_for(run_dir: Path, bench: Benchmark) -> dict:
