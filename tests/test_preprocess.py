@@ -225,3 +225,15 @@ def test_a_transformers_that_cannot_use_this_torch_is_one_line(monkeypatch):
     monkeypatch.setattr(transformers.utils, "is_torch_available", lambda: False)
     with pytest.raises(KscliError, match=r"does not work with this torch .* 'transformers>=4.56,<5.15'"):
         create_backbone("videomae-base", weights="MCG-NJU/videomae-base-finetuned-kinetics")
+
+
+def test_a_processor_config_that_cannot_be_read_is_an_error_not_a_default(sample_root, tmp_path):
+    folder = _model("dinov2", tmp_path / "dino")
+    args = ["extract", "--data-root", sample_root, "--work-dir", tmp_path / "work", "--backbone", "dinov2-base",
+            "--weights", folder, "--split", "test", "--view", "ego", "--no-progress"]
+    for text, why in (("{not json", "malformed JSON"), ("[1, 2]", "not a JSON object"),
+                      ('{"image_mean": [0.5, 0.5], "image_std": [1, 1, 1]}', "image_mean")):
+        (folder / "preprocessor_config.json").write_text(text)
+        r = cli(*args, check=False)
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and why in r.stderr, (text, r.stderr)
+        assert not (tmp_path / "work" / "features" / "dinov2-base").exists()  # nothing recorded as the model's
