@@ -6,6 +6,7 @@ Fake official files are written for the tiny sample's takes: row i of a file is 
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -237,9 +238,13 @@ def test_import_pools_every_clip_into_the_store_and_heads_read_it(sample_root, o
     fs_test, _ = load_feature_set(Benchmark(layout), "test", ["omnivore_video"])
     assert fs_test.ego.shape == (len(bench.segments("test")), D) and fs_test.exo_mask.shape[1] == 0
 
-    # resume: everything is skipped; other settings are refused in one line
-    again = import_features(layout, "omnivore_video", folder, ["train"], progress=False)[0]
+    # resume: everything is skipped, from the same files moved elsewhere too; other settings are
+    # refused in one line
+    moved = tmp_path / "elsewhere" / folder.name
+    shutil.copytree(folder, moved)
+    again = import_features(layout, "omnivore_video", moved, ["train"], progress=False)[0]
     assert (again.extracted, again.skipped) == (0, len(names["train"]))
+    folder = moved
     with pytest.raises(KscliError, match="sampling.stride_frames is 16 in the store but 8 now") as e:
         import_features(layout, "omnivore_video", folder, ["train"], stride_frames=8, progress=False)
     assert "\n" not in str(e.value) and "--tag" in str(e.value)

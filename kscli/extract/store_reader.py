@@ -35,11 +35,13 @@ def identity(config: dict) -> dict:
     """The part of a store config that shapes its features (IDENTITY_KEYS). A model backbone is
     known by its weights' digest, not by the folder or hub id they were read from (a moved or
     re-downloaded copy of the same weights is the same backbone); imported features by their
-    source."""
+    source and its window settings, not by the folder the published files are in."""
     out = {k: config.get(k) for k in IDENTITY_KEYS if config.get(k) is not None}
     bb = out.get("backbone")
-    if isinstance(bb, dict) and bb.get("kind") != "official":
+    if isinstance(bb, dict):  # where the weights or the published files were read from is not what they are
         out["backbone"] = {k: v for k, v in bb.items() if k != "weights"}
+    if isinstance(out.get("import"), dict):
+        out["import"] = {k: v for k, v in out["import"].items() if k != "features_dir"}
     return out
 
 
