@@ -455,6 +455,9 @@ def test_hand_edited_run_files_and_checkpoints_are_one_line(sample_root, work, t
     torch.save({**ckpt, "tags": []}, bad / "checkpoint.pt")
     assert "field 'tags' must name the store" in one_line(cli("submit", "--run", bad, *where(sample_root, work),
                                                                 check=False))
+    torch.save({k: v for k, v in ckpt.items() if k != "tags"}, bad / "checkpoint.pt")
+    assert "does not name the stores it was trained on" in one_line(
+        cli("submit", "--run", bad, *where(sample_root, work), check=False))
     (bad / ".unfinished").write_text("{}")
     assert "this run is unfinished" in one_line(cli("submit", "--run", "ed-bad", *where(sample_root, work),
                                                     check=False))

@@ -412,11 +412,11 @@ def open_for_writing(path: Path, config: dict, rank: int, overwrite: bool = Fals
             raise KscliError(f"{path}: --overwrite refused: several shards would race to move it; when no "
                              "run writes it, move that folder away yourself, then rerun without --overwrite")
         _move_aside(path)
-    check_identity(path, config, redoing)  # before any decoding; claimed again with the first part
     writer = StoreWriter(path, rank, config, redoing)
     try:
-        # again under the lock: a run of this rank with other settings may have claimed the store
-        # while we waited for it, and a run with nothing left to write never claims anything
+        # under the lock, before any decoding (and again with the first part): a run of this rank
+        # with other settings may have claimed the store while we waited for the lock, and a run
+        # with nothing left to write never claims anything
         check_identity(path, config, redoing)
         return writer, FeatureStore(path).check_one_way()
     except BaseException:
@@ -484,8 +484,8 @@ class PartWriterThread:
 # ----------------------------------------------------------------------------- what the CLI shows
 def store_infos(layout, tag: str, splits: list[str]) -> list[dict]:
     """`FeatureStore.info()` of each split of store `tag` that exists; one line if none does."""
-    infos = [FeatureStore(layout.features_dir(tag, s)).info() for s in splits
-             if FeatureStore(layout.features_dir(tag, s)).exists]
+    stores = [FeatureStore(layout.features_dir(tag, s)) for s in splits]
+    infos = [store.info() for store in stores if store.exists]
     if not infos:
         raise KscliError(f"{layout.store_dir(tag)}: no feature store for {','.join(splits)}; run "
                          f"`kscli extract --backbone {tag}` first")

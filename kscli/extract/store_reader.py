@@ -215,10 +215,9 @@ class FeatureStore:
         """(part, rows, how it differs) for every part made otherwise than the store says (its
         store.json; a store from before store.json: the config of most of its rows)."""
         out = []
-        ref = next((sh for cfg, sh in zip(self._part_configs, self._shapes)
-                    if identity_difference(self.config, cfg) is None), self._shapes[0] if self._shapes else ())
-        for part, cfg, shape in zip(self.parts, self._part_configs, self._shapes):
-            why = identity_difference(self.config, cfg, "in the store", "in this part")
+        diffs = [identity_difference(self.config, cfg, "in the store", "in this part") for cfg in self._part_configs]
+        ref = next((sh for why, sh in zip(diffs, self._shapes) if why is None), self._shapes[0] if self._shapes else ())
+        for part, why, shape in zip(self.parts, diffs, self._shapes):
             if why is None and shape[1:] != ref[1:]:
                 why = f"its features are {shape[1:]} per clip, the store's {ref[1:]}"
             if why is not None:

@@ -73,19 +73,16 @@ def rank_runs(layout: Layout, run_dirs) -> Choice:
     """Every run in `run_dirs` scored on val now, best first: the one rule for "the best run"
     (submit, the demo). See the module doc."""
     bench = Benchmark(layout)
-    segments = bench.segments("val")
+    label_of = {s.name: s.label for s in bench.segments("val")}
     ranked, left_out = [], []
     for run in sorted(map(Path, run_dirs), key=lambda p: p.name):
         try:
             ckpt = _checkpoint_for(run, bench)
-            if "tags" not in ckpt:
-                raise KscliError("its checkpoint does not name the stores it was trained on; retrain it")
             missing = [t for t in ckpt["tags"] if not layout.features_dir(t, "val").is_dir()]
             if missing:
                 left_out.append(f"{run.name}: no val features for {', '.join(missing)} to score it on")
                 continue
             names, probs, _ = predict_split(ckpt, bench, "val")
-            label_of = {s.name: s.label for s in segments}
             m = compute_metrics(probs, [label_of[n] for n in names], None, bench.labels.num_classes)
         except KscliError as e:
             left_out.append(f"{run.name}: {e}")
@@ -119,7 +116,10 @@ def resolve_run(layout: Layout, run: str) -> Path:
 
 
 def _checkpoint_for(run_dir: Path, bench: Benchmark) -> dict:
+    """A run's checkpoint, checked to name its stores and to use this download's labels."""
     ckpt = load_checkpoint(run_dir)
+    if "tags" not in ckpt:
+        raise KscliError(f"{run_dir}: its checkpoint does not name the stores it was trained on; retrain it")
     if [tuple(sorted(r.items())) for r in ckpt.get("labels", [])] != \
             [tuple(sorted(r.items())) for r in bench.labels.to_rows()]:
         raise KscliError(f"{run_dir}: trained with another label mapping than "
