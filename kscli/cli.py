@@ -153,8 +153,8 @@ def backbones_cmd(name: Optional[str] = typer.Option(None, "--name", help="Show 
 
 
 @app.command("extract")
-def extract_cmd(backbone: Optional[str] = typer.Option(None, help="Registered backbone name, required (see `kscli backbones`); tiny-random is a random test network."),
-                weights: Optional[str] = typer.Option(None, help="HF hub id or local folder [default: the backbone's]."),
+def extract_cmd(backbone: Optional[str] = typer.Option(None, help="Registered backbone name, required (see `kscli backbones`), or several as A,B: each clip is decoded once and each backbone writes its own store. tiny-random is a random test network."),
+                weights: Optional[str] = typer.Option(None, help="HF hub id or local folder [default: the backbone's]; with several backbones NAME=DIR,NAME=DIR (the others load their default)."),
                 split: str = typer.Option("train,val,test", help="Comma-separated splits."),
                 view: str = typer.Option("all", help="ego, exo or all."),
                 num_frames: Optional[int] = typer.Option(None, help="Frames per window [default: the backbone's]."),
@@ -167,7 +167,7 @@ def extract_cmd(backbone: Optional[str] = typer.Option(None, help="Registered ba
                 crop: str = typer.Option("model", help="model: resize and crop as the model's own processor; full: the centre square of the short side (keeps the frame's full height)."),
                 dtype: str = typer.Option("float32", help="Stored feature dtype: float32 or float16."),
                 decode: str = typer.Option("sampled", help="sampled: decode only the frames the sample needs (and those they depend on); all: every frame. Same frames, same store."),
-                tag: Optional[str] = typer.Option(None, help="Store name under <work>/features [default: backbone(-wN)]."),
+                tag: Optional[str] = typer.Option(None, help="Store name under <work>/features [default: backbone(-wN)]; one backbone only."),
                 shard: Optional[int] = typer.Option(None, help="This shard (0-based) [default: RANK or SLURM array]."),
                 num_shards: Optional[int] = typer.Option(None, help="Number of shards [default: WORLD_SIZE or array size]."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Redo a store (the old one is moved aside)."),
@@ -176,7 +176,7 @@ def extract_cmd(backbone: Optional[str] = typer.Option(None, help="Registered ba
                 progress: bool = typer.Option(True, help="Show a progress bar."),
                 parts: str = Parts, data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                 clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
-    """Decode every clip, run a frozen backbone, cache features in HDF5 (resumable, shardable)."""
+    """Decode every clip once, run one or several frozen backbones, cache features in HDF5 (resumable, shardable)."""
     from kscli.extract.run import ExtractConfig, extract, extraction_problem, format_summaries
 
     cfg = ExtractConfig(backbone=backbone, weights=weights, splits=split, view=view,

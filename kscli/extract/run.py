@@ -1,10 +1,13 @@
-"""`kscli extract`: every clip of the chosen splits and views through a frozen backbone into a store.
+"""`kscli extract`: every clip of the chosen splits and views through one or several frozen
+backbones, one store per backbone.
 
 Data flow: clip list (from the annotations) -> this rank's shard (balanced by duration) -> minus
-the clips the store already holds -> PyAV in DataLoader worker processes (one per core, one
-thread each; batches cross clips) -> preprocess (in the worker on CPU, on the device on CUDA)
--> backbone (bf16 on CUDA) -> one store part per batch. A clip that is missing or does not
-decode is logged to the store's failures file and the run goes on.
+the clips every store already holds -> PyAV in DataLoader worker processes (one per core, one
+thread each; batches cross clips), each clip decoded once for all backbones (the union of the
+frames they sample) -> preprocess, per backbone (in the worker on CPU, on the device on CUDA)
+-> each backbone (bf16 on CUDA) on the clips its store lacks -> one part per batch in each
+store. A clip that is missing or does not decode is logged to the failures file of each store
+that needed it and the run goes on.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,13 +27,13 @@ from kscli.data.layout import Benchmark, Layout, check_name, parse_splits
 from kscli.data.video import DECODE_RULES, DECODER
 from kscli.device import resolve_device
 from kscli.errors import KscliError
-from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING, random_weights
-from kscli.extract.backbones import create_backbone
+from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING, BackboneSpec, random_weights
+from kscli.extract.backbones import backbone_names, create_backbone
 from kscli.extract.preprocess import preprocess_clips, resize_clip_uint8
 from kscli.extract.processors import CROPS
-from kscli.extract.sampling import SamplingConfig, decode_frames
+from kscli.extract.sampling import SamplingConfig, decode_samples
 from kscli.extract.shard import ShardPlan, assign_shards, default_workers, resolve_shard, usable_cores
-from kscli.extract.store import PartWriterThread, StoreRows, StoreWriter, open_for_writing
+from kscli.extract.store import FeatureStore, PartWriterThread, StoreRows, StoreWriter, open_for_writing
 
 VIEWS = ("ego", "exo", "all")
 
@@ -51,10 +55,12 @@ STORE_DTYPES = ("float32", "float16")
 class ExtractConfig:
     """What `kscli extract` does; every value is checked here, so the library and the CLI refuse
     the same things in the same words. `backbone` has no default: a store is made by a model
-    someone chose (`tiny-random`, a random test network, only when named)."""
+    someone chose (`tiny-random`, a random test network, only when named). Several backbones
+    joined with commas (`a,b`) share one decode of each clip and each write their own store,
+    the one `--backbone a` alone would write; every other setting applies to each of them."""
 
     backbone: str
-    weights: str | None = None
+    weights: str | None = None  # one backbone: a hub id or folder; several: NAME=DIR,NAME=DIR (others: their default)
     splits: tuple[str, ...] = ("train", "val", "test")
     view: str = "all"
     num_frames: int | None = None  # frames per window; None: the backbone's own
@@ -81,6 +87,13 @@ class ExtractConfig:
         if not isinstance(self.backbone, str) or not self.backbone.strip():
             raise KscliError("--backbone: name the backbone to extract with (`kscli backbones` lists them; "
                              "tiny-random is a random network for tests)")
+        names = self.backbone_names()
+        if not all(names):
+            raise KscliError(f"--backbone {self.backbone!r}: a name is empty; give NAME, or several as NAME,NAME")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise KscliError(f"--backbone {self.backbone!r}: {twice[0]} is named twice")
+        self.weights_for()
         self.splits = tuple(parse_splits(self.splits))
         for name, value, allowed in (("--view", self.view, VIEWS), ("--precision", self.precision, PRECISIONS),
                                      ("--decode", self.decode, DECODE_RULES),
@@ -98,7 +111,36 @@ class ExtractConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise KscliError(f"{name} {value!r}: must be a whole number >= {low}")
         if self.tag is not None:
+            if len(names) > 1:
+                raise KscliError("--tag names one store; with several backbones each store is named by its backbone "
+                                 "(extract with one backbone at a time to name its store)")
             check_name(self.tag, "--tag")
+
+    def backbone_names(self) -> tuple[str, ...]:
+        """The backbones to extract with, in the order given."""
+        return tuple(n.strip() for n in self.backbone.split(","))
+
+    def weights_for(self) -> dict[str, str | None]:
+        """backbone -> its --weights (None: the registered default). One backbone takes a plain
+        value (or NAME=VALUE); several take NAME=DIR for each one that needs weights."""
+        names = self.backbone_names()
+        out: dict[str, str | None] = dict.fromkeys(names)
+        if self.weights is None:
+            return out
+        given = str(self.weights)
+        if len(names) == 1:
+            prefix = f"{names[0]}="
+            out[names[0]] = given[len(prefix):] if given.startswith(prefix) else given
+            return out
+        for item in given.split(","):
+            name, eq, path = (x.strip() for x in item.partition("="))
+            if not eq or name not in out or not path:
+                raise KscliError(f"--weights {given!r}: with several backbones give NAME=DIR for each one that needs "
+                                 f"weights, NAME one of {', '.join(names)} (e.g. --weights {names[0]}=/models/{names[0]})")
+            if out[name] is not None:
+                raise KscliError(f"--weights {given!r}: {name} is given twice")
+            out[name] = path
+        return out
 
 
 @dataclass
@@ -190,31 +232,50 @@ def list_clip_jobs(bench: Benchmark, split: str, view: str) -> list[ClipJob]:
             for seg, clip in view_clips(bench, split, view)]
 
 
-class ClipDataset(torch.utils.data.Dataset):
-    """Decodes one clip per item in a worker; errors travel back as data, never kill the run."""
+@dataclass(frozen=True)
+class FrameRequest:
+    """What one backbone needs of every clip: its sampling, and the spec to resize the frames for
+    in the worker (None: the device resizes them)."""
 
-    def __init__(self, jobs: list[ClipJob], sampling: SamplingConfig, resize_for=None, rule: str = "sampled"):
-        """`resize_for`: a BackboneSpec to resize the frames for in the worker, or None (the
-        device resizes them); `rule`: the decoding rule (kscli.data.video)."""
-        self.jobs, self.sampling, self.resize_for, self.rule = jobs, sampling, resize_for, rule
+    sampling: SamplingConfig
+    resize_for: BackboneSpec | None = None
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Decodes one clip per item in a worker, once for every request that needs it; errors travel
+    back as data, never kill the run.
+
+    An item: name, role, error, `needs` (the requests it was decoded for), `views` {request:
+    {"frames": uint8 tensor, "times": seconds}}, the clip's frame count, fps, frames decoded and
+    decoding seconds."""
+
+    def __init__(self, jobs: list[ClipJob], requests: list[FrameRequest], rule: str = "sampled",
+                 needs: list[tuple[int, ...]] | None = None):
+        """`rule`: the decoding rule (kscli.data.video); `needs[i]`: the requests job i is decoded
+        for (default: all)."""
+        self.jobs, self.requests, self.rule = jobs, requests, rule
+        self.needs = needs if needs is not None else [tuple(range(len(requests)))] * len(jobs)
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def __getitem__(self, i: int) -> dict:
-        job = self.jobs[i]
-        item = {"name": job.name, "role": job.role, "error": None}
+        job, needs = self.jobs[i], self.needs[i]
+        item = {"name": job.name, "role": job.role, "needs": needs, "error": None}
         t0 = time.perf_counter()
         try:
             if not os.path.exists(job.path):
                 raise FileNotFoundError("clip file is missing")
             if os.path.getsize(job.path) == 0:
                 raise ValueError("clip file is empty (0 bytes)")
-            frames, times, n, fps, decoded = decode_frames(job.path, self.sampling, self.rule)
-            frames = torch.from_numpy(frames)
-            if self.resize_for is not None:
-                frames = resize_clip_uint8(frames, self.resize_for)
-            item.update(frames=frames, times=times, num_frames=n, fps=fps, decoded=decoded,
+            clip = decode_samples(job.path, [self.requests[k].sampling for k in needs], self.rule)
+            views = {}
+            for k, frames, times in zip(needs, clip.frames, clip.times):
+                frames = torch.from_numpy(frames)
+                if self.requests[k].resize_for is not None:
+                    frames = resize_clip_uint8(frames, self.requests[k].resize_for)
+                views[k] = {"frames": frames, "times": times}
+            item.update(views=views, num_frames=clip.frame_count, fps=clip.fps, decoded=clip.decoded,
                         decode_s=time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 - any decode failure is recorded, not raised
             msg = str(e).strip().splitlines()
@@ -247,8 +308,10 @@ def _versions() -> dict:
 
 
 
-def store_tag(cfg: ExtractConfig) -> str:
-    return cfg.tag or (cfg.backbone if cfg.windows == 1 else f"{cfg.backbone}-w{cfg.windows}")
+def store_tag(cfg: ExtractConfig, backbone: str | None = None) -> str:
+    """The store a backbone of this run writes (default: the first): --tag, else its name (+ -w<windows>)."""
+    name = backbone or cfg.backbone_names()[0]
+    return cfg.tag or (name if cfg.windows == 1 else f"{name}-w{cfg.windows}")
 
 
 @dataclass(frozen=True)
@@ -323,16 +386,18 @@ class _CpuThreads:
 class _Embedder:
     """The frozen backbone on its device, and how a batch of decoded clips becomes store rows."""
 
-    def __init__(self, cfg: ExtractConfig, plan: RunPlan):
+    def __init__(self, cfg: ExtractConfig, plan: RunPlan, name: str, weights: str | None):
+        self.name = name
         self.device = torch.device(plan.device)
         self.use_device()
         self.dtype = torch.bfloat16 if plan.precision == "bfloat16" else torch.float32
-        backbone = create_backbone(cfg.backbone, weights=cfg.weights, crop=cfg.crop,
+        backbone = create_backbone(name, weights=weights, crop=cfg.crop,
                                    **({"num_frames": cfg.num_frames} if cfg.num_frames is not None else {}))
         self.backbone = backbone.to(device=self.device, dtype=self.dtype).eval()
         self.spec = backbone.spec
         self.sampling = SamplingConfig(num_frames=self.spec.num_frames, windows=cfg.windows)
         self.resize_for = self.spec if plan.resize_on == "worker" else None
+        self.request = FrameRequest(self.sampling, self.resize_for)
         self.store_dtype = np.dtype(cfg.dtype)
         self.rule = cfg.decode
         self.config = {"backbone": self.spec.to_attrs(), "sampling": self.sampling.to_attrs(),
@@ -394,7 +459,8 @@ class _Embedder:
 
 
 def extract(layout: Layout, cfg: ExtractConfig, progress: bool = True) -> list[SplitSummary]:
-    """Run extraction for each split; returns one summary per split. Resumable and shardable."""
+    """Run extraction for each split and backbone; returns one summary per split and store, in
+    that order. Resumable and shardable. Every backbone is loaded before any clip is decoded."""
     threads = torch.get_num_threads()
     try:
         plan = plan_run(cfg)
@@ -404,87 +470,123 @@ def extract(layout: Layout, cfg: ExtractConfig, progress: bool = True) -> list[S
             raise KscliError(f"{layout.clips_root}: the clips folder does not exist; is --parts (now "
                              f"{layout.part!r}) or --clips-root / --data-root right? The download puts clips "
                              "in <data-root>/keystep_benchmark/<part>")
+        unknown = [n for n in cfg.backbone_names() if n not in backbone_names()]
+        if unknown:
+            raise KscliError(f"unknown backbone '{unknown[0]}'; known backbones: {', '.join(backbone_names())}")
         if progress:
             print(plan.text(), file=sys.stderr)
-        embedder = _Embedder(cfg, plan)
-        if embedder.device.type == "cpu":
+        embedders = [_Embedder(cfg, plan, name, weights) for name, weights in cfg.weights_for().items()]
+        if plan.device == "cpu":
             torch.set_num_threads(plan.model_threads)
-        return [_extract_split(layout, cfg, plan, embedder, split, jobs_by_split[split], progress)
-                for split in cfg.splits]
+        return [summary for split in cfg.splits
+                for summary in _extract_split(layout, cfg, plan, embedders, split, jobs_by_split[split], progress)]
     finally:
         torch.set_num_threads(threads)
 
 
-def _extract_split(layout: Layout, cfg: ExtractConfig, plan: RunPlan, embedder: _Embedder, split: str,
-                   jobs: list[ClipJob], progress: bool) -> SplitSummary:
+@dataclass
+class _Target:
+    """One backbone's store in a run: its model, its writer and what it already holds."""
+
+    embedder: _Embedder
+    writer: StoreWriter
+    store: FeatureStore
+    summary: SplitSummary
+
+
+def _extract_split(layout: Layout, cfg: ExtractConfig, plan: RunPlan, embedders: list[_Embedder], split: str,
+                   jobs: list[ClipJob], progress: bool) -> list[SplitSummary]:
     if cfg.limit is not None:
         jobs = sorted(jobs, key=lambda j: j.name)[: cfg.limit]
     mine = assign_shards(jobs, plan.shard.num_shards)[plan.shard.shard]
-    path = layout.features_dir(store_tag(cfg), split)
-    config = {**embedder.config, "split": split, "clips": layout.clips_root.name}
-    writer, store = open_for_writing(path, config, plan.shard.shard, cfg.overwrite, plan.shard.num_shards,
-                                     redoing=cfg.splits if cfg.overwrite else ())
-    try:
-        todo = [j for j in mine if j.name not in store]
-        summary = SplitSummary(split, str(path), total=len(mine), skipped=len(mine) - len(todo), plan=plan,
-                               clips_root=str(layout.clips_root), random_features=random_weights(embedder.spec))
+    with ExitStack() as held:  # every store's rank lock, until this split is done
+        targets = []
+        for embedder in embedders:
+            path = layout.features_dir(store_tag(cfg, embedder.name), split)
+            config = {**embedder.config, "split": split, "clips": layout.clips_root.name}
+            writer, store = open_for_writing(path, config, plan.shard.shard, cfg.overwrite, plan.shard.num_shards,
+                                             redoing=cfg.splits if cfg.overwrite else ())
+            held.callback(writer.close)
+            summary = SplitSummary(split, str(path), total=len(mine), skipped=sum(j.name in store for j in mine),
+                                   plan=plan, clips_root=str(layout.clips_root),
+                                   random_features=random_weights(embedder.spec))
+            targets.append(_Target(embedder, writer, store, summary))
+        # each clip is decoded once, for the stores that lack it
+        needs = [tuple(k for k, t in enumerate(targets) if j.name not in t.store) for j in mine]
+        todo = [(j, n) for j, n in zip(mine, needs) if n]
         if todo:
-            _decode_embed_write(embedder, todo, writer, summary, cfg, plan, progress)
-        writer.merge_parts()  # also finishes a merge that an earlier run was killed in
-        return summary
-    finally:
-        writer.close()
+            _decode_embed_write(targets, todo, split, cfg, plan, progress)
+        for t in targets:
+            t.writer.merge_parts()  # also finishes a merge that an earlier run was killed in
+        return [t.summary for t in targets]
 
 
-def _decode_embed_write(embedder: _Embedder, todo: list[ClipJob], writer: StoreWriter, summary: SplitSummary,
+def _views(items: list[dict], k: int) -> list[dict]:
+    """The items decoded for request `k`, each as that backbone's clip (its frames and times)."""
+    return [{"name": it["name"], "role": it["role"], "num_frames": it["num_frames"], "fps": it["fps"],
+             **it["views"][k]} for it in items if k in it["views"]]
+
+
+def _decode_embed_write(targets: list[_Target], todo: list[tuple[ClipJob, tuple[int, ...]]], split: str,
                         cfg: ExtractConfig, plan: RunPlan, progress: bool) -> None:
-    """Workers decode, the main thread runs the model, a writer thread writes the parts."""
+    """Workers decode, the main thread runs the models, one writer thread per store writes its parts."""
+    first = targets[0].embedder
     # Batches waiting per worker: full-size frames (resize on the device) are ~5x the bytes of
     # resized ones, so fewer wait; host memory is ~ workers x prefetch x batch x clip bytes.
-    prefetch = (4 if embedder.resize_for is not None else 2) if plan.workers else None
+    prefetch = (4 if first.resize_for is not None else 2) if plan.workers else None
+    dataset = ClipDataset([j for j, _ in todo], [t.embedder.request for t in targets], first.rule,
+                          needs=[n for _, n in todo])
     loader = torch.utils.data.DataLoader(
-        ClipDataset(todo, embedder.sampling, embedder.resize_for, embedder.rule), batch_size=cfg.batch_size,
-        shuffle=False,
-        num_workers=plan.workers, collate_fn=_collate, worker_init_fn=_worker_init,
-        prefetch_factor=prefetch, pin_memory=embedder.device.type == "cuda")
-    batches = iter(loader)  # forks the decoders now, before the progress bar starts a thread
+        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=plan.workers, collate_fn=_collate,
+        worker_init_fn=_worker_init, prefetch_factor=prefetch, pin_memory=first.device.type == "cuda")
+    batches = iter(loader)  # forks the decoders now, before the progress bar and the writer threads start
     s = plan.shard
-    bar = tqdm(total=len(todo), desc=f"extract {summary.split} [{s.shard + 1}/{s.num_shards}]", unit="clip",
+    bar = tqdm(total=len(todo), desc=f"extract {split} [{s.shard + 1}/{s.num_shards}]", unit="clip",
                disable=not progress, dynamic_ncols=True)
+    summaries = [t.summary for t in targets]
+    writers = []
+    for t in targets:
+        def written(rows: StoreRows, summary: SplitSummary = t.summary) -> None:
+            summary.extracted += len(rows.names)
 
-    def written(rows: StoreRows) -> None:
-        summary.extracted += len(rows.names)
-
-    parts = PartWriterThread(writer, on_written=written, thread_init=embedder.use_device)
-    threads = _CpuThreads(plan, embedder.device)
+        writers.append(PartWriterThread(t.writer, on_written=written, thread_init=t.embedder.use_device))
+    threads = _CpuThreads(plan, first.device)
     t0 = time.perf_counter()
     try:
         for batch in batches:
             good = [it for it in batch if it["error"] is None]
             for it in batch:
                 if it["error"] is not None:
-                    writer.record_failure(it["name"], it["error"])
-                    summary.failures.append((it["name"], it["error"]))
-                    summary.failed += 1
+                    for k in it["needs"]:
+                        targets[k].writer.record_failure(it["name"], it["error"])
+                        targets[k].summary.failures.append((it["name"], it["error"]))
+                        targets[k].summary.failed += 1
+            t_model = time.perf_counter()
+            for k, (t, parts) in enumerate(zip(targets, writers)):
+                mine = _views(good, k)
+                if mine:
+                    parts.submit(t.embedder.rows_later(mine))
             if good:
-                t_model = time.perf_counter()
-                parts.submit(embedder.rows_later(good))
                 threads.observe(good, time.perf_counter() - t_model)
             bar.update(len(batch))
-            bar.set_postfix(failed=summary.failed, refresh=False)
-        parts.close()
+            bar.set_postfix(failed=max(x.failed for x in summaries), refresh=False)
+        for parts in writers:
+            parts.close()
     except BaseException as e:
-        try:
-            parts.close()  # what was computed is written: a rerun resumes after it
-        except Exception:  # noqa: BLE001 - the first error is the one to report
-            pass
+        for parts in writers:
+            try:
+                parts.close()  # what was computed is written: a rerun resumes after it
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
         bar.close()
         if isinstance(e, KeyboardInterrupt):
-            summary.seconds = time.perf_counter() - t0
-            report_interrupted(summary, writer.path)
+            for t in targets:
+                t.summary.seconds = time.perf_counter() - t0
+                report_interrupted(t.summary, t.writer.path)
         raise
     finally:
         bar.close()
-        summary.seconds = time.perf_counter() - t0
+        for x in summaries:
+            x.seconds = time.perf_counter() - t0
         if threads.note:
-            summary.notes.append(threads.note)
+            summaries[0].notes.append(threads.note)

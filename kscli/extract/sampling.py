@@ -47,14 +47,38 @@ def decode_frames(path: str, sampling: SamplingConfig, rule: str = "sampled"
     the clip's frame count, its frame rate (probed, not assumed) and how many frames were
     decoded.
     """
+    clip = decode_samples(path, [sampling], rule)
+    return clip.frames[0], clip.times[0], clip.frame_count, clip.fps, clip.decoded
+
+
+@dataclass
+class Samples:
+    """What `decode_samples` returns: per sampling, its uint8 frames (W*F, H, W, 3) and their
+    times (seconds from the clip's first frame); the clip's frame count, frame rate and how
+    many frames were decoded in all."""
+
+    frames: list[np.ndarray]
+    times: list[np.ndarray]
+    frame_count: int
+    fps: float
+    decoded: int
+
+
+def decode_samples(path: str, samplings: list[SamplingConfig], rule: str = "sampled") -> Samples:
+    """Decode one clip once for several samplings (one per backbone): the union of the frames
+    they sample is decoded, and each gets exactly the frames `decode_frames` would give it alone
+    (the decoder's output for a frame does not depend on which other frames are asked for)."""
     from kscli.data.video import read_frames
 
-    idx = None
+    picks: list[np.ndarray] = []
 
     def choose(n: int) -> np.ndarray:
-        nonlocal idx
-        idx = sample_frame_indices(n, sampling.num_frames, sampling.windows).reshape(-1)
-        return idx
+        picks[:] = [sample_frame_indices(n, s.num_frames, s.windows).reshape(-1) for s in samplings]
+        return np.unique(np.concatenate(picks))
 
     clip = read_frames(path, choose, rule)
-    return clip.frames, (idx / clip.fps).astype(np.float32), clip.frame_count, clip.fps, clip.decoded
+    union = np.unique(np.concatenate(picks))
+    frames = [clip.frames if len(idx) == len(union) and (idx == union).all() else clip.frames[np.searchsorted(union, idx)]
+              for idx in picks]
+    return Samples(frames, [(idx / clip.fps).astype(np.float32) for idx in picks], clip.frame_count, clip.fps,
+                   clip.decoded)
