@@ -18,6 +18,12 @@ as clips/s and as ratios (these machines are noisy: compare ratios, not absolute
   reported against min(decode, model): the share of the slower stage it reaches;
 - a naive loop: decode one clip, run it, write it.
 
+`--pair` measures instead what one decode for two backbones saves: `extract --backbone A,B`
+against `--backbone A` then `--backbone B` (two decoding passes), alternated twice in this
+process on the same clips, best of each, with the two ways' stores compared feature by feature.
+A is tiny-random and B a small random DINOv2 (`--pair-model`, saved like a pretrained one), both
+far cheaper than decoding, as on a GPU node where the GPU waits on the decoders.
+
 The clips are encoded as Ego-Exo4D's are (x264 defaults: B-frames, long GOP); `--encoding fast`
 makes the ultrafast, keyframe-every-second kind instead (about half as costly to decode, and
 nothing for `sampled` to skip). Peak memory is measured in child runs over N and 2N clips: it
@@ -56,6 +62,45 @@ def make_clips(root: Path, takes: int, seconds: tuple[float, float], encoding: s
                                segments_per_take=(4, 4), clip_seconds=seconds, short_clip_prob=0.0,
                                workers=os.cpu_count() or 1, encoding=encoding)
     return Layout.resolve(data_root=root, work_dir=root / "work")
+
+
+def small_random_dinov2(folder: Path) -> str:
+    """A small randomly initialised DINOv2 (2 layers, 48-d), saved so it loads like a pretrained one."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=192,
+                             image_size=224, patch_size=14)).save_pretrained(folder)
+    return str(folder)
+
+
+def pair_vs_passes(layout: Layout, cfg: dict, second: str, weights: str, rounds: int = 2) -> dict:
+    """Seconds for `--backbone A,B` (one decode) and for A then B (two passes), alternated, best of
+    `rounds`; and whether every store is the same feature for feature."""
+    from kscli.extract.store import FeatureStore
+
+    first = cfg["backbone"]
+    best = {"one_pass": float("inf"), "two_passes": float("inf")}
+    works = {}
+    for k in range(rounds):
+        for way in best:
+            work = Path(tempfile.mkdtemp(prefix=f"kscli-bench-{way}-"))
+            here = Layout.resolve(data_root=layout.data_root, work_dir=work)
+            runs = ([dict(backbone=f"{first},{second}", weights=f"{second}={weights}")] if way == "one_pass" else
+                    [dict(backbone=first, weights=None), dict(backbone=second, weights=weights)])
+            t0 = time.perf_counter()
+            for run in runs:
+                extract(here, ExtractConfig(**{**cfg, **run}), progress=False)
+            best[way] = min(best[way], time.perf_counter() - t0)
+            works.setdefault(way, work)
+    same = True
+    for name in (first, second):
+        stores = [FeatureStore(works[way] / "features" / name / "train") for way in ("one_pass", "two_passes")]
+        names = sorted(stores[1].names)
+        same &= sorted(stores[0].names) == names and all(
+            np.array_equal(stores[0].get(names, f), stores[1].get(names, f)) for f in ("features", "frame_times"))
+    return {"one_pass_s": best["one_pass"], "two_passes_s": best["two_passes"],
+            "speedup": best["two_passes"] / best["one_pass"], "identical": bool(same)}
 
 
 def random_hf_model(family: str, folder: Path) -> str:
@@ -175,6 +220,7 @@ def main() -> None:
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure peak memory over N and 2N clips (two more runs)")
     ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--pair", action="store_true", help="measure one pass with two backbones against two passes")
     ap.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -193,6 +239,16 @@ def main() -> None:
         me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         print((me + kids) / 1024)
+        return
+
+    if args.pair:
+        second = small_random_dinov2(root / "pair-model")
+        figures = pair_vs_passes(layout, {**cfg, "limit": args.limit}, "dinov2-small", second)
+        print(f"{cfg['backbone']} + dinov2-small (small, random), {args.workers} workers, {args.decode}: one pass "
+              f"{figures['one_pass_s']:.1f} s vs two passes {figures['two_passes_s']:.1f} s: one pass is "
+              f"{figures['speedup']:.2f}x faster; stores identical feature for feature: {figures['identical']}")
+        if args.out:
+            Path(args.out).write_text(json.dumps(figures, indent=1))
         return
 
     bench = Benchmark(layout)

@@ -235,7 +235,8 @@ def test_spec_attrs_roundtrip():
 
 def test_list_backbones_is_static_and_complete():
     rows = {r["name"]: r for r in list_backbones()}
-    for name in ("tiny-random", "vjepa2-vitl", "videomae-base", "timesformer-base", "dinov2-base", "siglip-base"):
+    for name in ("tiny-random", "vjepa2-vitl", "videomae-base", "timesformer-base", "dinov2-base", "siglip-base",
+                 "siglip2-base", "siglip2-large", "siglip2-so400m", "siglip2-giant"):
         assert name in rows
     assert rows["tiny-random"]["default_weights"] is None and "random" in rows["tiny-random"]["description"].lower()
     assert rows["tiny-random"]["weights"] == TINY_RANDOM_WEIGHTS
@@ -243,6 +244,14 @@ def test_list_backbones_is_static_and_complete():
     assert rows["videomae-base"]["default_weights"] == "MCG-NJU/videomae-base-finetuned-kinetics"
     assert rows["vjepa2-vitl"]["size"] == 256 and rows["vjepa2-vitl"]["feature_dim"] == 1024
     assert rows["dinov2-base"]["kind"] == "image"
+    for name, weights, size, dim in (("siglip2-base", "google/siglip2-base-patch16-224", 224, 768),
+                                     ("siglip2-large", "google/siglip2-large-patch16-256", 256, 1024),
+                                     ("siglip2-so400m", "google/siglip2-so400m-patch14-384", 384, 1152),
+                                     ("siglip2-giant", "google/siglip2-giant-opt-patch16-384", 384, 1536)):
+        r = rows[name]
+        assert (r["default_weights"], r["size"], r["feature_dim"], r["num_frames"], r["kind"]) == (weights, size, dim, 8, "image")
+        assert r["hf_class"] == "SiglipVisionModel" and r["preprocessing"].startswith(
+            f"resized to {size}x{size} (bilinear, antialiased), no crop; /255, mean (0.500, 0.500, 0.500)")
     for r in rows.values():
         assert r["num_frames"] > 0 and r["size"] > 0 and r["feature_dim"] > 0
 
@@ -416,7 +425,9 @@ def test_dinov2(tmp_path):
     assert create_backbone("dinov2-base", weights=str(path)).spec.num_frames == 8
 
 
-def test_siglip_full_checkpoint(tmp_path):
+def _siglip_full_checkpoint_loads_as(name, folder, preprocessor):
+    """A tiny SiglipModel (hub checkpoints hold the text tower too) saved to `folder`, loaded as `name`:
+    SiglipVisionModel's pooler_output per frame, averaged over frames."""
     import transformers as tf
 
     cfg = tf.SiglipConfig(
@@ -424,9 +435,9 @@ def test_siglip_full_checkpoint(tmp_path):
         text_config=dict(vocab_size=100, max_position_embeddings=16, **VIT),
     )
     torch.manual_seed(0)
-    ref = tf.SiglipModel(cfg).eval()  # hub checkpoints hold the text tower too
-    path = _save(ref, tmp_path / "siglip", {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
-    bb = create_backbone("siglip-base", weights=str(path), num_frames=2)
+    ref = tf.SiglipModel(cfg).eval()
+    path = _save(ref, folder, preprocessor)
+    bb = create_backbone(name, weights=str(path), num_frames=2)
     _check_common(bb, path, size=32, frames=2, dim=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), kind="image")
     assert bb.spec.hf_class == "SiglipVisionModel"
     x = _pixels(bb)
@@ -435,6 +446,70 @@ def test_siglip_full_checkpoint(tmp_path):
         expect = ref.vision_model(pixel_values=x.flatten(0, 1)).pooler_output.view(2, 2, -1).mean(1)
     assert f.shape == (2, 32) and f.dtype == torch.float32
     torch.testing.assert_close(f, expect, atol=1e-5, rtol=1e-4)
+    return bb
+
+
+def test_siglip_full_checkpoint(tmp_path):
+    _siglip_full_checkpoint_loads_as("siglip-base", tmp_path / "siglip",
+                                     {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+
+
+# what a SigLIP 2 FixRes checkpoint's preprocessor_config.json says (at the tiny model's 32x32)
+SIGLIP2_PROCESSOR = {"image_processor_type": "SiglipImageProcessor", "processor_class": "SiglipProcessor",
+                     "do_resize": True, "size": {"height": 32, "width": 32}, "resample": 2, "do_rescale": True,
+                     "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5],
+                     "image_std": [0.5, 0.5, 0.5]}
+
+
+def test_siglip2_fixres_checkpoint(tmp_path):
+    """SigLIP 2 FixRes checkpoints are SigLIP-architecture ("siglip") checkpoints with a bilinear processor."""
+    bb = _siglip_full_checkpoint_loads_as("siglip2-base", tmp_path / "siglip2", SIGLIP2_PROCESSOR)
+    assert (bb.spec.resize_mode, bb.spec.interpolation) == ("squash", "bilinear")
+    # without a processor config, the registry's default for the family: squash, bilinear
+    (tmp_path / "siglip2" / "preprocessor_config.json").unlink()
+    spec = create_backbone("siglip2-base", weights=str(tmp_path / "siglip2")).spec
+    assert (spec.resize_mode, spec.interpolation, spec.num_frames, spec.mean) == ("squash", "bilinear", 8, (0.5,) * 3)
+
+
+def _naflex(kind, folder):
+    import transformers as tf
+
+    cfg = tf.Siglip2Config(vision_config=dict(num_patches=16, patch_size=16, **VIT),
+                           text_config=dict(vocab_size=100, max_position_embeddings=16, **VIT))
+    torch.manual_seed(0)
+    model = tf.Siglip2Model(cfg) if kind == "siglip2" else tf.Siglip2VisionModel(cfg.vision_config)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["siglip2", "siglip2_vision_model"])
+def test_siglip2_naflex_checkpoint_is_refused_in_one_line(kind, tmp_path):
+    path = _naflex(kind, tmp_path / "naflex")
+    assert json.loads((path / "config.json").read_text())["model_type"] == kind
+    with pytest.raises(KscliError) as e:
+        create_backbone("siglip2-so400m", weights=str(path))
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and f"'{kind}'" in msg
+    assert "NaFlex" in msg and "FixRes" in msg and "--weights google/siglip2-so400m-patch14-384" in msg
+    # under a SigLIP (v1) name: the same line, naming a SigLIP 2 FixRes backbone and checkpoint
+    with pytest.raises(KscliError, match="NaFlex .* --backbone siglip2-base --weights google/siglip2-base-patch16-224"):
+        create_backbone("siglip-base", weights=str(path))
+
+
+def test_siglip2_naflex_hub_id_in_the_cache_is_refused_in_one_line(monkeypatch, tmp_path):
+    """A hub id is checked from the local cache before from_pretrained (which fails less clearly)."""
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--kscli-test--siglip2-naflex"
+    _naflex("siglip2", repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(KscliError) as e:
+        create_backbone("siglip2-base", weights="kscli-test/siglip2-naflex")
+    msg = str(e.value)
+    assert "\n" not in msg and "NaFlex" in msg and "--weights google/siglip2-base-patch16-224" in msg
 
 
 def test_wrong_family_checkpoint_is_refused(tmp_path):

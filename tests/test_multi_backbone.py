@@ -188,3 +188,36 @@ def test_weights_and_names_are_checked_in_one_line():
                       (dict(backbone="a,b", tag="mine"), "--tag names one store")):
         with pytest.raises(KscliError, match=words):
             ExtractConfig(**kw)
+
+
+def test_a_fused_run_on_stores_from_one_pass_trains_evaluates_submits_and_reruns(sample_root, models, tmp_path):
+    work = tmp_path / "work"
+    where = ["--data-root", sample_root, "--work-dir", work]
+    fused = "tiny-random,dinov2-small"
+    cli("extract", "--backbone", fused, "--weights", f"dinov2-small={models['dinov2-small']}", *where,
+        "--workers", "2", "--no-progress")
+    cli("train-head", "--backbone", fused, "--head", "mlp", "--name", "fused", *where, "--no-progress")
+    cli("train-head", "--backbone", "tiny-random", "--head", "linear", "--name", "alone", *where, "--no-progress")
+    run = work / "runs" / "fused"
+    config, metrics = (json.loads((run / f).read_text()) for f in ("config.json", "metrics.json"))
+    assert sorted(config["stores"]) == ["dinov2-small", "tiny-random"]
+    assert metrics["backbones"] == ["tiny-random", "dinov2-small"]
+    assert [config["backbones"][n]["backbone"]["feature_dim"] for n in metrics["backbones"]] == [128, 32]
+    scored = json.loads(cli("evaluate", run / "predictions_val.json", "--json", *where).stdout)
+    assert scored["top1"] == pytest.approx(metrics["val"]["top1"])
+    cli("train-head", "--from", "fused", "--name", "again", *where, "--no-progress")
+    assert json.loads((work / "runs" / "again" / "metrics.json").read_text())["val"] == metrics["val"]
+    sub = cli("submit", "--run", "fused", "--out", tmp_path / "fused.json", *where)
+    doc = json.loads((tmp_path / "fused.json").read_text())
+    assert doc["runs"] == ["fused"] and sorted(doc["stores"]["fused"]) == ["dinov2-small", "tiny-random"], sub.stdout
+    from kscli.data.layout import Benchmark, Layout
+
+    test = Benchmark(Layout.resolve(data_root=sample_root)).segments("test")
+    assert sorted(r["ego_segment_name"] for r in doc["results"]) == sorted(s.name for s in test)
+    ens = cli("submit", "--run", "fused", "--run", "alone", "--split", "val", "--out", tmp_path / "ens.json", *where)
+    assert "2 run(s)" in ens.stdout
+    cli("evaluate", tmp_path / "ens.json", *where)
+    best = cli("submit", *where, "--out", tmp_path / "best.json")  # the best run by val top-1, fused ones included
+    assert "fused" in best.stdout or "alone" in best.stdout
+    cli("report", "fused", "--work-dir", work)
+    assert "dinov2-small" in (run / "report.md").read_text()

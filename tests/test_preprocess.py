@@ -51,7 +51,7 @@ def _model(family, folder):
         model = tf.TimesformerModel(tf.TimesformerConfig(image_size=224, patch_size=16, num_frames=2, **VIT))
     elif family == "dinov2":
         model = tf.Dinov2Model(tf.Dinov2Config(image_size=224, patch_size=14, **VIT))
-    elif family == "siglip":
+    elif family in ("siglip", "siglip2"):  # SigLIP 2 FixRes checkpoints are SigLIP-architecture ones
         model = tf.SiglipVisionModel(tf.SiglipVisionConfig(image_size=224, patch_size=16, **VIT))
     else:
         model = tf.VJEPA2Model(tf.VJEPA2Config(
@@ -75,8 +75,12 @@ def _processor(family, fast):
         bit = tf.BitImageProcessor if fast else _pil(tf, "BitImageProcessor")
         return bit(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
                    do_center_crop=True, **IMAGENET), "images", True
+    siglip = tf.SiglipImageProcessor if fast else _pil(tf, "SiglipImageProcessor")
     if family == "siglip":
-        return (tf.SiglipImageProcessor if fast else _pil(tf, "SiglipImageProcessor"))(), "images", True
+        return siglip(), "images", True
+    if family == "siglip2":  # SigLIP 2 FixRes: SigLIP's class, as its checkpoints configure it (bilinear)
+        return siglip(resample=2, size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3), \
+            "images", True
     if fast:  # V-JEPA 2: its own class; the folder has no processor file: the registry's default is compared
         return tf.VJEPA2VideoProcessor(), "videos", False
     return _pil(tf, "VideoMAEImageProcessor")(size={"shortest_edge": 292}, crop_size={"height": 256, "width": 256},
@@ -84,7 +88,7 @@ def _processor(family, fast):
 
 
 BACKBONE = {"videomae": "videomae-base", "timesformer": "timesformer-base", "dinov2": "dinov2-base",
-            "siglip": "siglip-base", "vjepa2": "vjepa2-vitl"}
+            "siglip": "siglip-base", "siglip2": "siglip2-base", "vjepa2": "vjepa2-vitl"}
 
 
 def _compare(family, fast, tmp_path):
@@ -131,12 +135,13 @@ def test_each_family_preprocesses_its_own_way(tmp_path):
         got[family] = (s.resize_mode, s.resize_short, s.size, s.interpolation)
     assert got == {"videomae": ("short", 224, 224, "bilinear"), "timesformer": ("short", 224, 224, "bilinear"),
                    "dinov2": ("short", 256, 224, "bicubic"), "siglip": ("squash", 0, 224, "bicubic"),
-                   "vjepa2": ("short", 292, 256, "bilinear")}
+                   "siglip2": ("squash", 0, 224, "bilinear"), "vjepa2": ("short", 292, 256, "bilinear")}
     full = create_backbone("vjepa2-vitl", weights=str(tmp_path / "vjepa2"), crop="full").spec
     assert (full.resize_mode, full.resize_short) == ("full", 0)
     listed = {b["name"]: b["preprocessing"] for b in list_backbones()}
     assert listed["vjepa2-vitl"].startswith("short side to 292 (bilinear, antialiased), centre crop 256x256")
     assert listed["siglip-so400m"].startswith("resized to 384x384 (bicubic, antialiased), no crop")
+    assert listed["siglip2-so400m"].startswith("resized to 384x384 (bilinear, antialiased), no crop")
 
 
 def test_a_weights_folders_processor_config_wins_and_is_recorded(sample_root, tmp_path):
@@ -180,6 +185,11 @@ def test_backbones_name_shows_what_a_model_gets():
     out = cli("backbones", "--name", "vjepa2-vitl").stdout
     assert "facebook/vjepa2-vitl-fpc64-256" in out and "16 frames" in out
     assert "short side to 292 (bilinear, antialiased), centre crop 256x256" in out
+    out = cli("backbones", "--name", "siglip2-base").stdout
+    assert "google/siglip2-base-patch16-224" in out and "SiglipVisionModel" in out and "NaFlex" in out
+    assert "preprocessing: resized to 224x224 (bilinear, antialiased), no crop; /255, mean (0.500, 0.500, 0.500)" in out
+    listing = cli("backbones").stdout
+    assert any(line.split()[:4] == ["siglip2-base", "8", "224", "768"] for line in listing.splitlines())
     assert np.all([len(line) <= 100 for line in cli("backbones").stdout.splitlines()])
 
 

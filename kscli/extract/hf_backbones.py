@@ -1,5 +1,5 @@
 """The Hugging Face backbones: video models (VideoMAE, TimeSformer, V-JEPA 2) and per-frame image
-models pooled over time (DINOv2, SigLIP). Importing this module registers them.
+models pooled over time (DINOv2, SigLIP, SigLIP 2 FixRes). Importing this module registers them.
 
 Loading and the checkpoint checks live in :mod:`kscli.extract.hf_loading`.
 """
@@ -220,6 +220,10 @@ _IMAGE_FAMILIES = {
         call_kwargs={},
     ),
 }
+# SigLIP 2 FixRes checkpoints are SigLIP-architecture checkpoints (model_type "siglip"): the same
+# class, head and pooling; only their processor's resampling differs (processors.py). NaFlex
+# checkpoints ("siglip2") are refused in hf_loading.py.
+_IMAGE_FAMILIES["siglip2"] = _IMAGE_FAMILIES["siglip"]
 
 
 def _make_image_factory(name: str, family: str):
@@ -275,11 +279,12 @@ def _make_image_factory(name: str, family: str):
     return factory
 
 
-def _register_image(name, family, default_weights, num_frames, size, dim):
+def _register_image(name, family, default_weights, num_frames, size, dim, note=""):
     fam = _IMAGE_FAMILIES[family]
     _FAMILY_OF[name] = family
     extra = f"; pool={'|'.join(fam['pools'])}" if len(fam["pools"]) > 1 else ""
-    desc = f"per-frame image model {fam['hf_class']}; {fam['pools'][fam['default_pool']]}{extra}; num_frames=... to change T"
+    desc = (f"per-frame image model {fam['hf_class']}; {fam['pools'][fam['default_pool']]}{extra}; num_frames=... to "
+            "change T" + (f"; {note}" if note else ""))
     register_backbone(
         name,
         description=desc,
@@ -300,3 +305,8 @@ _register_image("dinov2-large", "dinov2", "facebook/dinov2-large", 8, 224, 1024)
 _register_image("dinov2-giant", "dinov2", "facebook/dinov2-giant", 8, 224, 1536)
 _register_image("siglip-base", "siglip", "google/siglip-base-patch16-224", 8, 224, 768)
 _register_image("siglip-so400m", "siglip", "google/siglip-so400m-patch14-384", 8, 384, 1152)
+_SIGLIP2_NOTE = "SigLIP 2 FixRes checkpoints (NaFlex ones are not supported)"
+_register_image("siglip2-base", "siglip2", "google/siglip2-base-patch16-224", 8, 224, 768, _SIGLIP2_NOTE)
+_register_image("siglip2-large", "siglip2", "google/siglip2-large-patch16-256", 8, 256, 1024, _SIGLIP2_NOTE)
+_register_image("siglip2-so400m", "siglip2", "google/siglip2-so400m-patch14-384", 8, 384, 1152, _SIGLIP2_NOTE)
+_register_image("siglip2-giant", "siglip2", "google/siglip2-giant-opt-patch16-384", 8, 384, 1536, _SIGLIP2_NOTE)

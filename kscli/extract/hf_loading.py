@@ -17,7 +17,7 @@ import torch
 
 from kscli.errors import KscliError
 from kscli.fileio import read_json
-from kscli.extract.backbone_base import _Registration, _triple
+from kscli.extract.backbone_base import _REGISTRY, _Registration, _triple
 
 PREPROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json")
 
@@ -69,14 +69,29 @@ _MODEL_TYPES = {
     "vjepa2": ("vjepa2",),
     "dinov2": ("dinov2", "dinov2_with_registers"),
     "siglip": ("siglip", "siglip_vision_model"),
+    # SigLIP 2 FixRes checkpoints are SigLIP-architecture ("siglip") checkpoints. A SigLIP (v1)
+    # checkpoint has the same model_type and cannot be told from one by its config, so it loads
+    # under a siglip2-* name too; the store's weights digest records which weights were used.
+    "siglip2": ("siglip", "siglip_vision_model"),
 }
 _FAMILY_OF: dict[str, str] = {}  # registered name -> family
+# SigLIP 2 NaFlex: patch sequences with attention masks and spatial shapes, not square pixels
+_NAFLEX_TYPES = ("siglip2", "siglip2_vision_model")
+_FIXRES_EXAMPLE = "google/siglip2-base-patch16-224"
 
 
 def _check_model_type(name: str, weights: str, model_type: str | None) -> None:
     fam = _FAMILY_OF.get(name)
     if fam is None or not model_type or model_type in _MODEL_TYPES[fam]:
         return
+    if model_type in _NAFLEX_TYPES:
+        fixres = _REGISTRY[name].default_weights if fam == "siglip2" else _FIXRES_EXAMPLE
+        pick = f"--weights {fixres}" if fam == "siglip2" else f"--backbone siglip2-base --weights {fixres}"
+        raise KscliError(
+            f"backbone '{name}': weights '{weights}' hold a SigLIP 2 NaFlex checkpoint ('{model_type}' model: "
+            f"variable-size patch sequences), which kscli does not support (it feeds square fixed-size frames); "
+            f"use a SigLIP 2 FixRes checkpoint instead, e.g. {pick}"
+        )
     others = [n for n, f in sorted(_FAMILY_OF.items()) if model_type in _MODEL_TYPES[f]]
     hint = f"; use backbone {' / '.join(others[:3])} for it" if others else ""
     raise KscliError(
@@ -92,6 +107,20 @@ def _local_model_type(folder: str) -> str | None:
         return str(mt) if mt else None
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _cached_model_type(src: str, local: bool) -> str | None:
+    """config.json's model_type: the folder's, or for a hub id the local cache's (None if not cached)."""
+    if local:
+        return _local_model_type(src)
+    try:
+        from transformers.utils import cached_file
+
+        path = cached_file(src, "config.json", local_files_only=True, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False, _raise_exceptions_for_gated_repo=False)
+    except Exception:
+        return None
+    return _local_model_type(os.path.dirname(path)) if path else None
 
 
 TRANSFORMERS_FLOOR = (4, 56)  # from_pretrained(dtype=...) (tested: 4.55 fails, 4.56.0 passes the backbone tests)
@@ -135,7 +164,8 @@ def _load_hf_model(name: str, class_name: str, weights: str, ignore_missing: tup
                 f"backbone '{name}': weights folder '{weights}' has no config.json, so it is not a Hugging Face model folder; "
                 f"{_fix_hint(name, weights)}"
             )
-        _check_model_type(name, weights, _local_model_type(src))
+    # before loading (a hub id: if cached): another kind of checkpoint can fail in from_pretrained less clearly
+    _check_model_type(name, weights, _cached_model_type(src, local))
 
     cls = _transformers_class(name, class_name)
     used_network = False
@@ -150,6 +180,8 @@ def _load_hf_model(name: str, class_name: str, weights: str, ignore_missing: tup
                 used_network = True
                 model, info = cls.from_pretrained(src, dtype=torch.float32, output_loading_info=True)
     except Exception as e:  # OSError (not found / offline), ValueError (wrong model type), ...
+        if not local:  # the network attempt may have fetched config.json: say what kind of checkpoint it is
+            _check_model_type(name, weights, _cached_model_type(src, local))
         msg = " ".join(str(e).split())
         if len(msg) > 300:
             msg = msg[:300] + "..."

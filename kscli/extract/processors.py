@@ -9,6 +9,7 @@ processors differ (transformers 5, checked against their classes in tests/test_p
 | VideoMAE, TimeSformer | VideoMAEImageProcessor | short side C (224) | centre C | bilinear |
 | DINOv2 | BitImageProcessor | short side 256 (C * 256 / 224) | centre C (224) | bicubic |
 | SigLIP | SiglipImageProcessor | straight to C x C | none | bicubic |
+| SigLIP 2 (FixRes) | SiglipImageProcessor, as its checkpoints configure it (resample 2) | straight to C x C | none | bilinear |
 
 A weights folder's own ``preprocessor_config.json`` / ``video_preprocessor_config.json`` wins over
 these defaults (its resize rule, crop and interpolation; mean/std are read in hf_loading.py).
@@ -37,6 +38,8 @@ def family_geometry(family: str, size: int) -> Geometry:
     """The registry's default for a family at input side `size` (its processor's class defaults)."""
     if family == "siglip":
         return Geometry("squash", 0, "bicubic")
+    if family == "siglip2":  # the class is SigLIP's; the SigLIP 2 checkpoints' configs say resample 2
+        return Geometry("squash", 0, "bilinear")
     if family == "dinov2":
         return Geometry("short", int(size * 256 / 224), "bicubic")
     if family == "vjepa2":
