@@ -158,7 +158,8 @@ def test_locks_failures_and_strict_are_per_store(sample_copy, models, tmp_path):
     assert r.exit_code == 2 and "dinov2-small/val: rank 0 of this store is being written by" in r.stderr
     assert not list(store_dir(work, "tiny-random", "val").glob("part-*"))
     r = cli(*run, "--strict", check=False)
-    assert r.exit_code == 1 and "--strict: 2 clip(s) failed" in r.stderr  # one clip, failed for each store
+    assert r.exit_code == 1 and "--strict: 1 clip(s) failed" in r.stderr  # counted once, recorded in each store
+    assert "1 clip(s) failed (recorded in each store that needed them)" in r.stdout
     for name in ("tiny-random", "dinov2-small"):
         failures = [json.loads(line) for f in store_dir(work, name, "val").glob("failures-r*.jsonl")
                     for line in f.read_text().splitlines()]

@@ -170,7 +170,7 @@ def format_summaries(summaries: list[SplitSummary]) -> str:
     plan = next((s.plan for s in summaries if s.plan is not None), None)
     tag = f"[shard {plan.shard.shard + 1}/{plan.shard.num_shards}] " if plan and plan.shard.num_shards > 1 else ""
     lines = [f"{tag}{plan.text()}"] if plan else []
-    failed = 0
+    failed = len(failed_clips(summaries))
     for s in summaries:
         lines.append(f"{tag}{s.split}: extracted {s.extracted}, skipped {s.skipped} (already done), failed "
                      f"{s.failed} of {s.total} clips in {s.seconds:.1f}s ({s.clips_per_s:.1f} clips/s) -> {s.store}")
@@ -178,13 +178,17 @@ def format_summaries(summaries: list[SplitSummary]) -> str:
         lines += [f"{tag}  failed: {name}: {err}" for name, err in s.failures[:5]]
         if s.failed > 5:
             lines.append(f"{tag}  ... {s.failed - 5} more in {s.store}/failures-r*.jsonl")
-        failed += s.failed
     if failed:
-        lines.append(f"{tag}{failed} clips failed (recorded next to the store); fix or re-download them and "
+        lines.append(f"{tag}{failed} clip(s) failed (recorded in each store that needed them); fix or re-download them and "
                      "rerun the same command to extract just those")
     if any(s.random_features for s in summaries):
         lines.append(f"{tag}WARNING: {RANDOM_FEATURES_WARNING}")
     return "\n".join(lines)
+
+
+def failed_clips(summaries: list[SplitSummary]) -> set[tuple[str, str]]:
+    """(split, clip) of every clip that failed in this run, once however many stores needed it."""
+    return {(s.split, name) for s in summaries for name, _ in s.failures}
 
 
 def extraction_problem(summaries: list[SplitSummary], strict: bool = False) -> str | None:
@@ -193,7 +197,7 @@ def extraction_problem(summaries: list[SplitSummary], strict: bool = False) -> s
     with `strict`, any clip failed. A rerun that retries only the known-broken clips of an
     otherwise finished store is not an error without `strict`."""
     failed = [(name, err) for s in summaries for name, err in s.failures]
-    n_failed = sum(s.failed for s in summaries)
+    n_failed = len(failed_clips(summaries))
     if n_failed and not sum(s.extracted + s.skipped for s in summaries):
         root = summaries[0].clips_root
         if all("clip file is missing" in err for _, err in failed):
