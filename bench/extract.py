@@ -21,8 +21,9 @@ as clips/s and as ratios (these machines are noisy: compare ratios, not absolute
 `--pair` measures instead what one decode for two backbones saves: `extract --backbone A,B`
 against `--backbone A` then `--backbone B` (two decoding passes), alternated twice in this
 process on the same clips, best of each, with the two ways' stores compared feature by feature.
-A is tiny-random and B a small random DINOv2 (`--pair-model`, saved like a pretrained one), both
-far cheaper than decoding, as on a GPU node where the GPU waits on the decoders.
+A is tiny-random and B a random DINOv2 saved like a pretrained one (`--pair-model tiny`, the
+default: both far cheaper than decoding, as on a GPU node where the GPU waits on the decoders;
+`small`: about as costly as decoding on a CPU, where models and decoders share the cores).
 
 The clips are encoded as Ego-Exo4D's are (x264 defaults: B-frames, long GOP); `--encoding fast`
 makes the ultrafast, keyframe-every-second kind instead (about half as costly to decode, and
@@ -64,13 +65,17 @@ def make_clips(root: Path, takes: int, seconds: tuple[float, float], encoding: s
     return Layout.resolve(data_root=root, work_dir=root / "work")
 
 
-def small_random_dinov2(folder: Path) -> str:
-    """A small randomly initialised DINOv2 (2 layers, 48-d), saved so it loads like a pretrained one."""
+PAIR_MODELS = {"tiny": (48, 2), "small": (192, 4)}  # width, layers of the random DINOv2 of --pair
+
+
+def small_random_dinov2(folder: Path, size: str = "tiny") -> str:
+    """A small randomly initialised DINOv2 (PAIR_MODELS), saved so it loads like a pretrained one."""
     from transformers import Dinov2Config, Dinov2Model
 
+    width, layers = PAIR_MODELS[size]
     torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=192,
-                             image_size=224, patch_size=14)).save_pretrained(folder)
+    Dinov2Model(Dinov2Config(hidden_size=width, num_hidden_layers=layers, num_attention_heads=3,
+                             intermediate_size=4 * width, image_size=224, patch_size=14)).save_pretrained(folder)
     return str(folder)
 
 
@@ -221,6 +226,9 @@ def main() -> None:
                     help="also measure peak memory over N and 2N clips (two more runs)")
     ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--pair", action="store_true", help="measure one pass with two backbones against two passes")
+    ap.add_argument("--pair-model", default="tiny", choices=tuple(PAIR_MODELS),
+                    help="the second backbone of --pair: a random DINOv2, tiny (48-d, 2 layers: far cheaper than "
+                         "decoding) or small (192-d, 4 layers: about as costly as decoding on a CPU)")
     ap.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -242,9 +250,9 @@ def main() -> None:
         return
 
     if args.pair:
-        second = small_random_dinov2(root / "pair-model")
+        second = small_random_dinov2(root / f"pair-model-{args.pair_model}", args.pair_model)
         figures = pair_vs_passes(layout, {**cfg, "limit": args.limit}, "dinov2-small", second)
-        print(f"{cfg['backbone']} + dinov2-small (small, random), {args.workers} workers, {args.decode}: one pass "
+        print(f"{cfg['backbone']} + dinov2-small ({args.pair_model}, random), {args.workers} workers, {args.decode}: one pass "
               f"{figures['one_pass_s']:.1f} s vs two passes {figures['two_passes_s']:.1f} s: one pass is "
               f"{figures['speedup']:.2f}x faster; stores identical feature for feature: {figures['identical']}")
         if args.out:
