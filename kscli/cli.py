@@ -42,6 +42,22 @@ class KscliGroup(TyperGroup):
 app = typer.Typer(cls=KscliGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,  # "[default: ...]" in a help text is text, not a Rich style tag
                   help="Ego-Exo4D fine-grained keystep recognition: extract features, train heads, submit.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        import kscli
+
+        typer.echo(f"kscli {kscli.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print kscli's version and exit.")) -> None:
+    """Ego-Exo4D fine-grained keystep recognition: extract features, train heads, submit."""
+
+
 features_app = typer.Typer(cls=KscliGroup, no_args_is_help=True, rich_markup_mode=None, help="Inspect feature stores.")
 app.add_typer(features_app, name="features")
 
@@ -86,8 +102,10 @@ def sample_cmd(out: Optional[Path] = typer.Option(None, "--out", help="Folder to
                progress: bool = typer.Option(True, help="Show a progress bar.")):
     """Write a small synthetic benchmark in exactly the download's layout (real mp4 clips)."""
     from kscli.data.sample import tiny_sample_kwargs, write_sample_benchmark
-    from kscli.extract.shard import usable_cores
+    from kscli.device import usable_cores
 
+    if out is not None and out_arg is not None and out.resolve() != out_arg.resolve():
+        raise KscliError(f"two folders named: {out_arg} and --out {out}; give one")
     out = out or out_arg  # `kscli sample DIR` keeps working
     if out is None:
         raise KscliError("where to? pass --out DIR (a new or empty folder)")
@@ -209,17 +227,26 @@ def _store(backbone: str | None, positional: str | None, work_dir):
 
 @features_app.command("info")
 def features_info_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, metavar="[STORE]"),
-                      backbone: Optional[str] = typer.Option(None, help="Store name: the backbone, or --tag of extract / import-features."),
+                      backbone: Optional[str] = typer.Option(None, help="Store name(s), a or a,b: the backbone, or --tag of extract / import-features [default: every store]."),
                       split: str = typer.Option("train,val,test", help="Comma-separated splits."),
                       as_json: bool = typer.Option(False, "--json", help="Print JSON."),
                       work_dir: Optional[Path] = WorkDir):
-    """Summarise feature stores: clips per view, shape, failures, size, config, and whether they are made one way."""
+    """Summarise feature stores (every store in the work folder unless named): clips per view, shape, failures, size, config, and whether they are made one way."""
     from kscli.data.layout import parse_splits
     from kscli.extract.store import format_info, store_infos
 
-    tag, layout = _store(backbone, tag, work_dir)
-    infos = store_infos(layout, tag, parse_splits(split))
-    typer.echo(json.dumps(infos, indent=1) if as_json else format_info(infos, tag))
+    from kscli.data.layout import Layout
+
+    layout = Layout.work_only(work_dir)
+    named = backbone or tag
+    names = [n.strip() for n in named.split(",")] if named else layout.store_names()
+    if not names:
+        raise KscliError(f"there is no store in {layout.work_dir / 'features'} yet; run `kscli extract` first")
+    for name in names:
+        layout.store_dir(name)  # a plain name
+    infos = {name: store_infos(layout, name, parse_splits(split)) for name in names}
+    typer.echo(json.dumps([i for name in names for i in infos[name]], indent=1) if as_json else
+               "\n".join(format_info(infos[name], name) for name in names))
 
 
 @features_app.command("verify")

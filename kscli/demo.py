@@ -7,7 +7,6 @@ The tiny backbone is random: the numbers only show the pipeline working.
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from kscli.data.check import check_data, format_report, write_report
 from kscli.data.layout import Benchmark, Layout
 from kscli.data.sample import write_sample_benchmark
+from kscli.device import usable_cores
 from kscli.errors import KscliError
 from kscli.extract.run import ExtractConfig, extract
 from kscli.heads.base import config_for
@@ -47,7 +47,7 @@ def run_demo(root: Path, seed: int = 0, heads: tuple[str, ...] = DEMO_HEADS, wor
         say(f"[1/5] sample benchmark: reusing {download}")
     else:
         say(f"[1/5] sample benchmark: writing {download}")
-        s = write_sample_benchmark(download, seed=seed, workers=workers or os.cpu_count() or 1, **DEMO_SAMPLE)
+        s = write_sample_benchmark(download, seed=seed, workers=workers or usable_cores()[0], **DEMO_SAMPLE)
         say(s.text())
     say("[2/5] check-data")
     report = check_data(layout, ["train", "val", "test"], progress=progress, min_frames=8)

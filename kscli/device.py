@@ -1,4 +1,5 @@
-"""Choosing a torch device: the one rule every command uses (`--device auto|cpu|cuda|cuda:N`)."""
+"""What this machine gives a process, one rule each, used by every command: the torch device
+(`--device auto|cpu|cuda|cuda:N`) and the cores it may use."""
 
 from __future__ import annotations
 
@@ -41,3 +42,21 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
             raise KscliError(f"--device {name}: this process sees {torch.cuda.device_count()} GPU(s) "
                              "(check CUDA_VISIBLE_DEVICES)")
     return dev
+
+
+def usable_cores(env=None) -> tuple[int, str]:
+    """Cores this process may run on (its CPU affinity, capped by SLURM_CPUS_PER_TASK), and
+    where that number came from, in words. Decoders, encoders, probes and torch threads are all
+    sized from it."""
+    env = os.environ if env is None else env
+    try:
+        cores, what = len(os.sched_getaffinity(0)), "cores this process may use"
+    except AttributeError:  # not Linux
+        cores, what = os.cpu_count() or 1, "cores"
+    raw = env.get("SLURM_CPUS_PER_TASK", "").strip()
+    if raw and not raw.isdigit():
+        raise KscliError(f"environment variable SLURM_CPUS_PER_TASK={raw!r} is not a whole number; unset it")
+    per_task = int(raw) if raw else None
+    if per_task and per_task < cores:
+        cores, what = per_task, "cores (SLURM_CPUS_PER_TASK)"
+    return max(1, cores), what

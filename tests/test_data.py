@@ -194,8 +194,10 @@ def test_one_vocabulary_and_old_spellings_for_one_more_release(sample_root, tmp_
         "--no-progress")
     by_option = cli("features", "info", "--backbone", "tiny-random", "--work-dir", tmp_path, "--json").stdout
     assert cli("features", "info", "tiny-random", "--work-dir", tmp_path, "--json").stdout == by_option
-    missing = cli("features", "info", "--work-dir", tmp_path, check=False)
-    assert missing.exit_code == 2 and "pass --backbone NAME" in missing.stderr
+    every = cli("features", "info", "--work-dir", tmp_path, "--json").stdout  # no name: every store there
+    assert every == by_option
+    empty = cli("features", "info", "--work-dir", tmp_path / "nothing", check=False)
+    assert empty.exit_code == 2 and "there is no store in" in empty.stderr
     for cmd in (["sample"], ["demo"], ["check-data"], ["extract"], ["train-head"], ["import-features"]):
         text = cli(*cmd, "--help").stdout
         assert "--progress" in text or cmd == ["sample"], cmd
@@ -204,3 +206,7 @@ def test_one_vocabulary_and_old_spellings_for_one_more_release(sample_root, tmp_
     assert (tmp_path / "s1" / "annotations").is_dir() and f"--data-root {tmp_path / 's1'}" in made.stdout
     cli("sample", "--tiny", tmp_path / "s2")  # the positional folder of before
     assert (tmp_path / "s2" / "annotations").is_dir()
+    two = cli("sample", "--tiny", tmp_path / "s3", "--out", tmp_path / "s4", check=False)
+    assert two.exit_code == 2 and "two folders named" in two.stderr and not (tmp_path / "s3").exists()
+    full = cli("sample", "--tiny", "--out", tmp_path / "s1", check=False)
+    assert full.exit_code == 2 and "pass --overwrite" in full.stderr

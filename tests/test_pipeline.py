@@ -230,7 +230,7 @@ def test_report_pictures_say_what_they_show():
 
     val = {"top1": 50.0, "n": 10, "per_scenario": {"bike": {"top1": 40.0, "n": 5}, "cooking": {"top1": 60.0, "n": 5}}}
     fig = plot_per_scenario(val)
-    assert [t.get_text() for t in fig.axes[0].texts] == ["n=5", "n=5"]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["40.0%\nn=5", "60.0%\nn=5"]
     fig = plot_confusions(np.array([0, 0, 1, 2, 2, 2]), np.array([1, 1, 0, 0, 0, 1]), ["a", "b", "c"])
     ticks = fig.axes[0].get_xticks()
     assert np.allclose(ticks, np.round(ticks))  # counts of segments: no 0.25 ticks
@@ -269,28 +269,50 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_a_new_head_from_the_design_doc_trains_through_the_cli(extracted, tmp_path):
-    """docs/design.md's worked example, as a user adds it: one file named in KSCLI_HEADS."""
+    """docs/design.md's worked example, as a user adds it: one file in the folder they run the
+    installed `kscli` in, named in KSCLI_HEADS as the page says (no PYTHONPATH), or by its path."""
     from conftest import run_kscli
 
     text = (REPO / "docs" / "design.md").read_text()
     block = text.split("### Adding a head", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert len(block.splitlines()) <= 40
+    assert "`KSCLI_HEADS=lowrank_head kscli train-head --head lowrank --set rank=8`" in " ".join(text.split())
     (tmp_path / "lowrank_head.py").write_text(block)
-    env = {"KSCLI_HEADS": "lowrank_head",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")])}
-    listed = run_kscli("heads", env=env).stdout
+    script = shutil.which("kscli", path=os.path.dirname(sys.executable))
+    assert script, "the package installs the kscli console script"
+
+    def user(*argv, check=True):  # `KSCLI_HEADS=lowrank_head kscli ...` in the folder holding the file
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        p = subprocess.run([script, *map(str, argv)], cwd=tmp_path, capture_output=True, text=True,
+                           env={**env, "KSCLI_HEADS": "lowrank_head"})
+        assert not check or p.returncode == 0, p.stderr
+        return p
+
+    listed = user("heads").stdout
     assert "lowrank    low-rank linear probe" in listed
-    assert "rank of the weight matrix" in run_kscli("heads", "--head", "lowrank", env=env).stdout
+    assert "rank of the weight matrix" in user("heads", "--head", "lowrank").stdout
     _, work, _ = extracted
-    out = run_kscli("train-head", "--backbone", "tiny-random", "--head", "lowrank", "--set", "rank=8", "--name", "toy", *args(extracted), env=env)
+    out = user("train-head", "--backbone", "tiny-random", "--head", "lowrank", "--set", "rank=8", "--name", "toy",
+               *args(extracted))
     metrics = json.loads((work / "runs" / "toy" / "metrics.json").read_text())
     assert metrics["head"] == "lowrank" and metrics["val"]["top1"] >= 2.5 * 100 / 6, out.stdout
     ckpt = torch.load(work / "runs" / "toy" / "checkpoint.pt", weights_only=True)
     assert ckpt["cfg"] == {"rank": 8} and ckpt["state_dict"]["a_w"].shape == (1, ckpt["in_dim"], 8)
-    sub = run_kscli("submit", "--run", "toy", *args(extracted), env=env)
-    assert "test:" in sub.stdout
-    # without the variable the head is unknown, in one line
+    sub = run_kscli("submit", "--run", "toy", *args(extracted), env={"KSCLI_HEADS": str(tmp_path / "lowrank_head.py")})
+    assert "test:" in sub.stdout  # by its path, from another folder
+    # without the variable the head is unknown, in one line that names the variable
     gone = run_kscli("submit", "--run", "toy", "--split", "val", *args(extracted), check=False)
-    assert gone.returncode == 2 and "unknown head 'lowrank'" in gone.stderr
+    assert gone.returncode == 2 and "unknown head 'lowrank'" in gone.stderr and "KSCLI_HEADS" in gone.stderr
     bad = run_kscli("heads", env={"KSCLI_HEADS": "no_such_module"}, check=False)
     assert bad.returncode == 2 and "KSCLI_HEADS: cannot import 'no_such_module'" in bad.stderr
+
+
+def test_the_readme_python_example_runs_as_printed(tmp_path):
+    """README's "Using it from Python" block, copied as a user would, run in an empty folder."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Using it from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "example.py").write_text(block)
+    p = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "top-1" in p.stdout and 0 <= float(p.stdout.strip().splitlines()[-1]) <= 100
+    assert (tmp_path / "api-demo" / "work" / "runs").is_dir()

@@ -10,7 +10,6 @@ start from a fresh interpreter and inherit no lock; they cost a few hundred ms t
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -107,7 +106,9 @@ def check_data(layout: Layout, splits: list[str], view: str = "all", min_frames:
             report.notes.append(f"{split}: {len(segments)} segments; the full benchmark has {expected}")
         for seg in segments:
             checks.extend(ClipCheck(c.name, split, c.role, "pending") for c in seg.clips if c.role in roles)
-    jobs = jobs or max(1, min(8, os.cpu_count() or 1))
+    from kscli.device import usable_cores  # here: kscli.data does not import torch
+
+    jobs = jobs or min(8, usable_cores()[0])
     work = [(str(layout.clip_path(c.name)), decode) for c in checks]
     if jobs == 1 or len(work) < 64:
         results = map(_probe_job, work)

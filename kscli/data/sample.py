@@ -183,7 +183,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise KscliError(
-                f"{out} is not empty: choose an empty or new folder, or pass overwrite to replace the sample there"
+                f"{out} is not empty: choose an empty or new folder, or pass --overwrite (overwrite=True in Python) "
+                "to replace the sample there"
             )
         for sub in (out / "annotations" / "keystep_benchmark", out / "keystep_benchmark" / CLIPS_DIRNAME):
             if sub.is_dir():

@@ -25,14 +25,14 @@ from tqdm import tqdm
 import kscli
 from kscli.data.layout import Benchmark, Layout, check_name, parse_splits
 from kscli.data.video import DECODE_RULES, DECODER
-from kscli.device import resolve_device
+from kscli.device import resolve_device, usable_cores
 from kscli.errors import KscliError
 from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING, BackboneSpec, random_weights
 from kscli.extract.backbones import backbone_names, create_backbone
 from kscli.extract.preprocess import preprocess_clips, resize_clip_uint8
 from kscli.extract.processors import CROPS
 from kscli.extract.sampling import SamplingConfig, decode_samples
-from kscli.extract.shard import ShardPlan, assign_shards, default_workers, resolve_shard, usable_cores
+from kscli.extract.shard import ShardPlan, assign_shards, default_workers, resolve_shard
 from kscli.extract.store import FeatureStore, PartWriterThread, StoreRows, StoreWriter, open_for_writing
 
 VIEWS = ("ego", "exo", "all")

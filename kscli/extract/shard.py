@@ -24,6 +24,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from kscli.device import usable_cores
 from kscli.errors import KscliError
 
 
@@ -111,19 +112,6 @@ def resolve_shard(shard: int | None = None, num_shards: int | None = None, env=N
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise KscliError(f"shard {shard} of {num_shards} ({source}): need 0 <= shard < num-shards")
     return ShardPlan(shard, num_shards, source, local_rank, max(1, local_ranks))
-
-
-def usable_cores(env=None) -> tuple[int, str]:
-    """Cores this process may run on: its CPU affinity, capped by SLURM_CPUS_PER_TASK."""
-    env = os.environ if env is None else env
-    try:
-        cores, what = len(os.sched_getaffinity(0)), "cores this process may use"
-    except AttributeError:  # not Linux
-        cores, what = os.cpu_count() or 1, "cores"
-    per_task = _int(env, "SLURM_CPUS_PER_TASK")
-    if per_task and per_task < cores:
-        cores, what = per_task, "cores (SLURM_CPUS_PER_TASK)"
-    return max(1, cores), what
 
 
 def default_workers(plan: ShardPlan, env=None) -> tuple[int, str]:

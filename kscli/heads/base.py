@@ -23,7 +23,9 @@ train one member after another. See docs/design.md for a worked example of a new
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import sys
 from typing import ClassVar, Iterator
 
 import numpy as np
@@ -58,20 +60,54 @@ def register_head(cls: type["Head"]) -> type["Head"]:
 
 
 def _load_heads() -> None:
-    """Import the built-in heads, and the modules named in KSCLI_HEADS (comma-separated; your
-    own heads, registered when imported). Until every one imports, nothing counts as loaded."""
+    """Import the built-in heads, and your own from KSCLI_HEADS (comma-separated module names,
+    found in the current folder too, or paths to .py files; a head registers when imported).
+    Until every one imports, nothing counts as loaded."""
     global _loaded
     if _loaded:
         return
     for head in BUILTIN_HEADS:
         importlib.import_module(f"kscli.heads.{head}")
-    for mod in [m.strip() for m in os.environ.get("KSCLI_HEADS", "").split(",") if m.strip()]:
+    for entry in [m.strip() for m in os.environ.get("KSCLI_HEADS", "").split(",") if m.strip()]:
         try:
-            importlib.import_module(mod)
+            _import_plugin(entry)
         except Exception as e:  # noqa: BLE001 - a user's module: any failure is one line
-            raise KscliError(f"KSCLI_HEADS: cannot import {mod!r} ({type(e).__name__}: {e})"
-                             ) from None
+            raise KscliError(f"KSCLI_HEADS: cannot import {entry!r} ({type(e).__name__}: {e})") from None
     _loaded = True
+
+
+def _import_plugin(entry: str) -> None:
+    """A module name (looked up on sys.path and in the current folder) or a path to a .py file."""
+    if entry.endswith(".py") or os.sep in entry:
+        path = os.path.abspath(os.path.expanduser(entry))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no file {path}")
+        name = os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: dataclasses and pickling look it up there
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:  # a console script's sys.path holds its own folder, not the one it runs in
+        sys.path.append(here)
+    try:
+        importlib.import_module(entry)
+    finally:
+        if added:
+            sys.path.remove(here)
+
+
+def plugins_text() -> str:
+    """Where heads of your own come from, and what KSCLI_HEADS is now (for 'unknown head' errors)."""
+    now = os.environ.get("KSCLI_HEADS", "")
+    return f"heads of your own load from KSCLI_HEADS (module names or .py paths; now {now!r})" if now else \
+        "heads of your own load from KSCLI_HEADS (module names or .py paths; it is not set)"
 
 
 def list_heads() -> list[str]:
@@ -82,7 +118,7 @@ def list_heads() -> list[str]:
 def head_class(name: str) -> type["Head"]:
     _load_heads()
     if name not in _HEADS:
-        raise KscliError(f"unknown head {name!r}; known heads: {', '.join(list_heads())}")
+        raise KscliError(f"unknown head {name!r}; known heads: {', '.join(list_heads())}; {plugins_text()}")
     return _HEADS[name]
 
 

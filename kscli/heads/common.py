@@ -7,12 +7,12 @@ Nothing here knows about a particular head.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from contextlib import contextmanager
 import numpy as np
 import torch
 
+from kscli.device import usable_cores
 from kscli.errors import KscliError
 from kscli.heads.featureset import FeatureSet
 
@@ -59,18 +59,11 @@ def plain(obj):
     return obj
 
 
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 @contextmanager
 def torch_threads(n: int | None):
     """torch's intra-op threads set to n (None: every core this process may use), restored."""
     old = torch.get_num_threads()
-    torch.set_num_threads(int(n) if n else default_threads())
+    torch.set_num_threads(int(n) if n else usable_cores()[0])
     try:
         yield
     finally:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -51,9 +52,10 @@ def plot_per_scenario(val: dict):
     keys = sorted(scen)
     fig, ax = plt.subplots(figsize=(6, 3))
     tops = [scen[k]["top1"] for k in keys]
-    ax.bar(keys, tops, color="#4a7ab5")
+    # outlined, so a 0% bar is still a visible line at the axis, and each bar says its value
+    ax.bar(keys, tops, color="#4a7ab5", edgecolor="#1f3d63", linewidth=1.5)
     for i, k in enumerate(keys):
-        ax.text(i, tops[i], f"n={scen[k]['n']}", ha="center", va="bottom", fontsize=7)
+        ax.text(i, tops[i], f"{tops[i]:.1f}%\nn={scen[k]['n']}", ha="center", va="bottom", fontsize=7)
     ax.axhline(val["top1"], color="k", ls="--", lw=1, label=f"all: {val['top1']:.1f}% (n={val['n']})")
     ax.set_ylabel("top-1 (%)"), ax.set_title("Val top-1 per scenario (n: val segments)"), ax.legend(fontsize=7)
     ax.set_ylim(0, max([100.0] + tops) * 1.08)
@@ -66,9 +68,13 @@ def plot_confusions(y: np.ndarray, yhat: np.ndarray, names: list[str], top: int 
 
     plt = _plt()
     pairs = Counter((int(a), int(b)) for a, b in zip(y, yhat) if a != b).most_common(top)
-    fig, ax = plt.subplots(figsize=(8, 0.35 * max(len(pairs), 1) + 1))
+    # whole names, wrapped at word boundaries: keystep names run to 80+ characters
+    labels = [textwrap.fill(names[a], 64) + "\n" + textwrap.fill(f"-> {names[b]}", 64, subsequent_indent="   ")
+              for (a, b), _ in pairs]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(10, 0.2 * max(lines, 1) + 0.2 * len(pairs) + 1))
     ax.barh(range(len(pairs)), [c for _, c in pairs], color="#c0504d")
-    ax.set_yticks(range(len(pairs)), [f"{names[a][:32]} -> {names[b][:32]}" for (a, b), _ in pairs], fontsize=7)
+    ax.set_yticks(range(len(pairs)), labels, fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts: whole segments only
     ax.invert_yaxis(), ax.set_xlabel("val segments"), ax.set_title("Most-confused keystep pairs (true -> predicted)")
     return fig
@@ -102,12 +108,13 @@ def plot_training_curve(history: list[dict], member: int, select_on: str):
     top.set_title("Training curve of the selected grid member")
     where = "val" if select_on == "val" else "held-out part of train"
     teacher = bool(history) and "teacher_select_top1" in history[0]
+    # the student is drawn above its teacher (zorder): where the two curves meet, it stays seen
     if history and "select_top1" in history[0]:
-        bottom.plot(ep, [pick(h["select_top1"]) for h in history], "-s", ms=3, color="#c0504d",
+        bottom.plot(ep, [pick(h["select_top1"]) for h in history], "-s", ms=4, lw=1.5, color="#c0504d", zorder=3,
                     label=f"{'student: ' if teacher else ''}top-1 on the selection split ({where})")
     if teacher:
-        bottom.plot(ep, [pick(h["teacher_select_top1"]) for h in history], "--^", ms=3,
-                    color="#4a7ab5", label="its teacher (ego + exo, training only), same split")
+        bottom.plot(ep, [pick(h["teacher_select_top1"]) for h in history], "--^", ms=6, lw=3, alpha=0.5,
+                    color="#4a7ab5", zorder=2, label="its teacher (ego + exo, training only), same split")
     bottom.set_xlabel("epoch"), bottom.set_ylabel("top-1 (%)"), bottom.legend(fontsize=7)
     return fig
 

@@ -186,6 +186,10 @@ def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
         out = _write_run(layout, bench, tags, cfg, cls, head, result, run_dir, train_asm,
                          val_fs, val_asm)
         (run_dir / UNFINISHED).unlink()  # last: from now on the run is finished
+        if not progress:  # what was left out of the data is part of the result, not of the progress
+            left_out = [asm.line() for asm in (train_asm, val_asm)
+                        if asm is not None and (asm.missing_ego or asm.nonfinite or asm.exo_missing)]
+            out.summary = "\n".join([*left_out, out.summary])
         return out
     except KscliError as e:  # an unfinished run folder would block its --name
         shutil.rmtree(run_dir, ignore_errors=True)
