@@ -101,6 +101,7 @@ def trained(sets):
 
 
 # ----------------------------------------------------------------------------- learning
+@pytest.mark.slow
 def test_context_beats_single_segment_mlp_on_heldout_takes(sets, trained):
     train, test = sets
     assert not test.exo_mask.any()  # ego only at test
@@ -230,6 +231,7 @@ def test_exo_absent_for_some_segments_and_none_at_all(sets):
     assert predict_context_proba(r2.head, test).shape == (len(test), C)
 
 
+@pytest.mark.slow
 def test_window_sequences_are_attention_pooled():
     """(N, T, D) stores (extract --windows T): the head pools the windows with learned
     attention, so a keystep that shows in one window of four is found; mean-pooling the

@@ -76,6 +76,7 @@ def test_bf16_vitl_on_the_gpu_matches_fp32_on_the_cpu(sample_root, vjepa2_vitl, 
     assert_same_store(bf16, cpu, min_cosine=0.99)
 
 
+@pytest.mark.slow
 def test_bf16_with_resize_on_the_device_on_the_cpu_matches_fp32(sample_root, tmp_path):
     bf16, fp32, cpu = extract_three_ways(sample_root, tmp_path, "cpu", ["--backbone", "tiny-random"])
     assert_same_store(fp32, cpu, min_cosine=0.999999)
@@ -121,6 +122,7 @@ def test_train_head_leaves_the_callers_rng_alone(device):
     assert all(torch.equal(a, b) for a, b in zip(states(), before))
 
 
+@pytest.mark.slow
 @ON_GPU_AND_CPU
 def test_train_head_cli_trains_on_the_device(sample_root, tmp_path, device):
     work = tmp_path / "work"

@@ -179,6 +179,7 @@ def test_every_help_shows_its_defaults():
             assert "[default: " in out, (cmd, out)
 
 
+@pytest.mark.slow
 def test_one_vocabulary_and_old_spellings_for_one_more_release(sample_root, tmp_path):
     """--workers, --out, --backbone (a store's name) mean the same in every command; the old
     spellings still work, each with one line naming the new one."""

@@ -29,6 +29,7 @@ def store_arrays(work, split, tag="tiny-random"):
     return names, store.get(names), store.get(names, "frame_times")
 
 
+@pytest.mark.slow
 def test_extract_cli_all_views_then_resume_skips(sample_root, tmp_path):
     work = tmp_path / "work"
     p = cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "train,test",
@@ -113,6 +114,7 @@ def test_check_data_passes_on_the_sample(sample_root, tmp_path):
     assert rep["short_clips"] >= 1  # clips under 16 frames are counted, not failed
 
 
+@pytest.mark.slow
 def test_kill_9_loses_at_most_the_batch_in_flight(sample_root, tmp_path):
     ref, work = tmp_path / "ref", tmp_path / "work"
     args = ["--data-root", sample_root, "--split", "train", "--batch-size", "2", "--workers", "1", "--no-progress"]
@@ -183,6 +185,7 @@ def test_check_data_workers_inherit_no_lock_held_by_a_parent_thread(sample_root,
     assert out["rep"].ok and out["rep"].splits["train"]["ego"]["ok"] > 0
 
 
+@pytest.mark.slow
 def test_ffmpeg_noise_stays_off_the_terminal_and_its_reason_is_recorded_once(sample_copy, tmp_path):
     work = tmp_path / "work"
     bad = all_clip_names(sample_copy, "test")[0]

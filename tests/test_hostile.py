@@ -111,6 +111,7 @@ def hostile(sample_root, tmp_path_factory):
     return data, work, kinds, p
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(HOSTILE))
 def test_each_hostile_video_is_extracted_or_recorded(hostile, kind):
     data, work, kinds, p = hostile
@@ -140,6 +141,7 @@ def test_hostile_videos_run_goes_on_quietly(hostile):
     assert check.returncode == 1 and f"PROBLEMS: {failing} clips" in check.stdout and "no video stream" in check.stdout
 
 
+@pytest.mark.slow
 def test_decoding_only_the_sampled_frames_gives_the_same_store_as_decoding_all(hostile, tmp_path):
     """--decode sampled (the default, used by the fixture) and --decode all: the same rows, bit
     for bit, and the same failures, on every kind above."""
@@ -156,6 +158,7 @@ def test_decoding_only_the_sampled_frames_gives_the_same_store_as_decoding_all(h
     assert (a.config["decode"], b.config["decode"]) == ("sampled", "all")
 
 
+@pytest.mark.slow
 def test_odd_paths_work_through_training_and_submission(hostile):
     data, work, _, _ = hostile
     run_kscli("extract", "--backbone", "tiny-random", "--data-root", data, "--work-dir", work, "--split", "train,test", "--no-progress")
@@ -200,6 +203,7 @@ def _unwritable_dir(tmp_path) -> Path:
     pytest.skip("no folder here refuses writes to root")
 
 
+@pytest.mark.slow
 def test_a_read_only_work_dir_is_one_line(sample_root, tmp_path):
     work = _unwritable_dir(tmp_path)
     p = run_kscli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "test", "--no-progress",
@@ -216,6 +220,7 @@ def _limited(nbytes):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit,finished", [(40_000, "parts"), (8_000, "nothing")])
 def test_a_disk_that_fills_mid_write_loses_nothing_finished(sample_root, tmp_path, limit, finished):
     """40 kB: every batch part fits, the final merge does not; 8 kB: not even the first part."""
@@ -236,6 +241,7 @@ def test_a_disk_that_fills_mid_write_loses_nothing_finished(sample_root, tmp_pat
     assert len(FeatureStore(folder)) == total and len(list(folder.glob("part-*.h5"))) == 1
 
 
+@pytest.mark.slow
 def test_a_damaged_part_is_named_listed_and_moved_aside_for_a_rerun(sample_root, tmp_path):
     work = tmp_path / "work"
     args = ["extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "val", "--workers", "0",

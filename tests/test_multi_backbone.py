@@ -85,6 +85,7 @@ def assert_same_store(work, ref, name, split, exact=True):
         k: v for k, v in want.config.items() if k != "versions"}
 
 
+@pytest.mark.slow
 def test_one_pass_writes_each_store_as_alone(sample_root, models, singles, tmp_path):
     work = tmp_path / "work"
     p = cli(*extract_args(sample_root, work, "--backbone", BACKBONES, "--weights", weights_arg(models)))
@@ -111,6 +112,7 @@ def test_a_new_backbone_beside_finished_stores_decodes_only_for_it(sample_root, 
         assert_same_store(work, singles, "dinov2-small", split)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_finishes_each_store_where_it_stopped(sample_root, models, singles, tmp_path):
     work = tmp_path / "work"
     argv = extract_args(sample_root, work, "--backbone", BACKBONES, "--weights", weights_arg(models),
@@ -191,6 +193,7 @@ def test_weights_and_names_are_checked_in_one_line():
             ExtractConfig(**kw)
 
 
+@pytest.mark.slow
 def test_a_fused_run_on_stores_from_one_pass_trains_evaluates_submits_and_reruns(sample_root, models, tmp_path):
     work = tmp_path / "work"
     where = ["--data-root", sample_root, "--work-dir", work]

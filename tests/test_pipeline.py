@@ -68,6 +68,7 @@ def test_each_head_learns_the_sample_far_above_chance(extracted, head):
     assert "top-1" in res.stdout
 
 
+@pytest.mark.slow
 def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
     data, work, gone = extracted
     res = cli("train-head", "--backbone", "tiny-random", "--head", "context", "--name", "ctx", *args(extracted))
@@ -249,6 +250,7 @@ def test_report_pictures_say_what_they_show():
     np.testing.assert_allclose(fig.axes[1].lines[1].get_ydata(), [15, 25, 35])
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     res = cli("demo", "--out", tmp_path / "my demo $x", "--no-progress")
     out = res.stdout
@@ -268,6 +270,7 @@ def test_demo_end_to_end(tmp_path):
     assert "tiny-random/train: " in p.stdout and "report: " in p.stdout and "2 run(s)" in p.stdout
 
 
+@pytest.mark.slow
 def test_a_new_head_from_the_design_doc_trains_through_the_cli(extracted, tmp_path):
     """docs/design.md's worked example, as a user adds it: one file in the folder they run the
     installed `kscli` in, named in KSCLI_HEADS as the page says (no PYTHONPATH), or by its path."""
@@ -307,6 +310,7 @@ def test_a_new_head_from_the_design_doc_trains_through_the_cli(extracted, tmp_pa
     assert bad.returncode == 2 and "KSCLI_HEADS: cannot import 'no_such_module'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_runs_as_printed(tmp_path):
     """README's "Using it from Python" block, copied as a user would, run in an empty folder."""
     text = (REPO / "README.md").read_text()

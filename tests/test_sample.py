@@ -143,6 +143,7 @@ def test_label_mapping_csv(sample: SampleSummary):
     assert comma and f'"{comma[0]}"' in raw  # quoted in the file, read back whole
 
 
+@pytest.mark.slow
 def test_clips_decode_at_size_fps_and_length(sample: SampleSummary):
     for doc in _docs(sample).values():
         for seg in doc["segments"]:

@@ -51,6 +51,7 @@ def assert_complete(work, root, split="train"):
     return store
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_never_lose_clips(sample_root, tmp_path):
     """The repro: the same command twice, one second apart. Before: both merges removed each
     other's parts and the store ended empty. Now the second is refused (or finds nothing left)."""
@@ -71,6 +72,7 @@ def test_two_runs_started_together_never_lose_clips(sample_root, tmp_path):
     assert json.loads(info.stdout)[0]["clips"] == len(clip_names(sample_root))
 
 
+@pytest.mark.slow
 def test_a_second_writer_of_a_rank_is_refused_with_the_holder(sample_root, tmp_path):
     work = tmp_path / "work"
     with RankLock(store_dir(work), 0):
@@ -83,6 +85,7 @@ def test_a_second_writer_of_a_rank_is_refused_with_the_holder(sample_root, tmp_p
     assert_complete(work, sample_root)
 
 
+@pytest.mark.slow
 def test_overwrite_waits_for_no_writer_and_a_moved_lock_file_is_not_trusted(sample_root, tmp_path, monkeypatch):
     from kscli.extract import lock as lock_mod
 
@@ -164,6 +167,7 @@ def reference(sample_root, tmp_path_factory):
     return names, store.get(names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("at", ["kill-before-rename", "kill-after-rename", "kill-mid-cleanup"])
 def test_kill_9_during_the_merge_loses_nothing(sample_root, reference, tmp_path, at):
     work = tmp_path / "work"
@@ -182,6 +186,7 @@ def test_kill_9_during_the_merge_loses_nothing(sample_root, reference, tmp_path,
     assert len(list(folder.glob("part-*.h5"))) == 1 and not list(folder.glob("*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("at", ["pause-before-rename", "pause-after-rename"])
 def test_readers_during_a_merge_see_every_clip_once(sample_root, reference, tmp_path, at):
     work, signals = tmp_path / "work", tmp_path / "signals"
@@ -202,6 +207,7 @@ def test_readers_during_a_merge_see_every_clip_once(sample_root, reference, tmp_
     np.testing.assert_array_equal(before.get(names), feats)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_build_the_store_of_one_process(sample_copy, reference, tmp_path):
     """The real launcher: each rank takes its shard and its share of the cores, prints its own
     summary, records its own failures; the store equals a one-process run."""

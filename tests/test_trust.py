@@ -87,6 +87,7 @@ def test_another_clip_source_is_refused(sample_root, tmp_path):
     assert "clips is 'clips_448p' in the store but 'clips_96p' now" in other
 
 
+@pytest.mark.slow
 def test_two_shards_started_together_with_other_settings_never_mix(sample_root, tmp_path):
     work = tmp_path / "work"
     procs = [subprocess.Popen([sys.executable, "-m", "kscli", "extract", *TINY, "--data-root", str(sample_root),
@@ -211,6 +212,7 @@ def test_evaluate_and_submit_refuse_non_finite_scores(sample_root, work, tmp_pat
 
 
 # ----------------------------------------------------------------------------- 5. nothing lost or misplaced
+@pytest.mark.slow
 def test_two_runs_started_in_the_same_second_both_finish(sample_root, work):
     from kscli.heads.run import reserve_run_dir
 
@@ -239,6 +241,7 @@ def test_names_never_leave_the_work_dir(sample_root, tmp_path, args):
     assert set(tmp_path.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_a_name_in_use_fails_before_training(sample_root, work):
     cli("train-head", *TINY, "--head", "linear", "--name", "taken", *where(sample_root, work))
     r = run_kscli("train-head", *TINY, "--head", "mlp", "--name", "taken", *where(sample_root, work), check=False)
@@ -249,6 +252,7 @@ def test_a_name_in_use_fails_before_training(sample_root, work):
     assert "is unfinished (started by pid 99 on h at t): still training, or killed" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_is_one_line_with_nothing_half_written(sample_root, work):
     def limited():
         resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))
@@ -352,6 +356,7 @@ def test_a_run_folder_reruns_to_the_same_metrics_and_submissions_say_what_made_t
 
 
 # ----------------------------------------------------------------------------- found by an independent review
+@pytest.mark.slow
 def test_a_run_of_the_same_rank_with_other_settings_started_moments_later_is_refused(sample_root, tmp_path):
     """B checks before A has written anything, then waits for A's lock: once it has the lock it
     must compare again, not report A's rows as its own 'already done'."""
@@ -373,6 +378,7 @@ def test_a_run_of_the_same_rank_with_other_settings_started_moments_later_is_ref
     assert a.wait(timeout=30) == 0
 
 
+@pytest.mark.slow
 def test_from_refuses_a_store_that_holds_other_clips_now(sample_root, tmp_path):
     w = tmp_path / "work"
     base = [*TINY, *where(sample_root, w), "--workers", "0", "--no-progress"]
@@ -398,6 +404,7 @@ def test_evaluate_gives_top5_credit_only_for_listed_classes(sample_root, work, t
     assert "names a label_id twice" in one_line(cli("evaluate", f, *where(sample_root, work), check=False))
 
 
+@pytest.mark.slow
 def test_rows_with_non_finite_features_can_be_recomputed(sample_root, tmp_path):
     w = tmp_path / "work"
     base = [*TINY, *where(sample_root, w), "--split", "val", "--workers", "0", "--no-progress"]
@@ -414,6 +421,7 @@ def test_rows_with_non_finite_features_can_be_recomputed(sample_root, tmp_path):
     assert "extracted" in again.stdout and np.isfinite(store.get(store.names)).all()
 
 
+@pytest.mark.slow
 def test_hand_edited_stores_are_one_line(sample_root, tmp_path):
     w = tmp_path / "work"
     cli("extract", *TINY, *where(sample_root, w), "--split", "train", "--workers", "0", "--no-progress")
