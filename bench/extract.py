@@ -52,7 +52,7 @@ from kscli.data.sample import write_sample_benchmark
 from kscli.device import resolve_device
 from kscli.extract.backbones import create_backbone
 from kscli.extract.preprocess import preprocess_clips
-from kscli.extract.run import ClipDataset, ExtractConfig, FrameRequest, _collate, _worker_init, extract, list_clip_jobs
+from kscli.extract.run import ClipDataset, ExtractConfig, FrameRequest, collate_items, decoder_worker_init, extract, list_clip_jobs
 from kscli.extract.sampling import SamplingConfig, decode_frames
 from kscli.extract.store import StoreRows, StoreWriter
 
@@ -125,7 +125,7 @@ def random_hf_model(family: str, folder: Path) -> str:
 
 def decode_only(jobs, sampling, resize_for, workers, batch_size, rule: str = "sampled") -> float:
     loader = torch.utils.data.DataLoader(ClipDataset(jobs, [FrameRequest(sampling, resize_for)], rule), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=_collate, worker_init_fn=_worker_init,
+                                         num_workers=workers, collate_fn=collate_items, worker_init_fn=decoder_worker_init,
                                          prefetch_factor=4 if workers else None)
     t0 = time.perf_counter()
     n = sum(len(b) for b in loader)

@@ -92,8 +92,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kscli.data.layout import Benchmark, Layout  # noqa: E402
-from kscli.data.sample import _write_annotations  # noqa: E402
-from kscli.data.sample_plan import _plan  # noqa: E402
+from kscli.data.sample import write_annotations  # noqa: E402
+from kscli.data.sample_plan import plan_sample  # noqa: E402
 from kscli.extract.store import StoreRows, StoreWriter  # noqa: E402
 from kscli.heads.base import config_for  # noqa: E402
 from kscli.heads.run import train_run  # noqa: E402
@@ -113,11 +113,11 @@ def write_download(root: Path, seed: int, train_takes: int, val_takes: int) -> L
     ann = root / "annotations" / "keystep_benchmark"
     if not (ann / "label_mapping.csv").is_file():
         ann.mkdir(parents=True, exist_ok=True)
-        rows, _, docs, _ = _plan(seed=seed, num_classes=C,
+        rows, _, docs, _ = plan_sample(seed=seed, num_classes=C,
                                  takes_per_split={"train": train_takes, "val": val_takes, "test": 1},
                                  segments_per_take=(4, 7), clip_seconds=(1.0, 3.0), short_clip_prob=0.06,
                                  integer_time_prob=0.12, aria_nonumber_prob=0.2, fps=30)
-        _write_annotations(ann, rows, docs)
+        write_annotations(ann, rows, docs)
     return Layout.resolve(data_root=root, work_dir=root / "work")
 
 

@@ -139,11 +139,11 @@ def test_train_head_cli_trains_on_the_device(sample_root, tmp_path, device):
 @pytest.mark.cuda
 def test_pinned_batches_for_asynchronous_copies(sample_root):
     from kscli.data.layout import Benchmark, Layout
-    from kscli.extract.run import ClipDataset, FrameRequest, _collate, list_clip_jobs
+    from kscli.extract.run import ClipDataset, FrameRequest, collate_items, list_clip_jobs
     from kscli.extract.sampling import SamplingConfig
 
     jobs = list_clip_jobs(Benchmark(Layout.resolve(data_root=sample_root)), "val", "ego")[:4]
     loader = torch.utils.data.DataLoader(ClipDataset(jobs, [FrameRequest(SamplingConfig(8))]), batch_size=4,
-                                         collate_fn=_collate, pin_memory=True)
+                                         collate_fn=collate_items, pin_memory=True)
     batch = next(iter(loader))
     assert all(it["views"][0]["frames"].is_pinned() for it in batch)

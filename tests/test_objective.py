@@ -27,7 +27,7 @@ from kscli.heads.layers import stacked_cross_entropy
 from kscli.heads.run import teacher_metrics
 from kscli.heads.stacked import class_balance_weights
 from kscli.heads.takes import Takes
-from kscli.heads.train import _Curves, member_key, train_head
+from kscli.heads.train import Curves, member_key, train_head
 
 C, D, DX, V, H = 5, 16, 12, 3, 16
 T = 3.0  # temperature != 1 (and != 2), so T and T^2 and 1 all differ
@@ -388,7 +388,7 @@ def test_member_key_a_non_finite_score_never_wins(bad):
 
 
 def test_curves_best_uses_the_given_epoch_and_members():
-    cur = _Curves(members=4, epochs=2)
+    cur = Curves(members=4, epochs=2)
     cur.add([0, 1, 2, 3], 0, np.ones(4), np.array([90.0, 10.0, 10.0, 10.0]), np.ones(4), None, 1.0)
     cur.add([0, 1, 2, 3], 1, np.ones(4), np.array([40.0, 60.0, 60.0, 60.0]),
             np.array([0.1, 0.8, 0.7, 0.7]), None, 1.0)

@@ -373,7 +373,7 @@ def test_a_failed_part_write_stops_with_one_line_and_keeps_finished_parts(sample
 def test_on_the_cpu_the_slower_stage_gets_the_cores():
     import torch
 
-    from kscli.extract.run import RunPlan, _CpuThreads
+    from kscli.extract.run import RunPlan, CpuThreads
     from kscli.extract.shard import resolve_shard
 
     plan = RunPlan(resolve_shard(env={}), "cpu", "float32", "worker", workers=2, workers_why="", model_threads=1,
@@ -381,14 +381,14 @@ def test_on_the_cpu_the_slower_stage_gets_the_cores():
     batch = [{"decode_s": 0.2}] * 8  # 0.8 s of decoding per batch on 2 workers
     threads = torch.get_num_threads()
     try:
-        decode_bound = _CpuThreads(plan, torch.device("cpu"))
+        decode_bound = CpuThreads(plan, torch.device("cpu"))
         for _ in range(5):
             decode_bound.observe(batch, model_s=0.05)
         assert decode_bound.note is None and torch.get_num_threads() == threads
-        model_bound = _CpuThreads(plan, torch.device("cpu"))
+        model_bound = CpuThreads(plan, torch.device("cpu"))
         for _ in range(5):
             model_bound.observe(batch, model_s=3.0)
         assert "the model is the slower stage" in model_bound.note and torch.get_num_threads() == 2
-        assert _CpuThreads(plan, torch.device("cuda")).deciding is False
+        assert CpuThreads(plan, torch.device("cuda")).deciding is False
     finally:
         torch.set_num_threads(threads)

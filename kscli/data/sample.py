@@ -54,12 +54,12 @@ from kscli.data.sample_plan import (
     JSON_NAMES,
     SCENARIOS,
     SPLITS,
-    _Clip,
-    _plan,
+    PlannedClip,
+    plan_sample,
     clip_num_frames,
     format_time,
 )
-from kscli.data.sample_video import ENCODINGS, _write_one
+from kscli.data.sample_video import ENCODINGS, write_clip
 from kscli.errors import KscliError
 
 __all__ = [
@@ -192,7 +192,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def _write_clips(
-    clips: list[_Clip], looks: list, clips_dir: Path, *, seed: int, ego_size: tuple[int, int],
+    clips: list[PlannedClip], looks: list, clips_dir: Path, *, seed: int, ego_size: tuple[int, int],
     exo_size: tuple[int, int], fps: int, crf: int | None, encoding: str, div: int, workers: int,
     progress: bool = False,
 ) -> list[tuple[int, int]]:
@@ -208,12 +208,12 @@ def _write_clips(
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn")) as ex:
-            done = ex.map(_write_one, jobs, chunksize=4)
+            done = ex.map(write_clip, jobs, chunksize=4)
             return list(tqdm(done, total=len(jobs), desc="sample clips", disable=not progress))
-    return [_write_one(j) for j in tqdm(jobs, desc="sample clips", disable=not progress)]
+    return [write_clip(j) for j in tqdm(jobs, desc="sample clips", disable=not progress)]
 
 
-def _write_annotations(ann_dir: Path, rows: list, docs: dict[str, dict]) -> tuple[Path, dict[str, Path]]:
+def write_annotations(ann_dir: Path, rows: list, docs: dict[str, dict]) -> tuple[Path, dict[str, Path]]:
     """Write label_mapping.csv and the split JSON files; return their paths."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -283,7 +283,7 @@ def write_sample_benchmark(
     ego_size, exo_size = _frame_sizes(short_side, long_side)
     _prepare_out(out, overwrite)
 
-    rows, looks, docs, clips = _plan(
+    rows, looks, docs, clips = plan_sample(
         seed=seed, num_classes=int(num_classes), takes_per_split=takes_per_split,
         segments_per_take=(int(segments_per_take[0]), int(segments_per_take[1])),
         clip_seconds=(float(clip_seconds[0]), float(clip_seconds[1])),
@@ -300,7 +300,7 @@ def write_sample_benchmark(
         encoding=encoding, div=max(1, ego_size[0] // 224), workers=workers, progress=progress,  # [0]: short side
     )
     # annotations last, so a folder with annotations has its clips
-    label_path, split_json = _write_annotations(ann_dir, rows, docs)
+    label_path, split_json = write_annotations(ann_dir, rows, docs)
 
     nbytes = sum(s for _, s in results) + label_path.stat().st_size + sum(p.stat().st_size for p in split_json.values())
     return SampleSummary(

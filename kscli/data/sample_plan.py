@@ -1,6 +1,6 @@
 """The plan of the synthetic sample benchmark: keysteps, takes, segments and clip names, no pixels.
 
-:func:`_plan` draws, from ``numpy.random.default_rng`` seeded from the sample seed, the label
+:func:`plan_sample` draws, from ``numpy.random.default_rng`` seeded from the sample seed, the label
 mapping (keystep names grouped into scenarios), each keystep's look (colour, stripes, blob: see
 :mod:`kscli.data.sample_video`), and for every split its takes and their segments: which keystep,
 when, and which clips (ego and exo cameras) show it.  Within a take the keysteps follow the take's
@@ -129,7 +129,7 @@ def clip_num_frames(start: float, end: float, fps: int) -> int:
 
 
 @dataclass
-class _ClassLook:
+class ClassLook:
     """How one keystep shows in its clips (see :mod:`kscli.data.sample_video`)."""
 
     rgb: np.ndarray  # (3,) float32 0..255
@@ -144,7 +144,7 @@ class _ClassLook:
 
 
 @dataclass
-class _Clip:
+class PlannedClip:
     """One mp4 file to render: a segment seen from one camera."""
 
     rel: str  # relative to clips_448p/
@@ -158,7 +158,7 @@ class _Clip:
     exo_index: int  # which exo camera (0..3), -1 for ego
 
 
-def _class_looks(num_classes: int, rng: np.random.Generator) -> list[_ClassLook]:
+def _class_looks(num_classes: int, rng: np.random.Generator) -> list[ClassLook]:
     n_h = min(num_classes, 12)
     levels = [(0.80, 0.90), (0.50, 0.70), (0.95, 0.55), (0.35, 0.95)]
     hue_perm = rng.permutation(n_h)
@@ -172,7 +172,7 @@ def _class_looks(num_classes: int, rng: np.random.Generator) -> list[_ClassLook]
         blob = np.array(colorsys.hsv_to_rgb(bhue, 0.3 + 0.6 * rng.random(), 0.3 + 0.7 * rng.random()),
                         dtype=np.float32) * 255.0
         looks.append(
-            _ClassLook(
+            ClassLook(
                 rgb=rgb,
                 blob_rgb=blob,
                 theta=float(rng.uniform(0, math.pi)),
@@ -332,16 +332,16 @@ def _segment_span(
 
 def _segment_clips(
     take: _Take, si: int, lab: int, start: float, end: float, seg_exo: list[int], seed: int,
-) -> tuple[str, list[str], list[_Clip]]:
+) -> tuple[str, list[str], list[PlannedClip]]:
     """Segment ``si``'s ego clip name, exo clip names and the clips to write (no exo in test)."""
     stem = f"start{format_time(start)}_end{format_time(end)}"
     ego_rel = f"{take.split}/{take.name}/{stem}_{take.ego_cam}.mp4"
     exo_rels = [f"{take.split}/{take.name}/{stem}_{EXO_CAMERAS[k]}.mp4" for k in seg_exo]
     key = take.key
-    clips = [_Clip(ego_rel, take.ego_cam, True, lab, start, end, key, (seed, 3, *key, si, 0), -1)]
+    clips = [PlannedClip(ego_rel, take.ego_cam, True, lab, start, end, key, (seed, 3, *key, si, 0), -1)]
     if take.split != "test":
         for k, rel in zip(seg_exo, exo_rels):
-            clips.append(_Clip(rel, EXO_CAMERAS[k], False, lab, start, end, key,
+            clips.append(PlannedClip(rel, EXO_CAMERAS[k], False, lab, start, end, key,
                                (seed, 3, *key, si, k + 1), k))
     return ego_rel, exo_rels, clips
 
@@ -366,14 +366,14 @@ def _segment_json(take: _Take, ego_rel: str, exo_rels: list[str], start: float, 
 def _take_segments(
     take: _Take, trng: np.random.Generator, rows: list, *, seed: int, clip_seconds: tuple[float, float],
     short_clip_prob: float, integer_time_prob: float, fps: int,
-) -> tuple[list[dict], list[_Clip]]:
+) -> tuple[list[dict], list[PlannedClip]]:
     """The take's segment JSON entries and its clips, segments one after another in time."""
     forced_short = -1
     if take.index == 0 and take.split in ("train", "test"):
         forced_short = min(1, len(take.labels) - 1)
     t = 0.0 if (take.index == 0 or trng.random() < 0.25) else float(trng.uniform(0.1, 5.0))
     segs: list[dict] = []
-    clips: list[_Clip] = []
+    clips: list[PlannedClip] = []
     for si, lab in enumerate(take.labels):
         start, end = _segment_span(
             t, si, si == forced_short, trng, clip_seconds=clip_seconds, short_clip_prob=short_clip_prob,
@@ -390,7 +390,7 @@ def _take_segments(
     return segs, clips
 
 
-def _plan(
+def plan_sample(
     *, seed: int, num_classes: int, takes_per_split: dict[str, int], segments_per_take: tuple[int, int],
     clip_seconds: tuple[float, float], short_clip_prob: float, integer_time_prob: float,
     aria_nonumber_prob: float, fps: int,
@@ -402,7 +402,7 @@ def _plan(
 
     used_names: set[str] = set()
     docs: dict[str, dict] = {}
-    clips: list[_Clip] = []
+    clips: list[PlannedClip] = []
     for split in SPLITS:
         n_takes = int(takes_per_split.get(split, 0))
         segs_json = []

@@ -7,7 +7,7 @@ washes the colours out, lowers the contrast, adds noise, a vignette, camera shak
 random-coloured distractor box (the knobs are in ``_EXO_LOOK`` / ``_EGO_LOOK``).  Every take adds
 its own brightness, offset and tint.  :func:`_encode_clip` writes the frames as an mp4
 (single-threaded x264 with its default settings, as the real clips were made, so the output is
-reproducible); :func:`_write_one` does both for one clip
+reproducible); :func:`write_clip` does both for one clip
 and is what worker processes run.  PyAV is imported only when a clip is encoded.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kscli.data.sample_plan import _ClassLook, _Clip, clip_num_frames
+from kscli.data.sample_plan import ClassLook, PlannedClip, clip_num_frames
 
 # How each view shows the keystep; the ego view is the harder one.  contrast: stripe contrast;
 # blob: blob opacity; noise: noise sigma (grey levels); wash: how far the class colours are pulled
@@ -133,7 +133,7 @@ def _draw_box(rng: np.random.Generator, grid: _Grid, box_area: tuple[float, floa
     return _Box(bx0, by0, bvx, bvy, bw, bh, dcol)
 
 
-def _ego_view(look: _ClassLook, grid: _Grid, rng: np.random.Generator, gain: float, n: int) -> _View:
+def _ego_view(look: ClassLook, grid: _Grid, rng: np.random.Generator, gain: float, n: int) -> _View:
     """The Aria view: washed-out colours, low contrast, vignette, distractor box, camera shake."""
     look_e = _EGO_LOOK
     grey = float(rng.uniform(110, 150))
@@ -152,7 +152,7 @@ def _ego_view(look: _ClassLook, grid: _Grid, rng: np.random.Generator, gain: flo
     )
 
 
-def _exo_view(look: _ClassLook, grid: _Grid, k: int, seed: int, gain: float, n: int) -> _View:
+def _exo_view(look: ClassLook, grid: _Grid, k: int, seed: int, gain: float, n: int) -> _View:
     """Exo camera ``k``: the pattern from its fixed viewpoint, above a class-independent floor band."""
     rot, zoom, sx, sy, horizon, floor_level = _camera_view(k, seed)
     cr, sr = math.cos(rot), math.sin(rot)
@@ -188,7 +188,7 @@ class _Pattern:
     Y2: np.ndarray
 
 
-def _pattern(look: _ClassLook, view: _View) -> _Pattern:
+def _pattern(look: ClassLook, view: _View) -> _Pattern:
     f32 = np.float32
     X, Y = view.X, view.Y
     two_pi_f = 2 * math.pi * look.freq
@@ -208,7 +208,7 @@ def _pattern(look: _ClassLook, view: _View) -> _Pattern:
 # --------------------------------------------------------------------------------------------
 
 
-def _colour_weights(look: _ClassLook, p: _Pattern, view: _View, t: np.ndarray, idx: np.ndarray):
+def _colour_weights(look: ClassLook, p: _Pattern, view: _View, t: np.ndarray, idx: np.ndarray):
     """Per-pixel weights (A, B) of the class colour and the blob colour in frames ``idx`` (times t)."""
     f32 = np.float32
     dx, dy = view.shake[idx, 0], view.shake[idx, 1]
@@ -273,7 +273,7 @@ def _compose_frames(A: np.ndarray, B: np.ndarray, N: np.ndarray, view: _View, ti
     return out
 
 
-def _render_clip(clip: _Clip, look: _ClassLook, *, seed: int, height: int, width: int, fps: int, div: int = 1):
+def _render_clip(clip: PlannedClip, look: ClassLook, *, seed: int, height: int, width: int, fps: int, div: int = 1):
     """Yield the clip's frames as (ceil(height/div), ceil(width/div), 3) uint8 arrays.
 
     Frames are computed at 1/div resolution; the encoder enlarges them to height x width
@@ -369,7 +369,7 @@ def _encode_clip(path: Path, frames, *, width: int, height: int, fps: int, crf: 
     return n
 
 
-def _write_one(job):
+def write_clip(job):
     """Render and encode one clip; ``job`` is (clip, look, seed, (height, width), fps, crf, encoding, div, root)."""
     clip, look, seed, size, fps, crf, encoding, div, root = job
     height, width = size

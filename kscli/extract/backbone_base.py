@@ -27,7 +27,7 @@ TINY_RANDOM_WEIGHTS = "random (untrained) - for tests and the demo only"
 # Spec
 
 
-def _triple(v, what: str) -> tuple[float, float, float]:
+def rgb_triple(v, what: str) -> tuple[float, float, float]:
     try:
         t = tuple(float(x) for x in v)
     except TypeError:  # a scalar
@@ -69,8 +69,8 @@ class BackboneSpec:
     weights_digest: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", _triple(self.mean, "mean"))
-        object.__setattr__(self, "std", _triple(self.std, "std"))
+        object.__setattr__(self, "mean", rgb_triple(self.mean, "mean"))
+        object.__setattr__(self, "std", rgb_triple(self.std, "std"))
         object.__setattr__(self, "num_frames", int(self.num_frames))
         object.__setattr__(self, "size", int(self.size))
         object.__setattr__(self, "feature_dim", int(self.feature_dim))
@@ -216,7 +216,7 @@ class Backbone(nn.Module):
 
 
 @dataclass(frozen=True)
-class _Registration:
+class Registration:
     name: str
     description: str
     factory: Callable[..., Backbone]
@@ -231,7 +231,7 @@ class _Registration:
     weights_label: str
 
 
-_REGISTRY: dict[str, _Registration] = {}
+_REGISTRY: dict[str, Registration] = {}
 
 
 def register_backbone(
@@ -259,7 +259,7 @@ def register_backbone(
     def deco(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
         if name in _REGISTRY:
             raise ValueError(f"backbone '{name}' is already registered")
-        _REGISTRY[name] = _Registration(
+        _REGISTRY[name] = Registration(
             name=name,
             description=description,
             factory=factory,
@@ -269,10 +269,22 @@ def register_backbone(
             size=int(size),
             feature_dim=int(feature_dim),
             hf_class=hf_class,
-            mean=_triple(mean, "mean"),
-            std=_triple(std, "std"),
+            mean=rgb_triple(mean, "mean"),
+            std=rgb_triple(std, "std"),
             weights_label=weights_label if weights_label is not None else (default_weights or ""),
         )
         return factory
 
     return deco
+
+
+def registration(name: str) -> Registration:
+    """What `register_backbone` recorded for `name`; one line naming the known ones if none."""
+    reg = _REGISTRY.get(name)
+    if reg is None:
+        raise KscliError(f"unknown backbone '{name}'; known backbones: {', '.join(registered_names())}")
+    return reg
+
+
+def registered_names() -> list[str]:
+    return sorted(_REGISTRY)

@@ -32,17 +32,18 @@ from typing import Any
 
 from kscli.errors import KscliError
 from kscli.extract.backbone_base import (
-    _REGISTRY,
     IMAGENET_MEAN,
     IMAGENET_STD,
     TINY_RANDOM_WEIGHTS,
     Backbone,
     BackboneSpec,
-    _Registration,
+    Registration,
+    registration,
+    registered_names,
     register_backbone,
     weights_digest,
 )
-from kscli.extract.hf_loading import _FAMILY_OF
+from kscli.extract.hf_loading import family_of
 from kscli.extract.processors import CROPS, describe, family_geometry
 
 # Importing these registers the built-in backbones (tiny-random first, then the Hugging Face ones);
@@ -70,14 +71,7 @@ __all__ = [
 
 
 def backbone_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def _get_registration(name: str) -> _Registration:
-    reg = _REGISTRY.get(name)
-    if reg is None:
-        raise KscliError(f"unknown backbone '{name}'; known backbones: {', '.join(backbone_names())}")
-    return reg
+    return registered_names()
 
 
 def create_backbone(name: str, weights: str | None = None, crop: str = "model", **kw) -> Backbone:
@@ -92,7 +86,7 @@ def create_backbone(name: str, weights: str | None = None, crop: str = "model", 
     keywords go to the factory (e.g. ``num_frames=32`` where the model accepts other clip lengths,
     ``pool="cls+mean"`` for DINOv2). Move/cast afterwards with ``.to(device, dtype=...)``.
     """
-    reg = _get_registration(name)
+    reg = registration(name)
     w = reg.default_weights if weights is None else str(weights)
     params = inspect.signature(reg.factory).parameters
     options = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
@@ -116,7 +110,7 @@ def list_backbones() -> list[dict[str, Any]]:
     """Static information about every registered backbone (builds nothing)."""
     out = []
     for name in backbone_names():
-        r = _REGISTRY[name]
+        r = registration(name)
         out.append(
             {
                 "name": r.name,
@@ -134,11 +128,11 @@ def list_backbones() -> list[dict[str, Any]]:
     return out
 
 
-def _default_preprocessing(r: _Registration) -> str:
+def _default_preprocessing(r: Registration) -> str:
     """How a registered backbone makes its input when its weights folder says nothing else."""
     if r.name == "tiny-random":
         geo = family_geometry("", r.size)
     else:
-        geo = family_geometry(_FAMILY_OF.get(r.name, ""), r.size)
+        geo = family_geometry(family_of(r.name), r.size)
     return describe({"size": r.size, "resize_mode": geo.mode, "resize_short": geo.resize_short,
                      "interpolation": geo.interpolation, "mean": r.mean, "std": r.std})

@@ -11,22 +11,22 @@ from torch import nn
 
 from kscli.errors import KscliError
 from kscli.extract.backbone_base import (
-    _REGISTRY,
     HALF,
     IMAGENET_MEAN,
     IMAGENET_STD,
     Backbone,
     BackboneSpec,
     register_backbone,
+    registration,
 )
 from kscli.extract.hf_loading import (
-    _FAMILY_OF,
-    _as_int,
-    _load_hf_model,
-    _looks_local,
-    _mean_std,
-    _pp_crop_size,
-    _read_preprocessor_config,
+    as_int,
+    set_family,
+    load_hf_model,
+    looks_local,
+    mean_std,
+    processor_crop_size,
+    read_preprocessor_config,
 )
 from kscli.extract.processors import family_geometry, geometry_from_processor
 
@@ -92,19 +92,19 @@ _VIDEO_FAMILIES = {
 
 
 def _patch_and_tubelet(cfg) -> tuple[int, int]:
-    return _as_int(getattr(cfg, "patch_size", 1) or 1), int(getattr(cfg, "tubelet_size", 1) or 1)
+    return as_int(getattr(cfg, "patch_size", 1) or 1), int(getattr(cfg, "tubelet_size", 1) or 1)
 
 
 def _make_video_factory(name: str, family: str):
     fam = _VIDEO_FAMILIES[family]
 
     def factory(weights: str | None, *, num_frames: int | None = None, size: int | None = None) -> Backbone:
-        reg = _REGISTRY[name]
-        model, src, net = _load_hf_model(name, fam["hf_class"], weights, fam["ignore_missing"])
+        reg = registration(name)
+        model, src, net = load_hf_model(name, fam["hf_class"], weights, fam["ignore_missing"])
         cfg = model.config
         patch, tubelet = _patch_and_tubelet(cfg)
         cfg_frames = getattr(cfg, fam["frames_attr"]) if fam["frames_attr"] else None
-        cfg_size = _as_int(getattr(cfg, fam["size_attr"]))
+        cfg_size = as_int(getattr(cfg, fam["size_attr"]))
         frames = int(num_frames) if num_frames else int(cfg_frames or reg.num_frames)
         sz = int(size) if size else cfg_size
         if cfg_frames and frames != int(cfg_frames) and not fam["flexible_frames"]:
@@ -115,8 +115,8 @@ def _make_video_factory(name: str, family: str):
             raise KscliError(f"backbone '{name}': num_frames must be a multiple of the tubelet size {tubelet}, got {frames}")
         if sz % patch:
             raise KscliError(f"backbone '{name}': size must be a multiple of the patch size {patch}, got {sz}")
-        pp = _read_preprocessor_config(src, _looks_local(weights), net)
-        mean, std = _mean_std(pp, reg)
+        pp = read_preprocessor_config(src, looks_local(weights), net)
+        mean, std = mean_std(pp, reg)
         geo = geometry_from_processor(pp, family_geometry(family, sz), sz, family)
         spec = BackboneSpec(
             name=name,
@@ -142,7 +142,7 @@ def _make_video_factory(name: str, family: str):
 
 def _register_video(name, family, default_weights, num_frames, size, dim, note=""):
     fam = _VIDEO_FAMILIES[family]
-    _FAMILY_OF[name] = family
+    set_family(name, family)
     desc = f"video model {fam['hf_class']}; {fam['pooling']}" + (f"; {note}" if note else "")
     register_backbone(
         name,
@@ -230,23 +230,23 @@ def _make_image_factory(name: str, family: str):
     fam = _IMAGE_FAMILIES[family]
 
     def factory(weights: str | None, *, num_frames: int | None = None, size: int | None = None, pool: str | None = None) -> Backbone:
-        reg = _REGISTRY[name]
+        reg = registration(name)
         pool = pool or fam["default_pool"]
         if pool not in fam["pools"]:
             raise KscliError(f"backbone '{name}': unknown pool '{pool}'; choose one of {', '.join(fam['pools'])}")
-        model, src, net = _load_hf_model(name, fam["hf_class"], weights)
+        model, src, net = load_hf_model(name, fam["hf_class"], weights)
         if not hasattr(model.config, "hidden_size") or not hasattr(model.config, "image_size"):
             raise KscliError(f"backbone '{name}': '{weights}' is a {type(model).__name__}, not a vision transformer image model")
         cfg = model.config
-        local = _looks_local(weights)
-        pp = _read_preprocessor_config(src, local, net)
-        cfg_size = _as_int(cfg.image_size)
-        patch = _as_int(getattr(cfg, "patch_size", 1) or 1)
+        local = looks_local(weights)
+        pp = read_preprocessor_config(src, local, net)
+        cfg_size = as_int(cfg.image_size)
+        patch = as_int(getattr(cfg, "patch_size", 1) or 1)
         if size:
             sz = int(size)
         elif fam["flexible_size"]:
             # DINOv2 configs say 518 (the pretraining resolution); its processor crops 224
-            sz = _pp_crop_size(pp) or min(cfg_size, reg.size)
+            sz = processor_crop_size(pp) or min(cfg_size, reg.size)
         else:
             sz = cfg_size
         if sz != cfg_size and not fam["flexible_size"]:
@@ -256,7 +256,7 @@ def _make_image_factory(name: str, family: str):
         frames = int(num_frames) if num_frames else reg.num_frames
         if frames < 1:
             raise KscliError(f"backbone '{name}': num_frames must be >= 1, got {frames}")
-        mean, std = _mean_std(pp, reg)
+        mean, std = mean_std(pp, reg)
         geo = geometry_from_processor(pp, family_geometry(family, sz), sz, family)
         dim = int(cfg.hidden_size) * (2 if pool == "cls+mean" else 1)
         spec = BackboneSpec(
@@ -281,7 +281,7 @@ def _make_image_factory(name: str, family: str):
 
 def _register_image(name, family, default_weights, num_frames, size, dim, note=""):
     fam = _IMAGE_FAMILIES[family]
-    _FAMILY_OF[name] = family
+    set_family(name, family)
     extra = f"; pool={'|'.join(fam['pools'])}" if len(fam["pools"]) > 1 else ""
     desc = (f"per-frame image model {fam['hf_class']}; {fam['pools'][fam['default_pool']]}{extra}; num_frames=... to "
             "change T" + (f"; {note}" if note else ""))

@@ -17,7 +17,7 @@ import torch
 
 from kscli.errors import KscliError
 from kscli.fileio import read_json
-from kscli.extract.backbone_base import _REGISTRY, _Registration, _triple
+from kscli.extract.backbone_base import Registration, registration, rgb_triple
 
 PREPROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json")
 
@@ -26,7 +26,7 @@ PREPROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.jso
 # Hugging Face loading helpers
 
 
-def _looks_local(weights: str) -> bool:
+def looks_local(weights: str) -> bool:
     w = os.path.expanduser(weights)
     return (
         os.path.isabs(w)
@@ -58,7 +58,7 @@ def _fix_hint(name: str, weights: str) -> str:
     return (
         f"download the model where there is internet (e.g. `hf download {weights} --local-dir DIR`, "
         f"or `save_pretrained(DIR)`) and pass the local folder with --weights DIR"
-        if not _looks_local(weights)
+        if not looks_local(weights)
         else f"pass --weights a folder made by `save_pretrained` / `hf download` holding config.json and the weights of a '{name}' model"
     )
 
@@ -74,7 +74,19 @@ _MODEL_TYPES = {
     # under a siglip2-* name too; the store's weights digest records which weights were used.
     "siglip2": ("siglip", "siglip_vision_model"),
 }
-_FAMILY_OF: dict[str, str] = {}  # registered name -> family
+_FAMILY_OF: dict[str, str] = {}  # registered name -> family (set_family, family_of)
+
+
+def set_family(name: str, family: str) -> None:
+    """Record which checkpoint family (a key of _MODEL_TYPES) a registered backbone loads."""
+    if family not in _MODEL_TYPES:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(_MODEL_TYPES)}")
+    _FAMILY_OF[name] = family
+
+
+def family_of(name: str) -> str:
+    """The checkpoint family of a registered backbone ("" for one that loads no checkpoint)."""
+    return _FAMILY_OF.get(name, "")
 # SigLIP 2 NaFlex: patch sequences with attention masks and spatial shapes, not square pixels
 _NAFLEX_TYPES = ("siglip2", "siglip2_vision_model")
 _FIXRES_EXAMPLE = "google/siglip2-base-patch16-224"
@@ -85,7 +97,7 @@ def _check_model_type(name: str, weights: str, model_type: str | None) -> None:
     if fam is None or not model_type or model_type in _MODEL_TYPES[fam]:
         return
     if model_type in _NAFLEX_TYPES:
-        fixres = _REGISTRY[name].default_weights if fam == "siglip2" else _FIXRES_EXAMPLE
+        fixres = registration(name).default_weights if fam == "siglip2" else _FIXRES_EXAMPLE
         pick = f"--weights {fixres}" if fam == "siglip2" else f"--backbone siglip2-base --weights {fixres}"
         raise KscliError(
             f"backbone '{name}': weights '{weights}' hold a SigLIP 2 NaFlex checkpoint ('{model_type}' model: "
@@ -144,7 +156,7 @@ def _transformers_class(name: str, class_name: str):
     return cls
 
 
-def _load_hf_model(name: str, class_name: str, weights: str, ignore_missing: tuple[str, ...] = ()):
+def load_hf_model(name: str, class_name: str, weights: str, ignore_missing: tuple[str, ...] = ()):
     """``transformers.<class_name>.from_pretrained(weights)`` in float32; every failure -> KscliError.
 
     Returns ``(model, source, used_network)`` where source is the absolute folder for a local path, else the hub id.
@@ -154,7 +166,7 @@ def _load_hf_model(name: str, class_name: str, weights: str, ignore_missing: tup
     if weights is None or str(weights).strip() == "":
         raise KscliError(f"backbone '{name}' needs weights: pass --weights with a Hugging Face hub id or a local folder")
     weights = str(weights)
-    local = _looks_local(weights)
+    local = looks_local(weights)
     src = os.path.abspath(os.path.expanduser(weights)) if local else weights
     if local:
         if not os.path.isdir(src):
@@ -212,7 +224,7 @@ def _hub_offline() -> bool:
         return False
 
 
-def _read_preprocessor_config(src: str, local: bool, use_network: bool = False) -> dict:
+def read_preprocessor_config(src: str, local: bool, use_network: bool = False) -> dict:
     """The first of preprocessor_config.json / video_preprocessor_config.json found, or {} when
     there is none. One that is there but cannot be read (not JSON, not an object) is an error:
     the model's own preprocessing is what it says, and a silent default would be recorded as if
@@ -249,15 +261,15 @@ def _read_preprocessor_config(src: str, local: bool, use_network: bool = False) 
     return {}
 
 
-def _mean_std(pp: dict, reg: _Registration) -> tuple[tuple, tuple]:
+def mean_std(pp: dict, reg: Registration) -> tuple[tuple, tuple]:
     """The processor config's image_mean / image_std (the registry's where it says none); a
     value that is not 3 numbers (std > 0) is one line, never replaced by a default."""
     mean, std = reg.mean, reg.std
     try:
         if pp.get("image_mean") is not None:
-            mean = _triple(pp["image_mean"], "image_mean")
+            mean = rgb_triple(pp["image_mean"], "image_mean")
         if pp.get("image_std") is not None:
-            std = _triple(pp["image_std"], "image_std")
+            std = rgb_triple(pp["image_std"], "image_std")
     except (ValueError, TypeError) as e:
         raise KscliError(f"the weights' processor config: {e}; fix image_mean / image_std there") from None
     if not all(math.isfinite(v) for v in (*mean, *std)) or min(std) <= 0:
@@ -266,7 +278,7 @@ def _mean_std(pp: dict, reg: _Registration) -> tuple[tuple, tuple]:
     return mean, std
 
 
-def _pp_crop_size(pp: dict) -> int | None:
+def processor_crop_size(pp: dict) -> int | None:
     c = pp.get("crop_size")
     if isinstance(c, dict):
         c = c.get("height") or c.get("shortest_edge")
@@ -276,7 +288,7 @@ def _pp_crop_size(pp: dict) -> int | None:
         return None
 
 
-def _as_int(v) -> int:
+def as_int(v) -> int:
     if isinstance(v, (list, tuple)):
         v = v[0]
     return int(v)

@@ -66,7 +66,7 @@ from tqdm import tqdm
 from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
 from kscli.fileio import read_json
-from kscli.extract.run import (SplitSummary, _versions, report_interrupted,
+from kscli.extract.run import (SplitSummary, software_versions, report_interrupted,
                                view_clips)
 from kscli.extract.store import StoreRows, open_for_writing
 
@@ -405,7 +405,7 @@ def store_config(spec: SourceSpec, folder: Path, split: str, view: str, exo_stre
     return {"backbone": backbone, "sampling": sampling, "dtype": "float32", "split": split, "view": view,
             "precision": "precomputed",
             "import": {"source": spec.name, "features_dir": str(folder), "exo_stream": exo_stream},
-            "versions": _versions()}
+            "versions": software_versions()}
 
 
 def import_problem(summaries: list) -> str | None:

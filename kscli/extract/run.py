@@ -287,15 +287,15 @@ class ClipDataset(torch.utils.data.Dataset):
         return item
 
 
-def _worker_init(_):
+def decoder_worker_init(_):
     torch.set_num_threads(1)
 
 
-def _collate(items):
+def collate_items(items):
     return items
 
 
-def _versions() -> dict:
+def software_versions() -> dict:
     import av
     import h5py
 
@@ -328,7 +328,7 @@ class RunPlan:
     resize_on: str  # "worker" or "device"
     workers: int
     workers_why: str
-    model_threads: int  # torch threads of the main process on CPU (at the start; see _CpuThreads)
+    model_threads: int  # torch threads of the main process on CPU (at the start; see CpuThreads)
     cores: int = 1  # this rank's share of the usable cores
 
     def text(self) -> str:
@@ -354,7 +354,7 @@ def plan_run(cfg: ExtractConfig) -> RunPlan:
     return RunPlan(shard, str(device), "bfloat16" if bf16 else "float32", resize_on, workers, why, threads, share)
 
 
-class _CpuThreads:
+class CpuThreads:
     """Who gets the cores on the CPU. The model starts on the cores the decoders leave (one on a
     machine where workers = cores): right when decoding is the slower stage (0.76 -> 0.93 of the
     decode-only bound with a tiny model). A real backbone on the CPU is the slower stage by far,
@@ -407,7 +407,7 @@ class _Embedder:
         self.config = {"backbone": self.spec.to_attrs(), "sampling": self.sampling.to_attrs(),
                        "dtype": cfg.dtype, "view": cfg.view, "precision": plan.precision,
                        "resize_on": plan.resize_on, "decoder": DECODER, "decode": cfg.decode,
-                       "versions": _versions()}
+                       "versions": software_versions()}
 
     @torch.inference_mode()
     def features(self, items: list[dict]) -> torch.Tensor:
@@ -541,8 +541,8 @@ def _decode_embed_write(targets: list[_Target], todo: list[tuple[ClipJob, tuple[
     dataset = ClipDataset([j for j, _ in todo], [t.embedder.request for t in targets], first.rule,
                           needs=[n for _, n in todo])
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=plan.workers, collate_fn=_collate,
-        worker_init_fn=_worker_init, prefetch_factor=prefetch, pin_memory=first.device.type == "cuda")
+        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=plan.workers, collate_fn=collate_items,
+        worker_init_fn=decoder_worker_init, prefetch_factor=prefetch, pin_memory=first.device.type == "cuda")
     batches = iter(loader)  # forks the decoders now, before the progress bar and the writer threads start
     s = plan.shard
     bar = tqdm(total=len(todo), desc=f"extract {split} [{s.shard + 1}/{s.num_shards}]", unit="clip",
@@ -554,7 +554,7 @@ def _decode_embed_write(targets: list[_Target], todo: list[tuple[ClipJob, tuple[
             summary.extracted += len(rows.names)
 
         writers.append(PartWriterThread(t.writer, on_written=written, thread_init=t.embedder.use_device))
-    threads = _CpuThreads(plan, first.device)
+    threads = CpuThreads(plan, first.device)
     t0 = time.perf_counter()
     try:
         for batch in batches:

@@ -57,7 +57,7 @@ from kscli.data.segments import SPLITS
 from kscli.errors import KscliError
 from kscli.fileio import commit, dumps_strict, fsync_dir, loads_strict, os_error_line, tmp_path
 from kscli.extract.lock import RankLock, lock_ranks
-from kscli.extract.store_reader import (IDENTITY_FILE, FeatureStore, _declared_config, _part_key, _size, _strings,
+from kscli.extract.store_reader import (IDENTITY_FILE, FeatureStore, declared_config, part_key, file_size, as_strings,
                                         config_digest, identity_difference, list_parts, unreadable_part)
 from kscli.extract.store_reader import PART_RE  # noqa: F401 - re-export
 
@@ -134,7 +134,7 @@ def _fill_part(f, rows: StoreRows, config: dict) -> None:
 def read_part(path: Path) -> tuple[StoreRows, dict]:
     with h5py.File(path, "r") as f:
         rows = StoreRows(
-            names=_strings(f["names"][()]), roles=_strings(f["roles"][()]),
+            names=as_strings(f["names"][()]), roles=as_strings(f["roles"][()]),
             features=f["features"][()], frame_times=f["frame_times"][()],
             num_frames=f["num_frames"][()], fps=f["fps"][()])
         return rows, json.loads(f.attrs["config"])
@@ -146,7 +146,7 @@ def check_identity(path: Path, config: dict, redoing: tuple[str, ...] = ()) -> N
     (a head trains on one split and predicts another, so a store's splits are made one way)."""
     file = path / IDENTITY_FILE
     if file.is_file():
-        _refuse_other(path, identity_difference(_declared_config(file), config))
+        _refuse_other(path, identity_difference(declared_config(file), config))
     else:
         legacy = FeatureStore(path)
         if legacy.exists:
@@ -160,7 +160,7 @@ def check_sibling_splits(path: Path, config: dict, redoing: tuple[str, ...] = ()
     (splits in `redoing`, which this run overwrites too, do not count)."""
     for sibling in sorted(path.parent.glob(f"*/{IDENTITY_FILE}")):
         if sibling.parent != path and sibling.parent.name in SPLITS and sibling.parent.name not in redoing:
-            why = identity_difference(_declared_config(sibling), config, f"in its {sibling.parent.name} split")
+            why = identity_difference(declared_config(sibling), config, f"in its {sibling.parent.name} split")
             if why:
                 raise KscliError(f"{path.parent}: {why}; the splits of one store are made one way (a head "
                                  "trains on one split and predicts another): pass --tag NAME for a new store, "
@@ -213,7 +213,7 @@ class StoreWriter:
         self.lock = RankLock(self.path, rank)  # before touching any of this rank's files
         for stale in self.path.glob(f"part-r{rank:03d}-s*.h5.tmp"):
             stale.unlink()  # a part that never finished: its clips are not in the store
-        seqs = [_part_key(p)[0] for p in list_parts(self.path, rank)]
+        seqs = [part_key(p)[0] for p in list_parts(self.path, rank)]
         self.seq = max(seqs, default=-1) + 1
         self.written: list[Path] = []
         self.claimed = False
@@ -263,7 +263,7 @@ class StoreWriter:
         for i, p in enumerate(parts):
             try:
                 with h5py.File(p, "r") as f:
-                    names = _strings(f["names"][()])
+                    names = as_strings(f["names"][()])
                     digests.add(config_digest(json.loads(f.attrs["config"])))
             except (OSError, KeyError, ValueError) as e:
                 raise unreadable_part(p, e) from None
@@ -275,7 +275,7 @@ class StoreWriter:
                              "`kscli features verify --move-aside` moves them aside")
         out = self._next_path()
         tmp = out.with_name(out.name + ".tmp")
-        size = sum(_size(p) for p in parts)
+        size = sum(file_size(p) for p in parts)
         write_h5(tmp, lambda g: self._fill_merged(parts, owner, g), size_hint=size)  # fails: the parts stay the store
         commit(tmp, out)
         for p in parts:

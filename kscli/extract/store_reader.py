@@ -71,11 +71,11 @@ def identity_difference(store: dict, new: dict, store_word: str = "in the store"
     return None
 
 
-def _strings(values) -> list[str]:
+def as_strings(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else v for v in values]
 
 
-def _declared_config(path: Path) -> dict:
+def declared_config(path: Path) -> dict:
     """The config a store.json declares; a file that is not one is one line."""
     doc = read_json(path, "the store's identity")
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict) \
@@ -91,7 +91,7 @@ def unreadable_part(part: Path, e: Exception) -> KscliError:
                       "parts away, then rerun `kscli extract` to recompute their clips")
 
 
-def _size(path: Path) -> int:
+def file_size(path: Path) -> int:
     try:
         return path.stat().st_size
     except FileNotFoundError:  # merged away since the folder was listed
@@ -104,10 +104,10 @@ def list_parts(folder: Path, rank: int | None = None) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.glob(pattern) if PART_RE.match(p.name)), key=_part_key)
+    return sorted((p for p in folder.glob(pattern) if PART_RE.match(p.name)), key=part_key)
 
 
-def _part_key(path: Path) -> tuple[int, int]:
+def part_key(path: Path) -> tuple[int, int]:
     m = PART_RE.match(path.name)
     return int(m.group("seq")), int(m.group("rank"))
 
@@ -138,12 +138,12 @@ class FeatureStore:
         self._part_configs: list[dict] = []
         self._shapes: list[tuple] = []
         declared = self.path / IDENTITY_FILE
-        self.declared: dict | None = _declared_config(declared) if declared.is_file() else None
+        self.declared: dict | None = declared_config(declared) if declared.is_file() else None
         for i, part in enumerate(self.parts):
             try:
                 with h5py.File(part, "r") as f:
-                    names = _strings(f["names"][()])
-                    roles = _strings(f["roles"][()])
+                    names = as_strings(f["names"][()])
+                    roles = as_strings(f["roles"][()])
                     feats = f["features"]
                     if feats.ndim < 2 or feats.dtype.kind != "f" or not len(names) == len(roles) == len(feats):
                         raise ValueError(f"{len(names)} names, {len(roles)} roles and {feats.dtype} features of "
@@ -299,7 +299,7 @@ class FeatureStore:
         mixed = [{"part": p.name, "rows": n, "difference": why} for p, n, why in self.mismatched_parts()]
         return {"path": str(self.path), "clips": len(self), "by_view": roles, "parts": len(self.parts),
                 "feature_shape": list(self.feature_shape), "failures": len(self.failures()),
-                "size_mb": round(sum(_size(p) for p in self.parts) / 2**20, 2),
+                "size_mb": round(sum(file_size(p) for p in self.parts) / 2**20, 2),
                 "writing": {f"r{rank:03d}": who for rank, who in active_writers(self.path).items()},
                 "digest": self.digest, "random_features": self.random_features,
                 "mixed": mixed, "config": cfg}

@@ -27,7 +27,7 @@ from kscli.errors import KscliError
 from kscli.heads.base import TeacherOptions, option, register_head
 from kscli.heads.common import dropout
 from kscli.heads.layers import StackedNet, layer_norm, linear, stacked_cross_entropy, trunc_normal
-from kscli.heads.stacked import StackedConfig, StackedHead, _pooled_exo
+from kscli.heads.stacked import StackedConfig, StackedHead, pooled_exo
 
 
 @dataclass
@@ -128,7 +128,7 @@ class DistillHead(StackedHead):
         """The teacher's (N, C) from ego + exo (rows without an ego feature: the prior)."""
         if not fs.has_exo():
             return None
-        exo, mask = _pooled_exo(fs)
+        exo, mask = pooled_exo(fs)
         net = self.model
         dev = net.ego_mean.device
 

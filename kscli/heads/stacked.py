@@ -126,7 +126,7 @@ class StackedHead(Head):
         x_fit.sub_(mean).div_(std)
         exo_stats = (None, None)
         if uses_exo:  # raw exo stays where it is (no copy); batches are standardised
-            exo_all, mask_all = _pooled_exo(train)
+            exo_all, mask_all = pooled_exo(train)
             in_fit = torch.zeros(len(mask_all), dtype=torch.bool)
             in_fit[fit_t] = True
             exo_stats = feature_stats(exo_all, mask_all & in_fit[:, None])
@@ -160,7 +160,7 @@ class StackedHead(Head):
             sel = {"x": net.prepare_ego(as_f32(np.asarray(select.ego)[rows]).to(dev)),
                    "y": torch.from_numpy(np.asarray(select.labels, dtype=np.int64)[rows]).to(dev)}
             if self.has_teacher and select.has_exo():
-                exo, mask = _pooled_exo(select)
+                exo, mask = pooled_exo(select)
                 m = mask[rows].to(dev)
                 sel["exo"], sel["exo_mask"] = net.prepare_exo(exo[rows].to(dev), m), m
         return sel
@@ -241,6 +241,6 @@ class StackedHead(Head):
         return out
 
 
-def _pooled_exo(fs) -> tuple[torch.Tensor, torch.Tensor]:
+def pooled_exo(fs) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw exo (N, V, D) float32 (windows averaged) and its mask (N, V) as tensors."""
     return pool_windows(fs.exo, 4), torch.from_numpy(np.asarray(fs.exo_mask, dtype=bool))

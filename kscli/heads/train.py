@@ -177,7 +177,7 @@ def fit(head: Head, train: FeatureSet, val: FeatureSet | None = None,
                       f"({cfg.select_on}) segments, {train.dim}-d, {head.num_classes} classes, "
                       f"grid of {G} (lr x wd){' in one pass' if head.stacks else ', one by one'}, "
                       f"{info['epochs']} epochs x {info['steps_per_epoch']} steps")
-        curves = _Curves(G, info["epochs"])
+        curves = Curves(G, info["epochs"])
         best = None  # (key, snapshot)
         for chunk in chunks:
             reseed(cfg.seed + TRAIN_STREAM, dev)  # not the stream that drew the initial weights
@@ -275,7 +275,7 @@ def class_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return (counts / counts.sum()).astype(np.float32)
 
 
-class _Curves:
+class Curves:
     """Per member and epoch: train loss, selection top-1 / NLL, teacher top-1, seconds."""
 
     def __init__(self, members: int, epochs: int):
@@ -328,7 +328,7 @@ def _finite(a):
     return [float(v) if np.isfinite(v) else None for v in np.asarray(a).tolist()]
 
 
-def _log_epoch(progress: bool, head: Head, grid, curves: _Curves, chunk, ep: int) -> None:
+def _log_epoch(progress: bool, head: Head, grid, curves: Curves, chunk, ep: int) -> None:
     if not progress:
         return
     b = curves.best(chunk, ep)
