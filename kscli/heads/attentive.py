@@ -20,15 +20,11 @@ from kscli.errors import KscliError
 from kscli.heads.base import option, register_head
 from kscli.heads.common import dropout
 from kscli.heads.layers import StackedNet, layer_norm, linear, trunc_normal
-from kscli.heads.stacked import StackedConfig, StackedHead
+from kscli.heads.stacked import NetworkConfig, StackedHead
 
 
 @dataclass
-class AttentiveConfig(StackedConfig):
-    lrs: tuple[float, ...] = option((1e-3, 3e-3), "learning rates of the grid")
-    weight_decays: tuple[float, ...] = option((0.05, 0.5), "decoupled (AdamW) weight decays of the grid")
-    min_epochs: int = option(4, "fewest epochs when epochs is none")
-    min_steps: int = option(200, "optimizer steps to reach when epochs is none")
+class AttentiveConfig(NetworkConfig):
     num_heads: int = option(4, "attention heads (each its own learned query)", model=True)
     attn_dim: int = option(512, "value width over all heads (a multiple of num_heads)", model=True)
     dropout: float = option(0.1, "dropout on the pooled, normalised values", model=True)

@@ -23,28 +23,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kscli.errors import KscliError
 from kscli.heads.base import TeacherOptions, option, register_head
 from kscli.heads.common import dropout
 from kscli.heads.layers import StackedNet, layer_norm, linear, stacked_cross_entropy, trunc_normal
-from kscli.heads.stacked import StackedConfig, StackedHead, pooled_exo
+from kscli.heads.stacked import HiddenLayerConfig, StackedHead, pooled_exo
 
 
 @dataclass
-class DistillConfig(TeacherOptions, StackedConfig):
+class DistillConfig(TeacherOptions, HiddenLayerConfig):
     # tuned with bench/heads.py (part 2: privileged information)
-    lrs: tuple[float, ...] = option((1e-3, 3e-3), "learning rates of the grid")
     weight_decays: tuple[float, ...] = option((0.1,), "decoupled (AdamW) weight decays of the grid")
-    min_epochs: int = option(4, "fewest epochs when epochs is none")
-    min_steps: int = option(200, "optimizer steps to reach when epochs is none")
-    hidden: int = option(512, "width of the student's and the teacher's hidden layer", model=True)
-    dropout: float = option(0.5, "dropout on the hidden layers", model=True)
-    input_dropout: float = option(0.0, "dropout on the standardised input features", model=True)
-
-    def check(self) -> None:
-        super().check()
-        if self.hidden < 1:
-            raise KscliError(f"hidden must be >= 1 (got {self.hidden})")
 
 
 class DistillNet(StackedNet):

@@ -9,28 +9,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kscli.errors import KscliError
-from kscli.heads.base import option, register_head
+from kscli.heads.base import register_head
 from kscli.heads.common import dropout
 from kscli.heads.layers import StackedNet, layer_norm, linear
-from kscli.heads.stacked import StackedConfig, StackedHead
+from kscli.heads.stacked import HiddenLayerConfig, StackedHead
 
 
 @dataclass
-class MLPConfig(StackedConfig):
-    # tuned with bench/heads.py (20,000 x 1,024 x 278 synthetic features, 2 CPU cores)
-    lrs: tuple[float, ...] = option((1e-3, 3e-3), "learning rates of the grid")
-    weight_decays: tuple[float, ...] = option((0.05, 0.5), "decoupled (AdamW) weight decays of the grid")
-    min_epochs: int = option(4, "fewest epochs when epochs is none")
-    min_steps: int = option(200, "optimizer steps to reach when epochs is none")
-    hidden: int = option(512, "width of the hidden layer", model=True)
-    dropout: float = option(0.5, "dropout on the hidden layer", model=True)
-    input_dropout: float = option(0.0, "dropout on the standardised input features", model=True)
-
-    def check(self) -> None:
-        super().check()
-        if self.hidden < 1:
-            raise KscliError(f"hidden must be >= 1 (got {self.hidden})")
+class MLPConfig(HiddenLayerConfig):
+    """mlp's options: the shared network grid and hidden layer (kscli.heads.stacked)."""
 
 
 class MLPNet(StackedNet):

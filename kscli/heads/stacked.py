@@ -45,6 +45,31 @@ class StackedConfig(HeadConfig):
                              f"{self.batch_size}, {self.eval_batch_size})")
 
 
+@dataclass
+class NetworkConfig(StackedConfig):
+    """What the heads with a hidden network share (mlp, distill, attentive): their grid and how
+    long they train (tuned with bench/heads.py: 20,000 x 1,024 x 278 features, 2 CPU cores)."""
+
+    lrs: tuple[float, ...] = option((1e-3, 3e-3), "learning rates of the grid")
+    weight_decays: tuple[float, ...] = option((0.05, 0.5), "decoupled (AdamW) weight decays of the grid")
+    min_epochs: int = option(4, "fewest epochs when epochs is none")
+    min_steps: int = option(200, "optimizer steps to reach when epochs is none")
+
+
+@dataclass
+class HiddenLayerConfig(NetworkConfig):
+    """A hidden layer on the standardised ego feature (mlp; distill's student and teacher)."""
+
+    hidden: int = option(512, "width of the hidden layer(s)", model=True)
+    dropout: float = option(0.5, "dropout on the hidden layer(s)", model=True)
+    input_dropout: float = option(0.0, "dropout on the standardised input features", model=True)
+
+    def check(self) -> None:
+        super().check()
+        if self.hidden < 1:
+            raise KscliError(f"hidden must be >= 1 (got {self.hidden})")
+
+
 def class_balance_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Inverse-frequency weights (C,), mean 1 over the samples (0 for absent classes)."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
