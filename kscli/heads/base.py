@@ -33,7 +33,8 @@ import torch
 
 from kscli.errors import KscliError
 from kscli.heads.common import plain
-from kscli.heads.config import HeadConfig, TeacherOptions, option  # noqa: F401 - the head API
+from kscli.heads.config import HeadConfig, option  # noqa: F401 - the head API
+from kscli.heads.teacher import TeacherOptions  # noqa: F401 - the head API
 
 CHECKPOINT_FORMAT = "kscli-head"
 CHECKPOINT_VERSION = 1

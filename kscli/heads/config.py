@@ -1,5 +1,5 @@
-"""Head options: the `HeadConfig` dataclass every head's Config extends, `TeacherOptions` for
-heads with an ego + exo teacher, and `option()`, a field with its one-line meaning.
+"""Head options: the `HeadConfig` dataclass every head's Config extends and `option()`, a field
+with its one-line meaning (the teacher's options are in kscli.heads.teacher).
 
 A field's type decides how `--set key=value` is parsed (int, float, bool, comma-separated
 floats, text, each optionally none) and checked; `HeadConfig.options()` is what
@@ -184,27 +184,6 @@ class HeadConfig:
                 raise KscliError(f"{f.name} must be a finite number, got {value}")
             if f.name.endswith("dropout") and not 0 <= value < 1:
                 raise KscliError(f"{f.name} must be in [0, 1), got {value}")
-
-
-@dataclass
-class TeacherOptions:
-    """Options of a head that trains an ego + exo teacher beside its ego-only student
-    (distill, context): put it before the head's base config, `class C(TeacherOptions, Base)`."""
-
-    temperature: float = option(2.0, "softmax temperature of the teacher -> student KL term",
-                                model=True)
-    alpha: float = option(1.0, "weight of the teacher -> student KL term", model=True)
-    beta: float = option(1.0, "weight of the hidden-state (hint) term", model=True)
-    teacher_weight: float = option(1.0, "weight of the teacher's own cross-entropy", model=True)
-    view_dropout: float = option(0.3, "probability of dropping each exo view in training",
-                                 model=True)
-
-    def check(self) -> None:
-        super().check()
-        if self.temperature <= 0:
-            raise KscliError(f"temperature must be > 0, got {self.temperature}")
-        if min(self.alpha, self.beta, self.teacher_weight) < 0:
-            raise KscliError("alpha, beta and teacher_weight must be >= 0")
 
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}

@@ -88,9 +88,10 @@ import torch
 
 from kscli.device import resolve_device
 from kscli.errors import KscliError
-from kscli.heads.base import Head, HeadConfig, TeacherOptions, option, register_head
+from kscli.heads.base import Head, HeadConfig, option, register_head
 from kscli.heads.common import (apply_right, feature_stats, preconditioner, warmup_cosine)
 from kscli.heads.context_net import ContextNet
+from kscli.heads.teacher import TeacherOptions
 from kscli.heads.common import pool_windows
 from kscli.heads.takes import (Takes, augment, ego_present, group_takes,
                                take_holdout, time_features, as_windows)

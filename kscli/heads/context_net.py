@@ -10,6 +10,7 @@ from torch import nn
 from kscli.errors import KscliError
 from kscli.heads.common import dropout
 from kscli.heads.takes import NUM_TIME_FEATURES
+from kscli.heads.teacher import mean_of_views, seen_views, teacher_loss
 
 
 class _Block(nn.Module):
@@ -159,20 +160,12 @@ class ContextNet(nn.Module):
                 enc.win_attn.copy_(P @ enc.win_attn)
 
     def pool_exo(self, exo: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw exo (n, V, Dx) + mask (n, V) -> masked mean of standardised views (n, Dx) and
-        whether any view is left (n,); each view dropped with view_dropout in training."""
-        keep = mask
-        p = float(self.cfg["view_dropout"])
-        if self.training and p > 0:
-            keep = keep & (torch.rand(keep.shape, device=keep.device) >= p)
-        w = keep.to(exo.dtype)
-        cnt = w.sum(1, keepdim=True)
-        # the mean of standardised views = the standardised mean of raw views (linear), so
-        # pool the raw views first: one (n, V) x (n, V, Dx) product instead of (n, V, Dx) math
-        raw = torch.bmm(w.unsqueeze(1), exo).squeeze(1) / cnt.clamp_min(1.0)
-        pooled = torch.where(cnt > 0, (raw - self.exo_mean) / self.exo_std,
-                             torch.zeros((), dtype=raw.dtype))
-        return pooled, keep.any(1)
+        """Raw exo (n, V, Dx) + mask (n, V) -> the standardised mean of the seen views (n, Dx)
+        and whether any view was seen (n,) (kscli.heads.teacher). The mean of standardised views
+        is the standardised mean of raw ones (linear), so the raw views are pooled first."""
+        raw, count = mean_of_views(exo, seen_views(mask, float(self.cfg["view_dropout"]), self.training))
+        pooled = torch.where(count > 0, (raw - self.exo_mean) / self.exo_std, torch.zeros((), dtype=raw.dtype))
+        return pooled, count.squeeze(1) > 0
 
     def logits(self, b: dict) -> torch.Tensor:
         """Student logits (n, C) on a prepared batch (ego only)."""
@@ -185,28 +178,19 @@ class ContextNet(nn.Module):
         return self.teacher(b, *self.pool_exo(b["exo"], b["exo_mask"]))[1]
 
     def loss(self, b: dict, label_smoothing: float = 0.0) -> torch.Tensor:
-        hs, ls = self.student(b)
+        """The student's cross-entropy on labelled segments, with the teacher's terms
+        (kscli.heads.teacher) when there is a teacher and the batch has exo."""
+        student = self.student(b)
         y = b["y"]
         lab = y >= 0
-        zero = ls.sum() * 0.0
+        zero = student[1].sum() * 0.0
 
         def ce(logits):
             if not bool(lab.any()):
                 return zero
             return F.cross_entropy(logits[lab], y[lab], label_smoothing=label_smoothing)
 
-        total = ce(ls)
-        if self.teacher is not None and "exo" in b:
-            exo, has = self.pool_exo(b["exo"], b["exo_mask"])
-            ht, lt = self.teacher(b, exo, has)
-            c = self.cfg
-            if c["teacher_weight"] > 0:
-                total = total + c["teacher_weight"] * ce(lt)
-            if c["alpha"] > 0:
-                T = float(c["temperature"])
-                pt = (lt.detach() / T).log_softmax(-1)
-                kl = (pt.exp() * (pt - (ls / T).log_softmax(-1))).sum(-1).mean()
-                total = total + c["alpha"] * T * T * kl
-            if c["beta"] > 0:
-                total = total + c["beta"] * (hs - ht.detach()).pow(2).mean()
-        return total
+        if self.teacher is None or "exo" not in b:
+            return ce(student[1])
+        teacher = self.teacher(b, *self.pool_exo(b["exo"], b["exo_mask"]))
+        return teacher_loss(ce, student, teacher, self.cfg, mean=lambda t: t.mean())

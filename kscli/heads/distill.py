@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kscli.heads.base import TeacherOptions, option, register_head
+from kscli.heads.base import option, register_head
 from kscli.heads.common import dropout
 from kscli.heads.layers import StackedNet, layer_norm, linear, stacked_cross_entropy, trunc_normal
 from kscli.heads.stacked import HiddenLayerConfig, StackedHead, pooled_exo
+from kscli.heads.teacher import TeacherOptions, mean_of_views, seen_views, teacher_loss
 
 
 @dataclass
@@ -60,13 +61,8 @@ class DistillNet(StackedNet):
         return h, linear(a, self.s_fc2_w, self.s_fc2_b)
 
     def pool_exo(self, exo: torch.Tensor, exo_mask: torch.Tensor) -> torch.Tensor:
-        """Masked mean over views of prepared exo (B, V, Dx) -> (B, Dx); view dropout in train."""
-        keep = exo_mask
-        p = float(self.cfg["view_dropout"])
-        if self.training and p > 0:
-            keep = keep & (torch.rand(keep.shape, device=keep.device) >= p)
-        w = keep.to(exo.dtype)
-        return (exo * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1.0)
+        """Mean of the seen views of prepared exo (B, V, Dx) -> (B, Dx) (kscli.heads.teacher)."""
+        return mean_of_views(exo, seen_views(exo_mask, float(self.cfg["view_dropout"]), self.training))[0]
 
     def _teacher(self, x: torch.Tensor, exo_pooled: torch.Tensor):
         G = self.members
@@ -86,21 +82,11 @@ class DistillNet(StackedNet):
 
     def loss(self, batch: dict, label_smoothing: float = 0.0,
              class_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Per member (G,): the teacher's combined loss (kscli.heads.teacher), every member at once."""
         x, y = batch["ego"], batch["y"]
-        hs, ls = self._student(x)
-        ht, lt = self._teacher(x, self.pool_exo(batch["exo"], batch["exo_mask"]))
-        total = stacked_cross_entropy(ls, y, label_smoothing, class_weight)
-        tw, alpha, beta = (float(self.cfg[k]) for k in ("teacher_weight", "alpha", "beta"))
-        if tw > 0:
-            total = total + tw * stacked_cross_entropy(lt, y, label_smoothing, class_weight)
-        if alpha > 0:
-            T = float(self.cfg["temperature"])
-            pt = (lt.detach() / T).log_softmax(-1)
-            kl = (pt.exp() * (pt - (ls / T).log_softmax(-1))).sum(-1).mean(1)
-            total = total + alpha * T * T * kl
-        if beta > 0:
-            total = total + beta * (hs - ht.detach()).pow(2).mean(-1).mean(1)
-        return total
+        teacher = self._teacher(x, self.pool_exo(batch["exo"], batch["exo_mask"]))
+        return teacher_loss(lambda logits: stacked_cross_entropy(logits, y, label_smoothing, class_weight),
+                            self._student(x), teacher, self.cfg, mean=lambda t: t.mean(1))
 
 
 @register_head
