@@ -218,8 +218,8 @@ def _store(backbone: str | None, positional: str | None, work_dir):
     tag = backbone or positional
     if tag is None:
         names = layout.store_names()
-        there = f"stores in {layout.work_dir / 'features'}: {', '.join(names)}" if names else \
-            f"there is no store in {layout.work_dir / 'features'} yet"
+        there = f"stores in {layout.stores_dir}: {', '.join(names)}" if names else \
+            f"there is no store in {layout.stores_dir} yet"
         raise KscliError(f"which store? pass --backbone NAME (the backbone, or the --tag it was made with); {there}")
     layout.store_dir(tag)  # a plain name
     return tag, layout
@@ -241,7 +241,7 @@ def features_info_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, met
     named = backbone or tag
     names = [n.strip() for n in named.split(",")] if named else layout.store_names()
     if not names:
-        raise KscliError(f"there is no store in {layout.work_dir / 'features'} yet; run `kscli extract` first")
+        raise KscliError(f"there is no store in {layout.stores_dir} yet; run `kscli extract` first")
     for name in names:
         layout.store_dir(name)  # a plain name
     infos = {name: store_infos(layout, name, parse_splits(split)) for name in names}
@@ -357,8 +357,8 @@ def train_head_cmd(ctx: typer.Context,
         if backbone is None:
             names = layout.store_names()
             raise KscliError("--backbone: name the store(s) to train on" + (
-                f" (stores in {layout.work_dir / 'features'}: {', '.join(names)})" if names else
-                f"; there is no store in {layout.work_dir / 'features'}: run `kscli extract --backbone NAME` first"))
+                f" (stores in {layout.stores_dir}: {', '.join(names)})" if names else
+                f"; there is no store in {layout.stores_dir}: run `kscli extract --backbone NAME` first"))
         flags = {"select_on": select_on, "seed": seed, "device": device, "epochs": epochs,
                  "label_smoothing": label_smoothing, "lrs": lrs and _floats(lrs, "--lrs"),
                  "weight_decays": wds and _floats(wds, "--wds"), "class_balance": class_balance or None}

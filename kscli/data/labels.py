@@ -8,6 +8,8 @@ from pathlib import Path
 
 from kscli.errors import KscliError
 
+LABEL_MAPPING_FILE = "label_mapping.csv"  # in the annotations folder
+
 LABEL_COLUMNS = ("label_id", "step_unique_id", "step_name", "scenario_name")
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from kscli.data.labels import LabelMap, read_label_map
+from kscli.data.labels import LABEL_MAPPING_FILE, LabelMap, read_label_map
 from kscli.data.segments import ANNOTATION_FILES, SPLITS, Segment, read_segments
 from kscli.errors import KscliError
 
@@ -23,6 +23,16 @@ ENV_CLIPS_ROOT = "KSCLI_CLIPS_ROOT"
 ENV_WORK_DIR = "KSCLI_WORK_DIR"
 DEFAULT_PART = "clips_448p"
 DEFAULT_WORK_DIR = "kscli-work"
+
+
+def download_annotations(root: Path) -> Path:
+    """Where a download (the folder given to `egoexo -o`) keeps the benchmark's annotations."""
+    return Path(root) / "annotations" / "keystep_benchmark"
+
+
+def download_clips(root: Path, part: str = DEFAULT_PART) -> Path:
+    """Where a download keeps a clips part (`clips_448p`: the folder's name at any clip size)."""
+    return Path(root) / "keystep_benchmark" / part
 
 
 def _setting(value, env: str) -> Path | None:
@@ -58,8 +68,8 @@ class Layout:
                 missing = "--annotations-dir" if ann is None else "--clips-root"
                 raise KscliError(f"where is the download? pass --data-root OUT (the folder given to "
                                  f"`egoexo -o OUT`) or set {ENV_DATA_ROOT}, or pass {missing}")
-            ann = ann or root / "annotations" / "keystep_benchmark"
-            clips = clips or root / "keystep_benchmark" / part
+            ann = ann or download_annotations(root)
+            clips = clips or download_clips(root, part)
         work = _setting(work_dir, ENV_WORK_DIR) or Path(DEFAULT_WORK_DIR)
         return cls(annotations_dir=ann, clips_root=clips, work_dir=work, data_root=root, part=part)
 
@@ -77,7 +87,7 @@ class Layout:
 
     @property
     def label_mapping_path(self) -> Path:
-        return self._download(self.annotations_dir) / "label_mapping.csv"
+        return self._download(self.annotations_dir) / LABEL_MAPPING_FILE
 
     def annotation_path(self, split: str) -> Path:
         return self._download(self.annotations_dir) / ANNOTATION_FILES[split]
@@ -85,9 +95,14 @@ class Layout:
     def clip_path(self, clip_name: str) -> Path:
         return self._download(self.clips_root) / clip_name
 
+    @property
+    def stores_dir(self) -> Path:
+        """Where the feature stores are: `<work>/features`."""
+        return self.work_dir / "features"
+
     def store_names(self) -> list[str]:
         """The feature stores under the work folder (folders of features/ holding a split)."""
-        root = self.work_dir / "features"
+        root = self.stores_dir
         if not root.is_dir():
             return []
         return sorted(d.name for d in root.iterdir() if d.is_dir() and any((d / s).is_dir() for s in SPLITS))
@@ -95,7 +110,7 @@ class Layout:
     # Where each stage writes, all under the work folder; names are checked to stay under it.
     def store_dir(self, tag: str) -> Path:
         """A feature store's folder (one subfolder per split): `<work>/features/<tag>`."""
-        return self.work_dir / "features" / check_name(tag, "store name (--backbone / --tag)")
+        return self.stores_dir / check_name(tag, "store name (--backbone / --tag)")
 
     def features_dir(self, tag: str, split: str) -> Path:
         if split not in SPLITS:

@@ -48,18 +48,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kscli.data.labels import LABEL_MAPPING_FILE
+from kscli.data.layout import download_annotations, download_clips
 from kscli.data.sample_plan import (
-    CLIPS_DIRNAME,
     EXO_CAMERAS as EXO_CAMERAS,  # re-exported: part of this module's names
-    JSON_NAMES,
     SCENARIOS,
-    SPLITS,
     PlannedClip,
     plan_sample,
     clip_num_frames,
     format_time,
 )
 from kscli.data.sample_video import ENCODINGS, write_clip
+from kscli.data.segments import ANNOTATION_FILES, SPLITS
 from kscli.errors import KscliError
 
 __all__ = [
@@ -186,7 +186,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
                 f"{out} is not empty: choose an empty or new folder, or pass --overwrite (overwrite=True in Python) "
                 "to replace the sample there"
             )
-        for sub in (out / "annotations" / "keystep_benchmark", out / "keystep_benchmark" / CLIPS_DIRNAME):
+        for sub in (download_annotations(out), download_clips(out)):
             if sub.is_dir():
                 shutil.rmtree(sub)
 
@@ -220,11 +220,11 @@ def write_annotations(ann_dir: Path, rows: list, docs: dict[str, dict]) -> tuple
     w.writerow(["label_id", "step_unique_id", "step_name", "scenario_name"])
     for r in rows:
         w.writerow(r)
-    label_path = ann_dir / "label_mapping.csv"
+    label_path = ann_dir / LABEL_MAPPING_FILE
     _write_text_atomic(label_path, buf.getvalue())
     split_json = {}
     for split in SPLITS:
-        p = ann_dir / JSON_NAMES[split]
+        p = ann_dir / ANNOTATION_FILES[split]
         _write_text_atomic(p, json.dumps(docs[split]))
         split_json[split] = p
     return label_path, split_json
@@ -291,8 +291,7 @@ def write_sample_benchmark(
         aria_nonumber_prob=float(aria_nonumber_prob), fps=int(fps),
     )
 
-    ann_dir = out / "annotations" / "keystep_benchmark"
-    clips_dir = out / "keystep_benchmark" / CLIPS_DIRNAME
+    ann_dir, clips_dir = download_annotations(out), download_clips(out)
     ann_dir.mkdir(parents=True, exist_ok=True)
     clips_dir.mkdir(parents=True, exist_ok=True)
     results = _write_clips(

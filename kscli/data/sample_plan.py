@@ -17,14 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+from kscli.data.segments import SPLITS
+
 SCENARIOS = ("cooking", "bike", "health")
-JSON_NAMES = {
-    "train": "keystep_segment_train.json",
-    "val": "keystep_segment_val.json",
-    "test": "keystep_segment_test_unannotated.json",
-}
-CLIPS_DIRNAME = "clips_448p"  # the real folder name, whatever size the clips are encoded at
 EXO_CAMERAS = ("cam01", "cam02", "cam03", "cam04")
 
 # Canonical procedure of each scenario: steps in the order a take runs through them.
