@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 from contextlib import contextmanager
+from typing import Iterator
 import numpy as np
 import torch
 
@@ -102,6 +103,29 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimise(optimizer: torch.optim.Optimizer, total: int, warmup: int, epochs: int, epoch_batches,
+             clip: tuple[list, float] | None = None) -> Iterator[np.ndarray]:
+    """The one training loop of the heads: for each of `epochs` epochs, every (loss, weight) that
+    `epoch_batches()` yields is one optimizer step (zero grads, backward of the loss summed over
+    members, the gradients clipped to `clip` = (parameters, max norm) if given, step, then the
+    warmup-cosine schedule of `total` steps); yields the epoch's mean loss, weighted by the
+    batches' weights (segments or labels per batch), one value per member."""
+    sched = warmup_cosine(optimizer, total, warmup)
+    for _ in range(epochs):
+        loss_sum, seen = None, 0
+        for loss, weight in epoch_batches():
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            if clip is not None and clip[1] > 0:
+                torch.nn.utils.clip_grad_norm_(clip[0], clip[1])
+            optimizer.step()
+            sched.step()
+            part = loss.detach().double().cpu().reshape(-1) * weight
+            loss_sum = part if loss_sum is None else loss_sum + part
+            seen += weight
+        yield (loss_sum / max(1, seen)).numpy() if loss_sum is not None else np.zeros(1)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool, mask_shape=None) -> torch.Tensor:

@@ -89,7 +89,7 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, option, register_head
-from kscli.heads.common import (apply_right, feature_stats, preconditioner, warmup_cosine)
+from kscli.heads.common import (apply_right, feature_stats, optimise, preconditioner)
 from kscli.heads.context_net import ContextNet
 from kscli.heads.teacher import TeacherOptions
 from kscli.heads.common import pool_windows
@@ -221,12 +221,11 @@ class ContextHead(Head):
             [{"params": [p for n, p in params if n not in nd], "weight_decay": wd},
              {"params": [p for n, p in params if n in nd], "weight_decay": 0.0}],
             lr=lr, betas=cfg.betas, fused=True)
-        sched = warmup_cosine(opt, total, warmup)
         rng = np.random.default_rng(cfg.seed)  # the same batches / augmentation per member
         groups = self._fit_groups
-        for _ in range(epochs):
+
+        def epoch_batches():  # the loss of a batch of takes, weighted by its labelled segments
             perm = rng.permutation(len(groups))
-            loss_sum, n_seen = 0.0, 0
             for i in range(0, len(groups), bs):
                 seqs = [augment(groups[j], rng, cfg.segment_dropout, cfg.max_len)
                         for j in perm[i:i + bs]]
@@ -235,17 +234,9 @@ class ContextHead(Head):
                 if cfg.missing_dropout > 0:
                     pres = pres & (rng.random(len(rows)) >= cfg.missing_dropout)
                 b = data.batch(seqs, present=pres, with_exo=self._use_exo)
-                loss = net.loss(b, cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                nlab = int((b["y"] >= 0).sum())
-                loss_sum += float(loss.detach()) * nlab
-                n_seen += nlab
-            yield np.array([loss_sum / max(1, n_seen)])
+                yield net.loss(b, cfg.label_smoothing), int((b["y"] >= 0).sum())
+
+        yield from optimise(opt, total, warmup, epochs, epoch_batches, clip=(list(net.parameters()), cfg.grad_clip))
 
     def selection_batches(self):
         yield from _batches(self._net, self._sel, self._sel.groups, self.cfg.eval_tokens,

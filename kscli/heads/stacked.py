@@ -25,8 +25,8 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, option
-from kscli.heads.common import (apply_right, as_f32, feature_stats, pool_windows,
-                                preconditioner, warmup_cosine)
+from kscli.heads.common import (apply_right, as_f32, feature_stats, optimise, pool_windows,
+                                preconditioner)
 from kscli.heads.layers import StackedNet
 
 
@@ -197,13 +197,12 @@ class StackedHead(Head):
         bs, _, epochs, total, warmup = self._plan
         opt = StackedAdamW(list(net.named_parameters()), [lr for lr, _ in grid],
                            [wd for _, wd in grid], net.no_decay, betas=cfg.betas)
-        sched = warmup_cosine(opt, total, warmup)
         gen = torch.Generator().manual_seed(cfg.seed)
         n_fit = len(y_fit)
         net.train()
-        for _ in range(epochs):
+
+        def epoch_batches():  # every member's losses (G,) on one batch, weighted by its segments
             perm = torch.randperm(n_fit, generator=gen)
-            loss_sum = torch.zeros(len(grid), dtype=torch.float64)
             for i in range(0, n_fit, bs):
                 idx = perm[i:i + bs]
                 batch = {"ego": x_fit[idx.to(dev)], "y": y_fit[idx.to(dev)]}
@@ -212,13 +211,9 @@ class StackedHead(Head):
                     rows = fit_t[idx]
                     m = mask_all[rows].to(dev)
                     batch["exo"], batch["exo_mask"] = net.prepare_exo(exo_all[rows].to(dev), m), m
-                losses = net.loss(batch, cfg.label_smoothing, self._cw)
-                opt.zero_grad()
-                losses.sum().backward()
-                opt.step()
-                sched.step()
-                loss_sum += losses.detach().double().cpu() * len(idx)
-            yield (loss_sum / n_fit).numpy()
+                yield net.loss(batch, cfg.label_smoothing, self._cw), len(idx)
+
+        yield from optimise(opt, total, warmup, epochs, epoch_batches)
 
     def selection_batches(self):
         net, sel, bs = self._net, self._sel, self.cfg.eval_batch_size
