@@ -225,3 +225,61 @@ def test_a_fused_run_on_stores_from_one_pass_trains_evaluates_submits_and_reruns
     assert "fused" in best.stdout or "alone" in best.stdout
     cli("report", "fused", "--work-dir", work)
     assert "dinov2-small" in (run / "report.md").read_text()
+
+
+def test_a_clip_the_union_cannot_decode_is_retried_per_backbone(sample_root, models, singles, tmp_path, monkeypatch):
+    """A damaged packet that only the union of frames reaches must not cost the backbone whose own
+    frames decode: each backbone's frames are decoded alone after a failed union, as alone."""
+    from kscli.data.video import VideoError
+    from kscli.extract import run
+
+    real = run.decode_samples
+
+    def damaged_where_the_union_reaches(path, samplings, rule="sampled"):
+        if len(samplings) > 1:
+            raise VideoError("decoding failed after 0 frame(s): Invalid data found when processing input")
+        return real(path, samplings, rule)
+
+    monkeypatch.setattr(run, "decode_samples", damaged_where_the_union_reaches)
+    work = tmp_path / "work"
+    cli(*extract_args(sample_root, work, "--backbone", "tiny-random,videomae-base", "--split", "val", "--workers", "0",
+                      "--weights", f"videomae-base={models['videomae-base']}"))
+    for name in ("tiny-random", "videomae-base"):
+        assert_same_store(work, singles, name, "val")
+
+
+def test_a_store_that_got_nothing_fails_the_run_though_another_store_is_complete(sample_root, models, tmp_path,
+                                                                                monkeypatch):
+    from kscli.data.video import VideoError
+    from kscli.extract import run
+
+    real = run.decode_samples
+
+    def videomae_frames_never_decode(path, samplings, rule="sampled"):
+        if any(s.num_frames == 4 for s in samplings):
+            raise VideoError("frame 2 of 30 could not be decoded (damaged file?); 1 frame(s) decoded")
+        return real(path, samplings, rule)
+
+    work = tmp_path / "work"
+    cli(*extract_args(sample_root, work, "--backbone", "tiny-random", "--split", "val", "--workers", "0"))
+    monkeypatch.setattr(run, "decode_samples", videomae_frames_never_decode)
+    r = cli(*extract_args(sample_root, work, "--backbone", "tiny-random,videomae-base", "--split", "val",
+                          "--workers", "0", "--weights", f"videomae-base={models['videomae-base']}"), check=False)
+    assert r.exit_code == 1 and "no clip of this run could be read for " in r.stderr and "videomae-base" in r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("val:")]
+    assert "extracted 0, skipped" in lines[0] and lines[0].endswith("tiny-random/val")
+    assert "extracted 0, skipped 0 (already done), failed" in lines[1] and lines[1].endswith("videomae-base/val")
+
+
+def test_overwrite_moves_no_store_unless_every_store_may_be_redone(sample_root, models, tmp_path):
+    work = tmp_path / "work"
+    dino = ["--weights", f"dinov2-small={models['dinov2-small']}"]
+    cli(*extract_args(sample_root, work, "--backbone", "tiny-random", "--workers", "0"))
+    cli(*extract_args(sample_root, work, "--backbone", "dinov2-small", *dino, "--workers", "0", "--dtype", "float16"))
+    before = sorted(p.name for p in store_dir(work, "tiny-random", "val").iterdir())
+    # val of both redone as float32, but dinov2-small's test split stays float16: refused, nothing moved
+    r = cli(*extract_args(sample_root, work, "--backbone", "tiny-random,dinov2-small", *dino, "--split", "val",
+                          "--overwrite", "--workers", "0"), check=False)
+    assert r.exit_code == 2 and "dtype is 'float16' in its test split" in r.stderr
+    assert sorted(p.name for p in store_dir(work, "tiny-random", "val").iterdir()) == before
+    assert not list((work / "features").glob("*/*.replaced-*"))

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import kscli
 from kscli.data.layout import Benchmark, Layout, check_name, parse_splits
-from kscli.data.video import DECODE_RULES, DECODER
+from kscli.data.video import DECODE_RULES, DECODER, VideoError
 from kscli.device import resolve_device, usable_cores
 from kscli.errors import KscliError
 from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING, BackboneSpec, random_weights
@@ -33,7 +33,8 @@ from kscli.extract.preprocess import preprocess_clips, resize_clip_uint8
 from kscli.extract.processors import CROPS
 from kscli.extract.sampling import SamplingConfig, decode_samples
 from kscli.extract.shard import ShardPlan, assign_shards, default_workers, resolve_shard
-from kscli.extract.store import FeatureStore, PartWriterThread, StoreRows, StoreWriter, open_for_writing
+from kscli.extract.store import (FeatureStore, PartWriterThread, StoreRows, StoreWriter, open_for_writing,
+                                 overwrite_stores)
 
 VIEWS = ("ego", "exo", "all")
 
@@ -136,7 +137,7 @@ class ExtractConfig:
             name, eq, path = (x.strip() for x in item.partition("="))
             if not eq or name not in out or not path:
                 raise KscliError(f"--weights {given!r}: with several backbones give NAME=DIR for each one that needs "
-                                 f"weights, NAME one of {', '.join(names)} (e.g. --weights {names[0]}=/models/{names[0]})")
+                                 f"weights, NAME one of {', '.join(names)} (e.g. --weights {names[-1]}=/models/{names[-1]})")
             if out[name] is not None:
                 raise KscliError(f"--weights {given!r}: {name} is given twice")
             out[name] = path
@@ -196,16 +197,22 @@ def extraction_problem(summaries: list[SplitSummary], strict: bool = False) -> s
     none of its clips is in the store from before (a wrong clip source, most likely: named), or,
     with `strict`, any clip failed. A rerun that retries only the known-broken clips of an
     otherwise finished store is not an error without `strict`."""
-    failed = [(name, err) for s in summaries for name, err in s.failures]
-    n_failed = len(failed_clips(summaries))
-    if n_failed and not sum(s.extracted + s.skipped for s in summaries):
-        root = summaries[0].clips_root
+    stores: dict[str, list[SplitSummary]] = {}
+    for s in summaries:  # a store (all its splits) is judged on its own: another's clips do not excuse it
+        stores.setdefault(os.path.dirname(s.store), []).append(s)
+    for store, mine in stores.items():
+        failed = [(name, err) for s in mine for name, err in s.failures]
+        n_failed = len(failed_clips(mine))
+        if not n_failed or sum(s.extracted + s.skipped for s in mine):
+            continue
+        which = f" for {store}" if len(stores) > 1 else ""
         if all("clip file is missing" in err for _, err in failed):
-            return (f"none of the {n_failed} clip(s) of this run is under {root} (e.g. {failed[0][0]}): "
-                    "is --parts (or --clips-root / --data-root) right? `kscli check-data` lists what is there")
+            return (f"none of the {n_failed} clip(s) of this run is under {mine[0].clips_root} (e.g. {failed[0][0]})"
+                    f"{which}: is --parts (or --clips-root / --data-root) right? `kscli check-data` lists what is there")
         name, err = failed[0]
-        return (f"no clip of this run could be read: all {n_failed} failed (e.g. {name}: {err}); "
+        return (f"no clip of this run could be read{which}: all {n_failed} failed (e.g. {name}: {err}); "
                 f"see failures-r*.jsonl next to the store, or run `kscli check-data`")
+    n_failed = len(failed_clips(summaries))
     if strict and n_failed:
         return f"--strict: {n_failed} clip(s) failed in this run (listed above and in failures-r*.jsonl)"
     return None
@@ -265,26 +272,45 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         job, needs = self.jobs[i], self.needs[i]
-        item = {"name": job.name, "role": job.role, "needs": needs, "error": None}
+        item = {"name": job.name, "role": job.role, "needs": needs, "error": None, "errors": {}}
         t0 = time.perf_counter()
         try:
             if not os.path.exists(job.path):
                 raise FileNotFoundError("clip file is missing")
             if os.path.getsize(job.path) == 0:
                 raise ValueError("clip file is empty (0 bytes)")
-            clip = decode_samples(job.path, [self.requests[k].sampling for k in needs], self.rule)
+            try:
+                parts = [(needs, decode_samples(job.path, [self.requests[k].sampling for k in needs], self.rule))]
+            except Exception:  # noqa: BLE001 - one backbone's frames may decode where the union does not
+                if len(needs) == 1:
+                    raise
+                parts = []
+                for k in needs:  # each backbone's frames alone, as a run with that backbone alone reads them
+                    try:
+                        parts.append(((k,), decode_samples(job.path, [self.requests[k].sampling], self.rule)))
+                    except Exception as e:  # noqa: BLE001 - recorded for that backbone's store
+                        item["errors"][k] = _error_line(e)
             views = {}
-            for k, frames, times in zip(needs, clip.frames, clip.times):
-                frames = torch.from_numpy(frames)
-                if self.requests[k].resize_for is not None:
-                    frames = resize_clip_uint8(frames, self.requests[k].resize_for)
-                views[k] = {"frames": frames, "times": times}
-            item.update(views=views, num_frames=clip.frame_count, fps=clip.fps, decoded=clip.decoded,
-                        decode_s=time.perf_counter() - t0)
+            for ks, clip in parts:
+                for k, frames, times in zip(ks, clip.frames, clip.times):
+                    frames = torch.from_numpy(frames)
+                    if self.requests[k].resize_for is not None:
+                        frames = resize_clip_uint8(frames, self.requests[k].resize_for)
+                    views[k] = {"frames": frames, "times": times}
+            if not views:
+                raise VideoError(next(iter(item["errors"].values())))
+            clip = parts[0][1]
+            item.update(views=views, num_frames=clip.frame_count, fps=clip.fps,
+                        decoded=sum(c.decoded for _, c in parts), decode_s=time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 - any decode failure is recorded, not raised
-            msg = str(e).strip().splitlines()
-            item["error"] = f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
+            item["error"] = _error_line(e) if not isinstance(e, VideoError) or not item["errors"] else str(e)
         return item
+
+
+def _error_line(e: Exception) -> str:
+    """A decoding failure as the one line a failures file records."""
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
 
 
 def decoder_worker_init(_):
@@ -503,13 +529,15 @@ def _extract_split(layout: Layout, cfg: ExtractConfig, plan: RunPlan, embedders:
     if cfg.limit is not None:
         jobs = sorted(jobs, key=lambda j: j.name)[: cfg.limit]
     mine = assign_shards(jobs, plan.shard.num_shards)[plan.shard.shard]
+    stores = [(layout.features_dir(store_tag(cfg, e.name), split),
+               {**e.config, "split": split, "clips": layout.clips_root.name}) for e in embedders]
+    redoing = cfg.splits if cfg.overwrite else ()
+    if cfg.overwrite:  # every store checked before any is moved aside
+        overwrite_stores(stores, plan.shard.num_shards, redoing)
     with ExitStack() as held:  # every store's rank lock, until this split is done
         targets = []
-        for embedder in embedders:
-            path = layout.features_dir(store_tag(cfg, embedder.name), split)
-            config = {**embedder.config, "split": split, "clips": layout.clips_root.name}
-            writer, store = open_for_writing(path, config, plan.shard.shard, cfg.overwrite, plan.shard.num_shards,
-                                             redoing=cfg.splits if cfg.overwrite else ())
+        for embedder, (path, config) in zip(embedders, stores):
+            writer, store = open_for_writing(path, config, plan.shard.shard, False, plan.shard.num_shards, redoing)
             held.callback(writer.close)
             summary = SplitSummary(split, str(path), total=len(mine), skipped=sum(j.name in store for j in mine),
                                    plan=plan, clips_root=str(layout.clips_root),
@@ -560,10 +588,11 @@ def _decode_embed_write(targets: list[_Target], todo: list[tuple[ClipJob, tuple[
         for batch in batches:
             good = [it for it in batch if it["error"] is None]
             for it in batch:
-                if it["error"] is not None:
-                    for k in it["needs"]:
-                        targets[k].writer.record_failure(it["name"], it["error"])
-                        targets[k].summary.failures.append((it["name"], it["error"]))
+                for k in it["needs"]:
+                    err = it["error"] if it["error"] is not None else it["errors"].get(k)
+                    if err is not None:  # this clip failed for this backbone's store
+                        targets[k].writer.record_failure(it["name"], err)
+                        targets[k].summary.failures.append((it["name"], err))
                         targets[k].summary.failed += 1
             t_model = time.perf_counter()
             for k, (t, parts) in enumerate(zip(targets, writers)):
@@ -590,7 +619,7 @@ def _decode_embed_write(targets: list[_Target], todo: list[tuple[ClipJob, tuple[
         raise
     finally:
         bar.close()
-        for x in summaries:
-            x.seconds = time.perf_counter() - t0
+        for k, x in enumerate(summaries):  # a store with nothing to do took no time
+            x.seconds = time.perf_counter() - t0 if any(k in needs for _, needs in todo) else 0.0
         if threads.note:
             summaries[0].notes.append(threads.note)

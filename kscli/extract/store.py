@@ -43,7 +43,7 @@ import shutil
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -386,32 +386,41 @@ def verify_store(path: Path, move_aside: bool = False, progress: bool = False
 MADE_OTHERWISE = "made with other settings than the store"
 
 
-def _move_aside(path: Path) -> None:
-    """--overwrite: move a store folder aside while holding every rank's lock in it, so no run
-    is writing it (one is refused with its holder) and none can start until it has moved."""
-    with no_writers(path, "--overwrite"):
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = path.with_name(f"{path.name}.replaced-{stamp}")
-        if aside.exists():
-            aside = path.with_name(f"{path.name}.replaced-{stamp}-{os.getpid()}")
-        os.rename(path, aside)
-    print(f"--overwrite: the old store was moved to {aside} (delete it when you no longer need it)",
-          file=sys.stderr)
+def overwrite_stores(stores: list[tuple[Path, dict]], num_shards: int = 1, redoing: tuple[str, ...] = ()) -> None:
+    """--overwrite for the split folders a run writes (one per backbone): every check first, for
+    every store (other splits made otherwise, several shards, a run writing one of them), then
+    each old store is moved aside while every rank's lock of every one is held; nothing moves
+    unless all pass. A store folder that holds nothing yet has nothing to move, but a run
+    writing it still refuses the whole overwrite."""
+    old = [(path, config) for path, config in stores
+           if FeatureStore(path).exists or (path / IDENTITY_FILE).exists()]
+    for path, config in old:
+        check_sibling_splits(path, config, redoing)
+        if num_shards > 1:
+            raise KscliError(f"{path}: --overwrite refused: several shards would race to move it; when no "
+                             "run writes it, move that folder away yourself, then rerun without --overwrite")
+    with ExitStack() as held:
+        for path, _ in stores:
+            if path.is_dir():
+                held.enter_context(no_writers(path, "--overwrite"))
+        for path, _ in old:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = path.with_name(f"{path.name}.replaced-{stamp}")
+            if aside.exists():
+                aside = path.with_name(f"{path.name}.replaced-{stamp}-{os.getpid()}")
+            os.rename(path, aside)
+            print(f"--overwrite: the old store was moved to {aside} (delete it when you no longer need it)",
+                  file=sys.stderr)
 
 
 def open_for_writing(path: Path, config: dict, rank: int, overwrite: bool = False,
                      num_shards: int = 1, redoing: tuple[str, ...] = ()) -> tuple[StoreWriter, FeatureStore]:
     """Take rank `rank` of the store at `path` for writing: refuse other settings (or, with
-    `overwrite`, move the old store aside), lock the rank, and read what is already done.
-    The store is read after the lock, so a run that just finished is never redone. `redoing`:
-    the other splits this run overwrites (their old settings do not count against it)."""
-    old = FeatureStore(path)
-    if overwrite and (old.exists or (path / IDENTITY_FILE).exists()):
-        check_sibling_splits(path, config, redoing)  # before anything moves
-        if num_shards > 1:
-            raise KscliError(f"{path}: --overwrite refused: several shards would race to move it; when no "
-                             "run writes it, move that folder away yourself, then rerun without --overwrite")
-        _move_aside(path)
+    `overwrite`, move the old store aside: `overwrite_stores`), lock the rank, and read what is
+    already done. The store is read after the lock, so a run that just finished is never redone.
+    `redoing`: the other splits this run overwrites (their old settings do not count against it)."""
+    if overwrite:
+        overwrite_stores([(path, config)], num_shards, redoing)
     writer = StoreWriter(path, rank, config, redoing)
     try:
         # under the lock, before any decoding (and again with the first part): a run of this rank
