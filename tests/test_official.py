@@ -15,7 +15,7 @@ import torch
 from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
 from kscli.extract.official import (FeatureFiles, camera_file_ids, get_source, import_features, list_sources,
-                                    load_feature_file, pool_windows)
+                                    load_feature_file, segment_window_mean)
 from kscli.extract.store import FeatureStore
 
 OMNI = get_source("omnivore_video")
@@ -97,30 +97,30 @@ def layout_for(root, work):
 def test_pool_windows_hand_computed():
     feats = np.repeat(np.arange(20, dtype=np.float32)[:, None], 4, axis=1)  # row i == i
     # [4.31022, 5.33562] s = frames 129.3 .. 160.07: windows 7 (112..144) to 10 (160..192)
-    vec, t0, t1, k, nearest = pool_windows(feats, OMNI, 4.31022, 5.33562)
+    vec, t0, t1, k, nearest = segment_window_mean(feats, OMNI, 4.31022, 5.33562)
     assert k == 4 and not nearest and np.all(vec == (7 + 8 + 9 + 10) / 4)
     assert t0 == pytest.approx(7 * 16 / 30 - 4.31022) and t1 == pytest.approx((10 * 16 + 32) / 30 - 4.31022)
     # a window that only touches the segment does not count: [0, 16/30] is window 0 only
-    assert pool_windows(feats, OMNI, 0.0, 16 / 30)[3] == 1
+    assert segment_window_mean(feats, OMNI, 0.0, 16 / 30)[3] == 1
     # 0.16 s between window starts still overlaps the two windows covering it
-    vec, *_, k, nearest = pool_windows(feats, OMNI, 2.96231, 3.12231)
+    vec, *_, k, nearest = segment_window_mean(feats, OMNI, 2.96231, 3.12231)
     assert (k, nearest) == (2, False) and vec[0] == (4 + 5) / 2
     # a zero-length segment takes the windows containing that instant
-    assert pool_windows(feats, OMNI, 1.0, 1.0)[3] == 2
+    assert segment_window_mean(feats, OMNI, 1.0, 1.0)[3] == 2
     # past the end of the file: the nearest (last) window, flagged
-    vec, t0, t1, k, nearest = pool_windows(feats, OMNI, 100.0, 101.0)
+    vec, t0, t1, k, nearest = segment_window_mean(feats, OMNI, 100.0, 101.0)
     assert (k, nearest, vec[0]) == (1, True, 19.0) and t1 == pytest.approx((19 * 16 + 32) / 30 - 100)
     # MAWS: one feature per frame at 30 fps; [1.0, 1.1] s is frames 30, 31, 32
     maws = get_source("maws_clip_2b")
     frames = np.repeat(np.arange(100, dtype=np.float32)[:, None], 2, axis=1)
-    vec, *_, k, _ = pool_windows(frames, maws, 1.0, 1.1)
+    vec, *_, k, _ = segment_window_mean(frames, maws, 1.0, 1.1)
     assert k == 3 and vec[0] == 31.0
     # and the brute-force rule agrees on many random segments
     rng = np.random.default_rng(0)
     for _ in range(300):
         s = float(rng.uniform(0, 14))
         e = s + float(rng.choice([0.16, rng.uniform(0, 3)]))
-        vec, *_ = pool_windows(feats, OMNI, s, e)
+        vec, *_ = segment_window_mean(feats, OMNI, s, e)
         assert vec[0] == pytest.approx(np.mean(expected_windows(s, e, 20)))
 
 
@@ -221,7 +221,7 @@ def test_import_pools_every_clip_into_the_store_and_heads_read_it(sample_root, o
         assert counts[row] == len(hit)
         first, last = hit[0] * 16 / 30 - seg.start, (hit[-1] * 16 + 32) / 30 - seg.start
         np.testing.assert_allclose(times[row], [first, last], atol=1e-5)
-    # (a hand-computed case, windows 7..10 of a segment at 4.31022 s, is in the pool_windows test)
+    # (a hand-computed case, windows 7..10 of a segment at 4.31022 s, is in the segment_window_mean test)
 
     # the heads read it unchanged: ego (N, D), exo views with their mask
     from kscli.heads.features import load_feature_set

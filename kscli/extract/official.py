@@ -71,7 +71,7 @@ from kscli.extract.run import (SplitSummary, software_versions, report_interrupt
 from kscli.extract.store import StoreRows, open_for_writing
 
 __all__ = ["SourceSpec", "ImportJob", "ImportSummary", "register_source", "get_source", "list_sources",
-           "import_features", "pool_windows", "pool_segment", "load_feature_file", "camera_file_ids", "FeatureFiles"]
+           "import_features", "segment_window_mean", "pool_segment", "load_feature_file", "camera_file_ids", "FeatureFiles"]
 
 BATCH_SIZE = 256  # clips per store part
 ARIA_RGB_STREAM = "rgb"
@@ -272,7 +272,7 @@ def load_feature_file(path: Path, feature_dim: int) -> np.ndarray:
 # pooling
 
 
-def pool_windows(feats: np.ndarray, spec: SourceSpec, start: float, end: float,
+def segment_window_mean(feats: np.ndarray, spec: SourceSpec, start: float, end: float,
                  take_seconds: float | None = None) -> tuple[np.ndarray, float, float, int, bool]:
     """Mean of the windows overlapping [start, end] (seconds of the take).
 
@@ -301,17 +301,17 @@ def pool_windows(feats: np.ndarray, spec: SourceSpec, start: float, end: float,
 def pool_segment(feats: np.ndarray, spec: SourceSpec, start: float, end: float, windows: int = 1,
                  take_seconds: float | None = None) -> tuple[np.ndarray, list[float], int, bool]:
     """The store row of one clip: `windows` = 1 pools [start, end] into one (D,) vector;
-    `windows` = W > 1 cuts [start, end] into W equal spans and pools each (`pool_windows`) into
+    `windows` = W > 1 cuts [start, end] into W equal spans and pools each (`segment_window_mean`) into
     a (W, D) sequence, the layout `kscli extract --windows W` writes. Returns (features, frame
     times [first, last] per span relative to `start`, published windows pooled in all, whether
     any span took the nearest window)."""
     if windows == 1:
-        vec, t0, t1, count, nearest = pool_windows(feats, spec, start, end, take_seconds)
+        vec, t0, t1, count, nearest = segment_window_mean(feats, spec, start, end, take_seconds)
         return vec, [t0, t1], count, nearest
     edges = np.linspace(start, end, windows + 1)
     vecs, times, count, nearest = [], [], 0, False
     for a, b in zip(edges[:-1], edges[1:]):
-        vec, t0, t1, k, near = pool_windows(feats, spec, float(a), float(b), take_seconds)
+        vec, t0, t1, k, near = segment_window_mean(feats, spec, float(a), float(b), take_seconds)
         vecs.append(vec)
         times += [t0 + float(a) - start, t1 + float(a) - start]
         count += k

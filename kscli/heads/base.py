@@ -5,7 +5,7 @@ A head is a class in its own module (`linear.py`, `mlp.py`, `distill.py`, `atten
 only place its defaults live; every field carries a one-line meaning, which is what
 `kscli heads --head NAME` prints and what `--set key=value` is parsed and checked against.
 
-What a head does, in the order `kscli.heads.train.fit` calls it (one driver for every head):
+What a head does, in the order `kscli.heads.train.train_grid` calls it (one driver for every head):
 
     split(train, labels, notes)       -> (fit rows, holdout rows): the selection split
     prepare(train, fit, select, G)    statistics, tensors, the model with G grid members
@@ -188,11 +188,11 @@ class Head:
     def fit(self, train, val=None, progress: bool = True):
         """Train on `train` (selecting on a holdout of it, or on `val` with select_on='val');
         returns a kscli.heads.train.TrainResult. The same driver for every head."""
-        from kscli.heads.train import fit
+        from kscli.heads.train import train_grid
 
-        return fit(self, train, val, progress)
+        return train_grid(self, train, val, progress)
 
-    # -- training steps (called by kscli.heads.train.fit)
+    # -- training steps (called by kscli.heads.train.train_grid)
     def split(self, train, labels: np.ndarray, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(fit rows, holdout rows) of train: a stratified holdout of the labelled rows."""
         from kscli.heads.train import labelled_rows, stratified_holdout

@@ -150,7 +150,7 @@ def log(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def pool_windows(a: np.ndarray, seq_ndim: int) -> torch.Tensor:
+def mean_over_windows(a: np.ndarray, seq_ndim: int) -> torch.Tensor:
     """float32 tensor, mean over the window axis when a has seq_ndim dims (no copy when it
     is already a contiguous float32 array without windows)."""
     a = np.asarray(a)

@@ -52,7 +52,7 @@ jointly:
 Only the student predicts; inference needs ego only. Without any exo in train the teacher is
 not built and the loss is CE(student) (a note says so).
 
-Training (by the one driver, kscli.heads.train.fit)
+Training (by the one driver, kscli.heads.train.train_grid)
 ---------------------------------------------------
 Batches of `batch_takes` whole takes, padded, with a key-padding mask. Augmentation per take:
 segment dropout (each segment removed from the sequence with probability `segment_dropout`,
@@ -92,7 +92,7 @@ from kscli.heads.base import Head, HeadConfig, option, register_head
 from kscli.heads.common import (apply_right, feature_stats, optimise, preconditioner)
 from kscli.heads.context_net import ContextNet
 from kscli.heads.teacher import TeacherOptions
-from kscli.heads.common import pool_windows
+from kscli.heads.common import mean_over_windows
 from kscli.heads.takes import (Takes, augment, ego_present, group_takes,
                                take_holdout, time_features, as_windows)
 
@@ -307,7 +307,7 @@ def _set_statistics(net: ContextNet, train, ego: torch.Tensor, in_fit: np.ndarra
     if use_exo:
         mask = torch.from_numpy(np.asarray(train.exo_mask, dtype=bool))
         net.exo_mean[:], net.exo_std[:] = feature_stats(
-            pool_windows(train.exo, 4), mask & torch.from_numpy(in_fit)[:, None])
+            mean_over_windows(train.exo, 4), mask & torch.from_numpy(in_fit)[:, None])
 
 
 @torch.no_grad()

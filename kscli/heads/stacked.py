@@ -1,7 +1,7 @@
 """The stacking heads (linear, mlp, distill, attentive): their shared config and training.
 
 A stacking head is a `StackedHead` subclass naming its network (`Net`, a
-`kscli.heads.layers.StackedNet`) and its `Config`. The driver (`kscli.heads.train.fit`) calls
+`kscli.heads.layers.StackedNet`) and its `Config`. The driver (`kscli.heads.train.train_grid`) calls
 the methods below once for the whole lr x wd grid: the net is built with G members and every
 mini-batch is one forward and one backward for all of them. The summed loss gives each
 member exactly its own gradient (members share no parameters); `StackedAdamW` gives each its
@@ -25,7 +25,7 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, option
-from kscli.heads.common import (apply_right, as_f32, feature_stats, optimise, pool_windows,
+from kscli.heads.common import (apply_right, as_f32, feature_stats, optimise, mean_over_windows,
                                 preconditioner)
 from kscli.heads.layers import StackedNet
 
@@ -263,4 +263,4 @@ class StackedHead(Head):
 
 def pooled_exo(fs) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw exo (N, V, D) float32 (windows averaged) and its mask (N, V) as tensors."""
-    return pool_windows(fs.exo, 4), torch.from_numpy(np.asarray(fs.exo_mask, dtype=bool))
+    return mean_over_windows(fs.exo, 4), torch.from_numpy(np.asarray(fs.exo_mask, dtype=bool))

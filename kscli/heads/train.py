@@ -1,6 +1,6 @@
 """The one training driver: every head's lr x weight-decay grid, and the one selection rule.
 
-    fit(head, train, val)
+    train_grid(head, train, val)
       1. check the labels; the selection split: head.split (a stratified holdout of train's
          rows; whole takes for the context head), or every fit row and `val` with
          select_on='val'. The selection split is never the split that gets reported.
@@ -138,12 +138,12 @@ def score_members(head: Head) -> tuple[np.ndarray, np.ndarray, np.ndarray | None
             hits = (teacher[:, lab].argmax(-1) == y).sum(1).double().cpu()
             t_correct = hits if t_correct is None else t_correct + hits
         n += len(y)
-    acc = (100.0 * correct / n).numpy()  # n > 0: fit() refuses a selection split without labels
+    acc = (100.0 * correct / n).numpy()  # n > 0: train_grid() refuses a selection split without labels
     return acc, (nll / n).numpy(), None if t_correct is None else (100.0 * t_correct / n).numpy()
 
 
 # ----------------------------------------------------------------------------- the driver
-def fit(head: Head, train: FeatureSet, val: FeatureSet | None = None,
+def train_grid(head: Head, train: FeatureSet, val: FeatureSet | None = None,
         progress: bool = True) -> TrainResult:
     """Train `head` for every (lr, wd) of its grid; keep the best member (see the module doc)."""
     t0 = time.perf_counter()
