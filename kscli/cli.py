@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 from typer.core import TyperGroup
 
+from kscli.data.layout import DEFAULT_PART
 from kscli.errors import KscliError
 from kscli.fileio import os_error_line
 
@@ -69,10 +70,10 @@ ClipsRoot = typer.Option(None, "--clips-root", envvar="KSCLI_CLIPS_ROOT",
                          help="Override: folder the clip names are relative to (.../keystep_benchmark/clips_448p).")
 WorkDir = typer.Option(None, "--work-dir", envvar="KSCLI_WORK_DIR",
                        help="Where kscli writes stores, runs, submissions [default: ./kscli-work].")
-Parts = typer.Option("clips_448p", "--parts", help="The clips part of the download (keystep_benchmark/<part>).")
+Parts = typer.Option(DEFAULT_PART, "--parts", help="The clips part of the download (keystep_benchmark/<part>).")
 
 
-def _layout(data_root, annotations_dir, clips_root, work_dir, part="clips_448p"):
+def _layout(data_root, annotations_dir, clips_root, work_dir, part=DEFAULT_PART):
     from kscli.data.layout import Layout
 
     return Layout.resolve(data_root, annotations_dir, clips_root, work_dir, part)

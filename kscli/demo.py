@@ -55,7 +55,7 @@ def run_demo(root: Path, seed: int = 0, heads: tuple[str, ...] = DEMO_HEADS, wor
     say(format_report(report))
     if not report.ok:
         raise KscliError(f"{download}: the sample has broken clips; delete {root} and run `kscli demo` again")
-    say(f"[3/5] extract ego + exo features with the tiny random backbone -> {layout.work_dir / 'features'}")
+    say(f"[3/5] extract ego + exo features with the tiny random backbone -> {layout.stores_dir}")
     for s in extract(layout, ExtractConfig(backbone=DEMO_BACKBONE, workers=workers), progress=progress):
         say(f"  {s.split}: extracted {s.extracted}, skipped {s.skipped}, failed {s.failed}")
     result = DemoResult(root)

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from kscli.errors import KscliError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def local_rank_from_env() -> int:
@@ -18,11 +20,13 @@ def local_rank_from_env() -> int:
     return 0
 
 
-def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> "torch.device":
     """`auto`: a GPU when there is one, else the CPU. `auto` and `cuda` take GPU
     ``local_rank % visible GPUs`` (local_rank: LOCAL_RANK / SLURM_LOCALID unless given), so the
     ranks of a node spread over its GPUs, and more ranks than GPUs share them. `cuda:N` is taken
     as given."""
+    import torch  # here: kscli.device is imported by kscli.data, which needs no torch
+
     name = (name or "auto").strip().lower()
     if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")

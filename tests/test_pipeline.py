@@ -279,7 +279,8 @@ def test_a_new_head_from_the_design_doc_trains_through_the_cli(extracted, tmp_pa
     text = (REPO / "docs" / "design.md").read_text()
     block = text.split("### Adding a head", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert len(block.splitlines()) <= 40
-    assert "`KSCLI_HEADS=lowrank_head kscli train-head --head lowrank --set rank=8`" in " ".join(text.split())
+    printed = "KSCLI_HEADS=lowrank_head kscli train-head --head lowrank --backbone STORE --set rank=8"
+    assert f"`{printed}`" in " ".join(text.split())
     (tmp_path / "lowrank_head.py").write_text(block)
     script = shutil.which("kscli", path=os.path.dirname(sys.executable))
     assert script, "the package installs the kscli console script"
@@ -295,8 +296,9 @@ def test_a_new_head_from_the_design_doc_trains_through_the_cli(extracted, tmp_pa
     assert "lowrank    low-rank linear probe" in listed
     assert "rank of the weight matrix" in user("heads", "--head", "lowrank").stdout
     _, work, _ = extracted
-    out = user("train-head", "--backbone", "tiny-random", "--head", "lowrank", "--set", "rank=8", "--name", "toy",
-               *args(extracted))
+    argv = printed.split()[2:]  # the printed command, its store named, in the folder of the file
+    argv[argv.index("STORE")] = "tiny-random"
+    out = user(*argv, "--name", "toy", *args(extracted))
     metrics = json.loads((work / "runs" / "toy" / "metrics.json").read_text())
     assert metrics["head"] == "lowrank" and metrics["val"]["top1"] >= 2.5 * 100 / 6, out.stdout
     ckpt = torch.load(work / "runs" / "toy" / "checkpoint.pt", weights_only=True)

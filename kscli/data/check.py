@@ -20,6 +20,7 @@ from tqdm import tqdm
 from kscli.data.layout import Benchmark, Layout
 from kscli.data.manifest import load_manifest
 from kscli.data.video import VideoError, read_frames
+from kscli.device import usable_cores
 from kscli.fileio import write_json_atomic
 
 PROBLEMS = ("missing", "empty", "corrupt")  # a clip with any of these cannot be used
@@ -106,8 +107,6 @@ def check_data(layout: Layout, splits: list[str], view: str = "all", min_frames:
             report.notes.append(f"{split}: {len(segments)} segments; the full benchmark has {expected}")
         for seg in segments:
             checks.extend(ClipCheck(c.name, split, c.role, "pending") for c in seg.clips if c.role in roles)
-    from kscli.device import usable_cores  # here: kscli.data does not import torch
-
     jobs = jobs or min(8, usable_cores()[0])
     work = [(str(layout.clip_path(c.name)), decode) for c in checks]
     if jobs == 1 or len(work) < 64:

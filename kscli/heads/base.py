@@ -83,7 +83,8 @@ def _import_plugin(entry: str) -> None:
         path = os.path.abspath(os.path.expanduser(entry))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no file {path}")
-        name = os.path.splitext(os.path.basename(path))[0]
+        # its own module name: a file called utils.py must not stand in for another module `utils`
+        name = "kscli_plugin_" + os.path.splitext(os.path.basename(path))[0]
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # before running it: dataclasses and pickling look it up there

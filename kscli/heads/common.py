@@ -122,10 +122,10 @@ def optimise(optimizer: torch.optim.Optimizer, total: int, warmup: int, epochs: 
                 torch.nn.utils.clip_grad_norm_(clip[0], clip[1])
             optimizer.step()
             sched.step()
-            part = loss.detach().double().cpu().reshape(-1) * weight
+            part = loss.detach().double().reshape(-1) * weight  # on the device: no sync per step
             loss_sum = part if loss_sum is None else loss_sum + part
             seen += weight
-        yield (loss_sum / max(1, seen)).numpy() if loss_sum is not None else np.zeros(1)
+        yield (loss_sum / max(1, seen)).cpu().numpy() if loss_sum is not None else np.zeros(1)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool, mask_shape=None) -> torch.Tensor:

@@ -89,10 +89,9 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, option, register_head
-from kscli.heads.common import (apply_right, feature_stats, optimise, preconditioner)
+from kscli.heads.common import apply_right, feature_stats, mean_over_windows, optimise, preconditioner
 from kscli.heads.context_net import ContextNet
 from kscli.heads.teacher import TeacherOptions
-from kscli.heads.common import mean_over_windows
 from kscli.heads.takes import (Takes, augment, ego_present, group_takes,
                                take_holdout, time_features, as_windows)
 

@@ -89,7 +89,7 @@ def plot_by_length(y: np.ndarray, yhat: np.ndarray, dur: np.ndarray):
             rows.append((f"{lo:g}-{hi:g}s" if hi != float("inf") else f">{lo:g}s",
                          100 * float((y[m] == yhat[m]).mean()), int(m.sum())))
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar([r[0] for r in rows], [r[1] for r in rows], color="#9bbb59")
+    ax.bar([r[0] for r in rows], [r[1] for r in rows], color="#9bbb59", edgecolor="#4f6228", linewidth=1.5)
     for i, r in enumerate(rows):
         ax.text(i, r[1], f"n={r[2]}", ha="center", va="bottom", fontsize=7)
     ax.set_ylabel("top-1 (%)"), ax.set_title("Val top-1 by clip length (n: val segments)")
