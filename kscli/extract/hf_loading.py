@@ -125,14 +125,13 @@ def _cached_model_type(src: str, local: bool) -> str | None:
     """config.json's model_type: the folder's, or for a hub id the local cache's (None if not cached)."""
     if local:
         return _local_model_type(src)
-    try:
-        from transformers.utils import cached_file
+    try:  # huggingface_hub's own lookup: the same in every transformers version kscli takes
+        from huggingface_hub import try_to_load_from_cache
 
-        path = cached_file(src, "config.json", local_files_only=True, _raise_exceptions_for_missing_entries=False,
-                           _raise_exceptions_for_connection_errors=False, _raise_exceptions_for_gated_repo=False)
-    except Exception:
+        path = try_to_load_from_cache(src, "config.json")
+    except Exception:  # noqa: BLE001 - not a valid hub id, no cache: nothing to check before loading
         return None
-    return _local_model_type(os.path.dirname(path)) if path else None
+    return _local_model_type(os.path.dirname(path)) if isinstance(path, str) else None
 
 
 TRANSFORMERS_FLOOR = (4, 56)  # from_pretrained(dtype=...) (tested: 4.55 fails, 4.56.0 passes the backbone tests)
