@@ -210,20 +210,24 @@ def extract_cmd(backbone: Optional[str] = typer.Option(None, help="Registered ba
         raise typer.Exit(1)
 
 
-def _store(backbone: str | None, positional: str | None, work_dir):
-    """(name, Layout) of the store a `features` command reads: named by --backbone everywhere
-    (train-head too); `features info NAME` still works. None named: one line listing them."""
+def _stores(named: str | None, work_dir, several: bool = False):
+    """(names, Layout) of the stores a `features` command reads, named by --backbone (`features
+    info NAME` still works). `several`: `a,b` names several and none named means every store
+    there; otherwise one plain name, and none named is one line listing them."""
     from kscli.data.layout import Layout
 
     layout = Layout.work_only(work_dir)
-    tag = backbone or positional
-    if tag is None:
+    if named is None:
+        if several and layout.store_names():
+            return layout.store_names(), layout
         names = layout.store_names()
         there = f"stores in {layout.stores_dir}: {', '.join(names)}" if names else \
-            f"there is no store in {layout.stores_dir} yet"
+            f"there is no store in {layout.stores_dir} yet: run `kscli extract --backbone NAME` first"
         raise KscliError(f"which store? pass --backbone NAME (the backbone, or the --tag it was made with); {there}")
-    layout.store_dir(tag)  # a plain name
-    return tag, layout
+    names = [n.strip() for n in named.split(",")] if several else [named]
+    for name in names:
+        layout.store_dir(name)  # a plain name
+    return names, layout
 
 
 @features_app.command("info")
@@ -236,15 +240,7 @@ def features_info_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, met
     from kscli.data.layout import parse_splits
     from kscli.extract.store import format_info, store_infos
 
-    from kscli.data.layout import Layout
-
-    layout = Layout.work_only(work_dir)
-    named = backbone or tag
-    names = [n.strip() for n in named.split(",")] if named else layout.store_names()
-    if not names:
-        raise KscliError(f"there is no store in {layout.stores_dir} yet; run `kscli extract` first")
-    for name in names:
-        layout.store_dir(name)  # a plain name
+    names, layout = _stores(backbone or tag, work_dir, several=True)
     infos = {name: store_infos(layout, name, parse_splits(split)) for name in names}
     typer.echo(json.dumps([i for name in names for i in infos[name]], indent=1) if as_json else
                "\n".join(format_info(infos[name], name) for name in names))
@@ -262,7 +258,7 @@ def features_verify_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, m
     from kscli.data.layout import parse_splits
     from kscli.extract.store import verify_stores
 
-    tag, layout = _store(backbone, tag, work_dir)
+    [tag], layout = _stores(backbone or tag, work_dir)
     text, left = verify_stores(layout, tag, parse_splits(split), move_aside=move_aside, progress=progress)
     typer.echo(text)
     if left:

@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 import kscli
 from kscli.data.layout import Benchmark, Layout, check_name, parse_splits
-from kscli.data.video import DECODE_RULES, DECODER, VideoError
+from kscli.data.video import DECODE_RULES, DECODER
 from kscli.device import resolve_device, usable_cores
 from kscli.errors import KscliError
-from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING, BackboneSpec, random_weights
-from kscli.extract.backbones import backbone_names, create_backbone
+from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING, BackboneSpec, random_weights, registration
+from kscli.extract.backbones import create_backbone
 from kscli.extract.preprocess import preprocess_clips, resize_clip_uint8
 from kscli.extract.processors import CROPS
 from kscli.extract.sampling import SamplingConfig, decode_samples
@@ -279,32 +279,41 @@ class ClipDataset(torch.utils.data.Dataset):
                 raise FileNotFoundError("clip file is missing")
             if os.path.getsize(job.path) == 0:
                 raise ValueError("clip file is empty (0 bytes)")
-            try:
-                parts = [(needs, decode_samples(job.path, [self.requests[k].sampling for k in needs], self.rule))]
-            except Exception:  # noqa: BLE001 - one backbone's frames may decode where the union does not
-                if len(needs) == 1:
-                    raise
-                parts = []
-                for k in needs:  # each backbone's frames alone, as a run with that backbone alone reads them
-                    try:
-                        parts.append(((k,), decode_samples(job.path, [self.requests[k].sampling], self.rule)))
-                    except Exception as e:  # noqa: BLE001 - recorded for that backbone's store
-                        item["errors"][k] = _error_line(e)
-            views = {}
-            for ks, clip in parts:
-                for k, frames, times in zip(ks, clip.frames, clip.times):
-                    frames = torch.from_numpy(frames)
-                    if self.requests[k].resize_for is not None:
-                        frames = resize_clip_uint8(frames, self.requests[k].resize_for)
-                    views[k] = {"frames": frames, "times": times}
-            if not views:
-                raise VideoError(next(iter(item["errors"].values())))
-            clip = parts[0][1]
-            item.update(views=views, num_frames=clip.frame_count, fps=clip.fps,
-                        decoded=sum(c.decoded for _, c in parts), decode_s=time.perf_counter() - t0)
+            parts = self._decode(job.path, needs, item["errors"])
         except Exception as e:  # noqa: BLE001 - any decode failure is recorded, not raised
-            item["error"] = _error_line(e) if not isinstance(e, VideoError) or not item["errors"] else str(e)
+            item["error"] = _error_line(e)
+            return item
+        if not parts:  # the union failed, and so did each backbone's frames alone
+            item["error"] = item["errors"][needs[0]]
+            return item
+        views = {}
+        for ks, clip in parts:
+            for k, frames, times in zip(ks, clip.frames, clip.times):
+                frames = torch.from_numpy(frames)
+                if self.requests[k].resize_for is not None:
+                    frames = resize_clip_uint8(frames, self.requests[k].resize_for)
+                views[k] = {"frames": frames, "times": times}
+        clip = parts[0][1]
+        item.update(views=views, num_frames=clip.frame_count, fps=clip.fps,
+                    decoded=sum(c.decoded for _, c in parts), decode_s=time.perf_counter() - t0)
         return item
+
+    def _decode(self, path: str, needs: tuple[int, ...], errors: dict) -> list:
+        """[(requests, Samples)]: the union of the requests' frames in one decode; if that fails
+        (a damaged packet only some backbone's frames reach), each request's frames alone, as a
+        run with that backbone alone reads them, recording in `errors` the requests that fail."""
+        try:
+            return [(needs, decode_samples(path, [self.requests[k].sampling for k in needs], self.rule))]
+        except Exception:  # noqa: BLE001 - one backbone's frames may decode where the union does not
+            if len(needs) == 1:
+                raise
+        parts = []
+        for k in needs:
+            try:
+                parts.append(((k,), decode_samples(path, [self.requests[k].sampling], self.rule)))
+            except Exception as e:  # noqa: BLE001 - recorded for that backbone's store
+                errors[k] = _error_line(e)
+        return parts
 
 
 def _error_line(e: Exception) -> str:
@@ -500,9 +509,8 @@ def extract(layout: Layout, cfg: ExtractConfig, progress: bool = True) -> list[S
             raise KscliError(f"{layout.clips_root}: the clips folder does not exist; is --parts (now "
                              f"{layout.part!r}) or --clips-root / --data-root right? The download puts clips "
                              "in <data-root>/keystep_benchmark/<part>")
-        unknown = [n for n in cfg.backbone_names() if n not in backbone_names()]
-        if unknown:
-            raise KscliError(f"unknown backbone '{unknown[0]}'; known backbones: {', '.join(backbone_names())}")
+        for name in cfg.backbone_names():  # every name known before any model loads
+            registration(name)
         if progress:
             print(plan.text(), file=sys.stderr)
         embedders = [_Embedder(cfg, plan, name, weights) for name, weights in cfg.weights_for().items()]
@@ -614,12 +622,12 @@ def _decode_embed_write(targets: list[_Target], todo: list[tuple[ClipJob, tuple[
         bar.close()
         if isinstance(e, KeyboardInterrupt):
             for t in targets:
-                t.summary.seconds = time.perf_counter() - t0
                 report_interrupted(t.summary, t.writer.path)
         raise
     finally:
         bar.close()
+        spent, busy = time.perf_counter() - t0, {k for _, needs in todo for k in needs}
         for k, x in enumerate(summaries):  # a store with nothing to do took no time
-            x.seconds = time.perf_counter() - t0 if any(k in needs for _, needs in todo) else 0.0
+            x.seconds = spent if k in busy else 0.0
         if threads.note:
             summaries[0].notes.append(threads.note)
