@@ -211,3 +211,14 @@ def test_one_vocabulary_and_old_spellings_for_one_more_release(sample_root, tmp_
     assert two.exit_code == 2 and "two folders named" in two.stderr and not (tmp_path / "s3").exists()
     full = cli("sample", "--tiny", "--out", tmp_path / "s1", check=False)
     assert full.exit_code == 2 and "pass --overwrite" in full.stderr
+
+
+def test_check_data_imports_no_torch():
+    """kscli.data (check-data, the sample writer) runs without torch: it counts cores through
+    kscli.device, which imports torch only where it resolves a device."""
+    import subprocess
+    import sys
+
+    probe = "import sys, kscli.data.check, kscli.data.sample; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -107,6 +107,7 @@ def test_a_new_backbone_beside_finished_stores_decodes_only_for_it(sample_root, 
                           "--weights", f"dinov2-small={models['dinov2-small']}"))
     lines = [line for line in p.stdout.splitlines() if line.startswith("val:")]
     assert "extracted 0, skipped" in lines[0] and "tiny-random" in lines[0]
+    assert " in 0.0s (0.0 clips/s)" in lines[0]  # a store with nothing to do reports no time
     assert "extracted 0," not in lines[1] and "dinov2-small" in lines[1]
     for split in ("val", "test"):
         assert_same_store(work, singles, "dinov2-small", split)

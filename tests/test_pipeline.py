@@ -305,6 +305,13 @@ def test_a_new_head_from_the_design_doc_trains_through_the_cli(extracted, tmp_pa
     assert ckpt["cfg"] == {"rank": 8} and ckpt["state_dict"]["a_w"].shape == (1, ckpt["in_dim"], 8)
     sub = run_kscli("submit", "--run", "toy", *args(extracted), env={"KSCLI_HEADS": str(tmp_path / "lowrank_head.py")})
     assert "test:" in sub.stdout  # by its path, from another folder
+    # a plugin file named like another module (json.py) does not stand in for that module
+    (tmp_path / "json.py").write_text(block)
+    probe = ("from kscli.heads.base import list_heads; assert 'lowrank' in list_heads(); "
+             "import json; print(json.dumps({'ok': 1}))")
+    shadow = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "KSCLI_HEADS": str(tmp_path / "json.py")})
+    assert shadow.returncode == 0 and '{"ok": 1}' in shadow.stdout, shadow.stderr
     # without the variable the head is unknown, in one line that names the variable
     gone = run_kscli("submit", "--run", "toy", "--split", "val", *args(extracted), check=False)
     assert gone.returncode == 2 and "unknown head 'lowrank'" in gone.stderr and "KSCLI_HEADS" in gone.stderr
