@@ -37,7 +37,7 @@ def test_defaults_live_in_the_config_only():
     # the net built for training carries exactly the config's model options
     cfg = config_for("attentive", dropout=0.25, attn_dim=16, num_heads=2)
     head = head_class("attentive")(cfg, 8, 3)
-    net = head.build_model(cfg.model_cfg())
+    net = head.build_model(cfg.model_cfg(), torch.Generator())
     assert net.cfg == {"num_heads": 2, "attn_dim": 16, "dropout": 0.25}
 
 
@@ -120,7 +120,7 @@ def v1_checkpoint(head: str, tmp_path) -> dict:
     if shapes is None:  # the context net's many shapes: taken from a net, its names checked
         from kscli.heads.context_net import ContextNet
 
-        state = ContextNet(D, C, cfg).state_dict()
+        state = ContextNet(D, C, cfg, generator=torch.Generator()).state_dict()
         assert sorted(state) == V1_CONTEXT_KEYS
         shapes = {k: tuple(v.shape) for k, v in state.items()}
     shapes = {"ego_mean": (D,), "ego_std": (D,), **shapes}

@@ -13,6 +13,7 @@ from kscli.heads.featureset import FeatureSet
 from kscli.heads.metrics import compute_metrics, format_summary
 from kscli.heads.base import config_for, head_class, list_heads, load_head
 from kscli.heads.common import dropout
+from kscli.heads.mlp import MLPHead, MLPNet
 from kscli.heads.stacked import StackedAdamW, class_balance_weights
 from kscli.heads.train import stratified_holdout, train_head
 
@@ -58,7 +59,8 @@ def predict_proba(head, ego):
 
 def net(head, cfg, members):
     """Head `head`'s stacked net with its defaults, updated by cfg."""
-    return head_class(head).Net(D, C, {**config_for(head).model_cfg(), **cfg}, members=members)
+    return head_class(head).Net(D, C, {**config_for(head).model_cfg(), **cfg}, members=members,
+                                generator=torch.Generator().manual_seed(0))
 
 
 def acc(probs, labels):
@@ -119,6 +121,48 @@ def test_training_leaves_global_rng_and_threads_alone(data):
     train_head(cfg_for("mlp", epochs=1), train, C, progress=False)
     assert torch.equal(torch.rand(3), expected)
     assert torch.get_num_threads() == threads
+
+
+def test_training_draws_only_from_the_generators_it_passes(data):
+    """Randomness is passed, not reseeded: whatever torch's global generator holds, the same
+    seed gives the same head (dropout and view dropout included)."""
+    train, test = data
+    for head in ("mlp", "distill"):
+        cfg = cfg_for(head, epochs=2, input_dropout=0.2)
+        runs = []
+        for global_seed in (1, 2):
+            torch.manual_seed(global_seed)
+            runs.append(predict_proba(train_head(cfg, train, C, progress=False).head, test.ego))
+        assert np.array_equal(runs[0], runs[1])
+
+
+class _GlobalDrawsNet(MLPNet):
+    """A plugin-style net that draws from torch's global generator (F.dropout, torch.randn)."""
+    where = "train"
+
+    def _build(self) -> None:
+        super()._build()
+        if self.where == "init":
+            self._param("extra_w", torch.randn(self.in_dim, 2))
+
+    def _logits(self, x, gen=None):
+        if gen is not None:
+            x = torch.nn.functional.dropout(x, 0.1)
+        return super()._logits(x, gen)
+
+
+class _GlobalDrawsHead(MLPHead):  # not registered: trained through Head.fit
+    Net = _GlobalDrawsNet
+
+
+@pytest.mark.parametrize("where, doing", [("init", "building its model"), ("train", "training")])
+def test_a_head_drawing_from_the_global_generator_is_stopped(data, where, doing):
+    train, _ = data
+    _GlobalDrawsNet.where = where
+    head = _GlobalDrawsHead(cfg_for("mlp", epochs=1), D, C)
+    with pytest.raises(KscliError, match=f"drew from torch's global random generator while {doing}, "
+                                         "so the same seed would not give the same run"):
+        head.fit(train, progress=False)
 
 
 def test_grid_member_equals_training_that_config_alone(data):
@@ -294,15 +338,20 @@ def test_stacked_adamw_matches_torch_adamw_per_member():
 
 
 def test_dropout_mask_is_shared_by_members():
-    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
     h = torch.ones(3, 200, 50)
-    out = dropout(h, 0.5, True, h.shape[-2:])
+    out = dropout(h, 0.5, g, h.shape[-2:])
     assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
     assert 0.45 < (out[0] == 0).float().mean() < 0.55
     assert torch.allclose(out[0][out[0] != 0], torch.tensor(2.0))
-    assert dropout(h, 0.5, training=False) is h
-    own = dropout(h, 0.5, True)  # no mask_shape: every element its own draw
+    assert dropout(h, 0.5, None) is h  # no generator: evaluation
+    own = dropout(h, 0.5, g)  # no mask_shape: every element its own draw
     assert not torch.equal(own[0], own[1])
+    # the mask is the generator's: the same seed, the same mask, whatever torch's global state
+    torch.manual_seed(1)
+    first = dropout(h, 0.5, torch.Generator().manual_seed(5))
+    torch.manual_seed(2)
+    assert torch.equal(first, dropout(h, 0.5, torch.Generator().manual_seed(5)))
 
 
 def test_class_balance_weights_and_training(data):

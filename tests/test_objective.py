@@ -106,9 +106,7 @@ def test_stacked_cross_entropy_float32_matches_torch():
 # ----------------------------------------------------------------------------- distill
 def distill_net() -> DistillNet:
     cfg = {**DistillConfig(hidden=H).model_cfg(), "exo_dim": DX}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = DistillNet(D, C, cfg, members=2)
+    net = DistillNet(D, C, cfg, members=2, generator=gen(0))
     perturb(net, seed=1)
     return net.double().eval()
 
@@ -135,8 +133,8 @@ def distill_refs(net, batch, smoothing, weight) -> dict:
     x, y, m = batch["ego"], batch["y"], batch["exo_mask"].double()
     pooled = (batch["exo"] * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)
     close(net.pool_exo(batch["exo"], batch["exo_mask"]), pooled)
-    hs, ls = net._student(x)
-    ht, lt = net._teacher(x, pooled)
+    hs, ls = net.student(x)
+    ht, lt = net.teacher(x, pooled)
     per = lambda f: torch.stack([f(g) for g in range(net.members)])  # noqa: E731
     ce = lambda lg: per(lambda g: F.cross_entropy(lg[g], y, weight=weight,  # noqa: E731
                                                    label_smoothing=smoothing))
@@ -235,9 +233,7 @@ def context_fs() -> FeatureSet:
 def context_net_and_batch():
     opts = dict(d_model=16, heads=2, layers=1, ffn_mult=2, time_hidden=8, max_rel=4)
     cfg = {**ContextConfig(**opts).model_cfg(), "exo_dim": DX}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = ContextNet(D, C, cfg)
+    net = ContextNet(D, C, cfg, generator=gen(0))
     perturb(net, seed=2)
     net = net.double().eval()
     fs = context_fs()
@@ -348,10 +344,10 @@ def test_stacked_training_passes_class_balance_weights_and_smoothing_to_the_loss
     original = net_cls.loss
     seen = []
 
-    def recording_loss(self, batch, label_smoothing=0.0, class_weight=None):
+    def recording_loss(self, batch, label_smoothing=0.0, class_weight=None, gen=None):
         seen.append((label_smoothing, None if class_weight is None
                      else class_weight.detach().cpu().numpy().copy()))
-        return original(self, batch, label_smoothing, class_weight)
+        return original(self, batch, label_smoothing, class_weight, gen)
 
     monkeypatch.setattr(net_cls, "loss", recording_loss)
     fs = imbalanced_set()

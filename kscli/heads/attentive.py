@@ -46,9 +46,9 @@ class AttentiveNet(StackedNet):
         if da % nh:
             raise KscliError(f"attentive head: attn_dim {da} is not a multiple of num_heads {nh}")
         d = self.in_dim
-        self._param("attn_w", trunc_normal((d, nh), 0.02))  # folded query x key projection
+        self._param("attn_w", trunc_normal((d, nh), 0.02, self.init_generator))  # folded query x key projection
         # value projection, heads side by side: columns h*dv:(h+1)*dv belong to head h
-        self._param("value_w", trunc_normal((d, da), 1.0 / math.sqrt(d)))
+        self._param("value_w", trunc_normal((d, da), 1.0 / math.sqrt(d), self.init_generator))
         self._norm_params("ln", da)
         self._linear_params("fc", da, self.num_classes, std=0.02)
 
@@ -63,7 +63,7 @@ class AttentiveNet(StackedNet):
         pooled = torch.bmm(attn.transpose(1, 2), x)  # (B, G*nh, D)
         return pooled.view(B, G, nh, D).permute(1, 2, 0, 3), attn.view(B, T, G, nh)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         if x.dim() == 2:
             x = x.unsqueeze(1)
         G, nh = self.members, int(self.cfg["num_heads"])
@@ -78,7 +78,7 @@ class AttentiveNet(StackedNet):
             v = torch.bmm(pooled.reshape(G * nh, B, D), wv)
             v = v.view(G, nh, B, dv).permute(0, 2, 1, 3).reshape(G, B, da)
         h = layer_norm(v, self.ln_g, self.ln_b)
-        h = dropout(h, self.cfg["dropout"], self.training, h.shape[-2:])
+        h = dropout(h, self.cfg["dropout"], gen, h.shape[-2:])
         return linear(h, self.fc_w, self.fc_b)
 
 

@@ -9,7 +9,7 @@ What a head does, in the order `kscli.heads.train.train_grid` calls it (one driv
 
     split(train, labels, notes)       -> (fit rows, holdout rows): the selection split
     prepare(train, fit, select, G)    statistics, tensors, the model with G grid members
-    train_members(grid)               one epoch per next(); yields the train loss per member
+    train_members(grid, gen)          one epoch per next(); yields the train loss per member
     selection_batches()               (student logits (G, b, C), teacher logits or None, y)
     snapshot(g) / finish(snapshot)    keep grid member g; make it the head's model
     predict_proba(fs)                 (N, C) for every row of a FeatureSet, from ego alone
@@ -222,7 +222,10 @@ class Head:
                 notes: list[str]) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def train_members(self, grid: list[tuple[float, float]]) -> Iterator[np.ndarray]:
+    def train_members(self, grid: list[tuple[float, float]], gen: torch.Generator
+                      ) -> Iterator[np.ndarray]:
+        """One epoch per next(), drawing dropout and the like from `gen` (a generator on the
+        training device, seeded by the driver); yields the train loss per member."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def selection_batches(self) -> Iterator[tuple]:
@@ -249,15 +252,17 @@ class Head:
         return None
 
     # -- checkpoints
-    def build_model(self, model_cfg: dict) -> torch.nn.Module:  # pragma: no cover - abstract
+    def build_model(self, model_cfg: dict, generator: torch.Generator
+                    ) -> torch.nn.Module:  # pragma: no cover - abstract
+        """The model for `model_cfg`, its initial weights drawn from `generator` (a CPU one)."""
         raise NotImplementedError
 
     def parameter_count(self, train) -> int:
         """Numbers in one trained model (parameters and buffers) for `train`'s features, counted
         on the meta device: nothing is allocated, however large the options ask it to be."""
         exo_dim = int(train.exo.shape[-1]) if train.has_exo() else 0
-        with torch.device("meta"), torch.random.fork_rng(devices=[]):
-            model = self.build_model({**self.cfg.model_cfg(), "exo_dim": exo_dim})
+        with torch.device("meta"):
+            model = self.build_model({**self.cfg.model_cfg(), "exo_dim": exo_dim}, torch.Generator())
         return sum(t.numel() for t in model.state_dict().values())
 
     def state(self) -> dict:
@@ -284,8 +289,7 @@ class Head:
                    prior=ckpt.get("prior"))
         model_cfg = {**head.cfg.model_cfg(), **dict(ckpt["cfg"])}
         try:
-            with torch.random.fork_rng(devices=[]):  # the throw-away init leaves the caller's RNG
-                model = head.build_model(model_cfg)
+            model = head.build_model(model_cfg, torch.Generator())  # values replaced by the state below
         except (TypeError, ValueError, KeyError, RuntimeError, MemoryError) as e:
             raise KscliError(f"head checkpoint: its cfg {model_cfg} does not build a {cls.name!r} head "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); the file is "

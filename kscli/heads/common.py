@@ -1,5 +1,6 @@
 """Training plumbing every head shares: data checks, feature statistics, the Ledoit-Wolf
-preconditioner, the learning-rate schedule (torch's schedulers), dropout, seeds and threads.
+preconditioner, the learning-rate schedule (torch's schedulers), dropout, random generators
+and threads.
 
 Nothing here knows about a particular head.
 """
@@ -71,23 +72,20 @@ def torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-@contextmanager
-def seeded(seed: int, device: torch.device):
-    """A deterministic stretch of training: torch's CPU generator (and the training GPU's) seeded
-    with `seed`, and the caller's RNG states given back afterwards, CPU and CUDA alike."""
-    gpus = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=gpus):
-        reseed(seed, device)
-        yield
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch.Generator on `device` seeded with `seed`: every random draw of training comes
+    from one passed as an argument, never from torch's global generators (which stay the
+    caller's)."""
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
-def reseed(seed: int, device: torch.device) -> None:
-    """Seed the generators `seeded` forked, and no other (torch.manual_seed would reseed every GPU)."""
-    torch.default_generator.manual_seed(seed)
+def global_rng_states(device: torch.device) -> list[torch.Tensor]:
+    """The states of torch's global generators a head could draw from on `device`: the CPU's,
+    and the GPU's when training on one (to check that training left them alone)."""
+    states = [torch.random.get_rng_state()]
     if device.type == "cuda":
-        with torch.cuda.device(device):
-            torch.cuda.manual_seed(seed)
+        states.append(torch.cuda.get_rng_state(device))
+    return states
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int
@@ -128,19 +126,22 @@ def optimise(optimizer: torch.optim.Optimizer, total: int, warmup: int, epochs: 
         yield (loss_sum / max(1, seen)).cpu().numpy() if loss_sum is not None else np.zeros(1)
 
 
-def dropout(x: torch.Tensor, p: float, training: bool, mask_shape=None) -> torch.Tensor:
-    """Inverted dropout with the mask drawn from random bytes (8 per int64 draw; keep if byte
-    >= round(256 p)): about 10x faster than torch's bernoulli on CPU, so p is rounded to a
-    multiple of 1/256. `mask_shape` (the trailing dims of x) shares one mask over the leading
-    dims: the stacked heads share it over their grid members, which then see the same noise."""
-    if not training or p <= 0:
+def dropout(x: torch.Tensor, p: float, gen: torch.Generator | None, mask_shape=None) -> torch.Tensor:
+    """Inverted dropout in training, drawing its mask from `gen` (a generator on x's device);
+    `gen` None is evaluation: x unchanged. The mask comes from random bytes (8 per int64 draw;
+    keep if byte >= round(256 p)): about 10x faster than torch's bernoulli on CPU, so p is
+    rounded to a multiple of 1/256. `mask_shape` (the trailing dims of x) shares one mask over
+    the leading dims: the stacked heads share it over their grid members, which then see the
+    same noise."""
+    if gen is None or p <= 0:
         return x
     k = min(256, max(1, int(round(p * 256))))
     if k >= 256:
         return x * 0.0
     shape = tuple(x.shape if mask_shape is None else mask_shape)
     n = int(np.prod(shape))
-    words = torch.randint(-2**63, 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=x.device)
+    words = torch.randint(-2**63, 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=x.device,
+                          generator=gen)
     keep = words.view(torch.uint8)[:n].view(shape) >= k
     return x * keep.to(x.dtype).mul_(256.0 / (256 - k))
 

@@ -89,7 +89,8 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, option, register_head
-from kscli.heads.common import apply_right, feature_stats, mean_over_windows, optimise, preconditioner
+from kscli.heads.common import (apply_right, feature_stats, generator, mean_over_windows, optimise,
+                                preconditioner)
 from kscli.heads.context_net import ContextNet
 from kscli.heads.teacher import TeacherOptions
 from kscli.heads.takes import (Takes, augment, ego_present, group_takes,
@@ -165,8 +166,8 @@ class ContextHead(Head):
         takes = max(1, len({str(train.take[i]) for i in fit_rows}))
         return min(self.cfg.batch_takes, takes) * len(fit_rows) / takes < 256
 
-    def build_model(self, model_cfg: dict) -> ContextNet:
-        return ContextNet(self.in_dim, self.num_classes, model_cfg)
+    def build_model(self, model_cfg: dict, generator: torch.Generator) -> ContextNet:
+        return ContextNet(self.in_dim, self.num_classes, model_cfg, generator=generator)
 
     # -- training
     def prepare(self, train, fit_rows, select, members: int, notes: list[str]) -> dict:
@@ -178,7 +179,8 @@ class ContextHead(Head):
             notes.append("no exo views in the fit takes (or use_exo=False): trained without "
                          "the exo teacher (loss = CE of the student)")
         net = self.build_model({**cfg.model_cfg(),
-                                "exo_dim": int(train.exo.shape[-1]) if use_exo else 0})
+                                "exo_dim": int(train.exo.shape[-1]) if use_exo else 0},
+                               generator(cfg.seed))
         ego = as_windows(train.ego)
         present = ego_present(train, ego)
         if not present.all():
@@ -195,8 +197,7 @@ class ContextHead(Head):
         rho, self._P = None, None
         if cfg.precondition > 0:
             rows = torch.from_numpy(np.flatnonzero(in_fit & present)).to(data.x.device)
-            self._P, rho = preconditioner(data.x[rows], cfg.precondition,
-                                          torch.Generator().manual_seed(cfg.seed))
+            self._P, rho = preconditioner(data.x[rows], cfg.precondition, generator(cfg.seed))
             apply_right(data.x, self._P)
             apply_right(self._sel.x, self._P)
         self._net, self._data, self._use_exo = net, data, use_exo
@@ -208,7 +209,7 @@ class ContextHead(Head):
                 "n_select_takes": len(self._sel.groups), "epochs": self._plan[2],
                 "steps_per_epoch": self._plan[1], "teacher": use_exo, "precondition_rho": rho}
 
-    def train_members(self, grid) -> Iterator[np.ndarray]:
+    def train_members(self, grid, gen: torch.Generator) -> Iterator[np.ndarray]:
         (lr, wd), = grid
         cfg, net, data = self.cfg, self._net, self._data
         bs, _, epochs, total, warmup = self._plan
@@ -233,7 +234,7 @@ class ContextHead(Head):
                 if cfg.missing_dropout > 0:
                     pres = pres & (rng.random(len(rows)) >= cfg.missing_dropout)
                 b = data.batch(seqs, present=pres, with_exo=self._use_exo)
-                yield net.loss(b, cfg.label_smoothing), int((b["y"] >= 0).sum())
+                yield net.loss(b, cfg.label_smoothing, gen), int((b["y"] >= 0).sum())
 
         yield from optimise(opt, total, warmup, epochs, epoch_batches, clip=(list(net.parameters()), cfg.grad_clip))
 
@@ -245,8 +246,7 @@ class ContextHead(Head):
         return {k: v.detach().cpu().clone() for k, v in self._net.state_dict().items()}
 
     def finish(self, snapshot: dict) -> None:
-        with torch.random.fork_rng(devices=[]):
-            model = self.build_model(self._net.cfg)
+        model = self.build_model(self._net.cfg, torch.Generator())  # values replaced below
         model.load_state_dict(snapshot)
         if self._P is not None:
             model.fold_input_transform(self._P.cpu())

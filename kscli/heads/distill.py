@@ -47,46 +47,53 @@ class DistillNet(StackedNet):
         self._norm_params("s_ln1", h)
         self._linear_params("s_fc2", h, self.num_classes, std=0.02)
         self._linear_params("t_fc1", d, h, std=1.0 / math.sqrt(d + dx))
-        self._param("t_exo_w", trunc_normal((dx, h), 1.0 / math.sqrt(d + dx)))
+        self._param("t_exo_w", trunc_normal((dx, h), 1.0 / math.sqrt(d + dx), self.init_generator))
         self._norm_params("t_ln1", h)
         self._linear_params("t_fc2", h, self.num_classes, std=0.02)
 
-    def _drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
-        return dropout(x, p, self.training, x.shape[-2:])  # one mask for every member
+    @staticmethod
+    def _drop(x: torch.Tensor, p: float, gen: torch.Generator | None) -> torch.Tensor:
+        return dropout(x, p, gen, x.shape[-2:])  # one mask for every member
 
-    def _student(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self._drop(x, self.cfg["input_dropout"])
+    def student(self, x: torch.Tensor, gen: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every member's student on prepared ego (B, D): hidden (G, B, H), logits (G, B, C)."""
+        x = self._drop(x, self.cfg["input_dropout"], gen)
         h = layer_norm(linear(x, self.s_fc1_w, self.s_fc1_b), self.s_ln1_g, self.s_ln1_b)
-        a = self._drop(F.gelu(h), self.cfg["dropout"])
+        a = self._drop(F.gelu(h), self.cfg["dropout"], gen)
         return h, linear(a, self.s_fc2_w, self.s_fc2_b)
 
-    def pool_exo(self, exo: torch.Tensor, exo_mask: torch.Tensor) -> torch.Tensor:
+    def pool_exo(self, exo: torch.Tensor, exo_mask: torch.Tensor,
+                 gen: torch.Generator | None = None) -> torch.Tensor:
         """Mean of the seen views of prepared exo (B, V, Dx) -> (B, Dx) (kscli.heads.teacher)."""
-        return mean_of_views(exo, seen_views(exo_mask, float(self.cfg["view_dropout"]), self.training))[0]
+        return mean_of_views(exo, seen_views(exo_mask, float(self.cfg["view_dropout"]), gen))[0]
 
-    def _teacher(self, x: torch.Tensor, exo_pooled: torch.Tensor):
+    def teacher(self, x: torch.Tensor, exo_pooled: torch.Tensor, gen: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every member's teacher on prepared ego (B, D) and pooled exo (B, Dx): hidden, logits."""
         G = self.members
-        pre = linear(self._drop(x, self.cfg["input_dropout"]), self.t_fc1_w, self.t_fc1_b)
+        pre = linear(self._drop(x, self.cfg["input_dropout"], gen), self.t_fc1_w, self.t_fc1_b)
         pre = pre + torch.bmm(exo_pooled.unsqueeze(0).expand(G, *exo_pooled.shape), self.t_exo_w)
         h = layer_norm(pre, self.t_ln1_g, self.t_ln1_b)
-        a = self._drop(F.gelu(h), self.cfg["dropout"])
+        a = self._drop(F.gelu(h), self.cfg["dropout"], gen)
         return h, linear(a, self.t_fc2_w, self.t_fc2_b)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._student(x)[1]
+    def _logits(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        return self.student(x, gen)[1]
 
     def teacher_member_logits(self, x: torch.Tensor, exo: torch.Tensor,
                               exo_mask: torch.Tensor) -> torch.Tensor:
         """Every member's teacher logits (G, B, C) on prepared ego / exo."""
-        return self._teacher(x, self.pool_exo(exo, exo_mask))[1]
+        return self.teacher(x, self.pool_exo(exo, exo_mask), None)[1]
 
     def loss(self, batch: dict, label_smoothing: float = 0.0,
-             class_weight: torch.Tensor | None = None) -> torch.Tensor:
+             class_weight: torch.Tensor | None = None, gen: torch.Generator | None = None
+             ) -> torch.Tensor:
         """Per member (G,): the teacher's combined loss (kscli.heads.teacher), every member at once."""
         x, y = batch["ego"], batch["y"]
-        teacher = self._teacher(x, self.pool_exo(batch["exo"], batch["exo_mask"]))
+        teacher = self.teacher(x, self.pool_exo(batch["exo"], batch["exo_mask"], gen), gen)
         return teacher_loss(lambda logits: stacked_cross_entropy(logits, y, label_smoothing, class_weight),
-                            self._student(x), teacher, self.cfg, mean=lambda t: t.mean(1))
+                            self.student(x, gen), teacher, self.cfg, mean=lambda t: t.mean(1))
 
 
 @register_head

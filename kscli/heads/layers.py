@@ -10,7 +10,11 @@ Conventions
 * `predict_logits(ego)` takes *raw* ego features, (N, D) or (N, T, D), and returns (N, C) for
   a G=1 net. It standardises with the train statistics stored as buffers (`ego_mean`,
   `ego_std`), so a checkpoint is self-contained. Inference never needs exo.
-* `loss(batch, label_smoothing, class_weight)` returns per-member losses (G,). The batch holds
+* Randomness is passed, never global: the initial weights are drawn from the `generator` the
+  net is built with (`self.init_generator` inside `_build`), and the training draws (dropout,
+  view dropout) from the `gen` that `loss` and `_logits` take in training (a generator on the
+  net's device; None at evaluation: no dropout).
+* `loss(batch, label_smoothing, class_weight, gen)` returns per-member losses (G,). The batch holds
   *prepared* tensors (see `prepare_ego` / `prepare_exo`; the trainer standardises the whole
   set once instead of every mini-batch): `ego`, `y`, and for nets with `uses_exo`, `exo`
   (B, V, Dx) and `exo_mask` (B, V).
@@ -48,9 +52,10 @@ def stacked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing
     return per.sum(1) / class_weight[y].sum().clamp_min(1e-12)
 
 
-def trunc_normal(shape, std: float) -> torch.Tensor:
+def trunc_normal(shape, std: float, generator: torch.Generator) -> torch.Tensor:
+    """A normal(0, std) tensor truncated at +-2 std, drawn from `generator`."""
     t = torch.empty(shape)
-    nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+    nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std, generator=generator)
     return t
 
 
@@ -69,15 +74,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
 
 # ----------------------------------------------------------------------------- base class
 class StackedNet(nn.Module):
-    """G stacked copies of a network. Subclasses implement `_build` and `_logits(x) -> (G, B, C)`
-    on prepared (standardised) input."""
+    """G stacked copies of a network. Subclasses implement `_build` (drawing initial values from
+    `self.init_generator`) and `_logits(x, gen=None) -> (G, B, C)` on prepared (standardised)
+    input."""
 
     head_name: str = ""  # for messages: the head this net belongs to
     sequence_input: bool = False  # True: takes (B, T, D); otherwise (B, D) (T mean-pooled)
     uses_exo: bool = False  # True: loss() uses batch["exo"], batch["exo_mask"]
     input_weights: tuple[str, ...] = ()  # (G, D, *) params that act linearly on the ego input
 
-    def __init__(self, in_dim: int, num_classes: int, cfg: dict | None = None, members: int = 1):
+    def __init__(self, in_dim: int, num_classes: int, cfg: dict | None = None, members: int = 1, *,
+                 generator: torch.Generator):
+        """`generator` draws the initial weights (a CPU generator; a net whose state is loaded
+        next may take any, e.g. `torch.Generator()`)."""
         super().__init__()
         if in_dim < 1 or num_classes < 2 or members < 1:
             raise KscliError(f"head {self.head_name!r}: need in_dim >= 1, num_classes >= 2, "
@@ -94,7 +103,9 @@ class StackedNet(nn.Module):
             self.cfg["exo_dim"] = exo_dim
             self.register_buffer("exo_mean", torch.zeros(exo_dim))
             self.register_buffer("exo_std", torch.ones(exo_dim))
+        self.init_generator = generator
         self._build()
+        self.init_generator = None  # the module keeps no generator
 
     # -- construction helpers
     def _build(self) -> None:  # pragma: no cover - abstract
@@ -109,7 +120,8 @@ class StackedNet(nn.Module):
             self.no_decay.add(name)
 
     def _linear_params(self, prefix: str, d_in: int, d_out: int, std: float | None = 0.02) -> None:
-        w = torch.zeros(d_in, d_out) if std is None else trunc_normal((d_in, d_out), std)
+        w = torch.zeros(d_in, d_out) if std is None else trunc_normal((d_in, d_out), std,
+                                                                       self.init_generator)
         self._param(f"{prefix}_w", w)
         self._param(f"{prefix}_b", torch.zeros(1, d_out), decay=False)
 
@@ -149,11 +161,12 @@ class StackedNet(nn.Module):
         return torch.where(exo_mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype))
 
     # -- forward
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def _logits(self, x: torch.Tensor, gen: torch.Generator | None = None
+                ) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def member_logits(self, x_prepared: torch.Tensor) -> torch.Tensor:
-        """All members' logits (G, B, C) on prepared input."""
+        """All members' logits (G, B, C) on prepared input, without dropout."""
         return self._logits(x_prepared)
 
     def predict_logits(self, ego) -> torch.Tensor:
@@ -167,9 +180,10 @@ class StackedNet(nn.Module):
         return self.predict_logits(ego)
 
     def loss(self, batch: dict, label_smoothing: float = 0.0,
-             class_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-member training loss (G,) on a prepared batch."""
-        return stacked_cross_entropy(self._logits(batch["ego"]), batch["y"], label_smoothing,
+             class_weight: torch.Tensor | None = None, gen: torch.Generator | None = None
+             ) -> torch.Tensor:
+        """Per-member training loss (G,) on a prepared batch; `gen` draws the dropout masks."""
+        return stacked_cross_entropy(self._logits(batch["ego"], gen), batch["y"], label_smoothing,
                                      class_weight)
 
     @torch.no_grad()
@@ -187,8 +201,8 @@ class StackedNet(nn.Module):
         """Member g as a new G=1 head of the same kind (its parameters and the buffers copied)."""
         if not 0 <= g < self.members:
             raise IndexError(f"member {g} out of range 0..{self.members - 1}")
-        with torch.random.fork_rng(devices=[]):
-            out = type(self)(self.in_dim, self.num_classes, self.cfg, members=1)
+        out = type(self)(self.in_dim, self.num_classes, self.cfg, members=1,
+                         generator=torch.Generator())  # its values are replaced below
         params = dict(self.named_parameters())
         state = {k: (params[k][g:g + 1] if k in params else v).detach().clone()
                  for k, v in self.state_dict().items()}

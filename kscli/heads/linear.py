@@ -25,8 +25,8 @@ class LinearNet(StackedNet):
     def _build(self) -> None:
         self._linear_params("fc", self.in_dim, self.num_classes, std=None)  # zero init
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.fc_w, self.fc_b)
+    def _logits(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        return linear(x, self.fc_w, self.fc_b)  # no dropout: gen is not needed
 
 
 @register_head

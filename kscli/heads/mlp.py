@@ -30,10 +30,10 @@ class MLPNet(StackedNet):
         self._norm_params("ln1", h)
         self._linear_params("fc2", h, self.num_classes, std=0.02)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = dropout(x, self.cfg["input_dropout"], self.training, x.shape[-2:])
+    def _logits(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        x = dropout(x, self.cfg["input_dropout"], gen, x.shape[-2:])
         h = layer_norm(linear(x, self.fc1_w, self.fc1_b), self.ln1_g, self.ln1_b)
-        h = dropout(F.gelu(h), self.cfg["dropout"], self.training, h.shape[-2:])
+        h = dropout(F.gelu(h), self.cfg["dropout"], gen, h.shape[-2:])
         return linear(h, self.fc2_w, self.fc2_b)
 
 

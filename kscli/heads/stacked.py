@@ -25,8 +25,8 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, option
-from kscli.heads.common import (apply_right, as_f32, feature_stats, optimise, mean_over_windows,
-                                preconditioner)
+from kscli.heads.common import (apply_right, as_f32, feature_stats, generator, optimise,
+                                mean_over_windows, preconditioner)
 from kscli.heads.layers import StackedNet
 
 
@@ -125,8 +125,8 @@ class StackedHead(Head):
     Net: ClassVar[type[StackedNet]]
     stacks = True
 
-    def build_model(self, model_cfg: dict, members: int = 1) -> StackedNet:
-        return self.Net(self.in_dim, self.num_classes, model_cfg, members=members)
+    def build_model(self, model_cfg: dict, generator: torch.Generator, members: int = 1) -> StackedNet:
+        return self.Net(self.in_dim, self.num_classes, model_cfg, members=members, generator=generator)
 
     def small_steps(self, train, fit_rows, members: int) -> bool:
         return members * min(self.cfg.batch_size, len(fit_rows)) * train.dim \
@@ -141,7 +141,7 @@ class StackedHead(Head):
         model_cfg = cfg.model_cfg()
         if uses_exo:
             model_cfg["exo_dim"] = int(train.exo.shape[-1])
-        net = self.build_model(model_cfg, members)
+        net = self.build_model(model_cfg, generator(cfg.seed), members)
         # the fit rows: pooled, standardised once with their own statistics, one tensor
         pooled = net.pool_ego(as_f32(train.ego))  # no copy for float32 (N, D) input
         fit_t = torch.from_numpy(np.asarray(fit_rows, dtype=np.int64))
@@ -164,8 +164,7 @@ class StackedHead(Head):
         self._sel = self._selection(net, select, dev)
         rho, self._P = None, None
         if cfg.precondition > 0:
-            self._P, rho = preconditioner(self._fit[0], cfg.precondition,
-                                          torch.Generator().manual_seed(cfg.seed))
+            self._P, rho = preconditioner(self._fit[0], cfg.precondition, generator(cfg.seed))
             apply_right(self._fit[0], self._P)
             apply_right(self._sel["x"], self._P)
         self._cw = None
@@ -190,19 +189,19 @@ class StackedHead(Head):
                 sel["exo"], sel["exo_mask"] = net.prepare_exo(exo[rows].to(dev), m), m
         return sel
 
-    def train_members(self, grid) -> Iterator[np.ndarray]:
+    def train_members(self, grid, gen: torch.Generator) -> Iterator[np.ndarray]:
         cfg, net = self.cfg, self._net
         x_fit, y_fit = self._fit
         dev = x_fit.device
         bs, _, epochs, total, warmup = self._plan
         opt = StackedAdamW(list(net.named_parameters()), [lr for lr, _ in grid],
                            [wd for _, wd in grid], net.no_decay, betas=cfg.betas)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        order = generator(cfg.seed)  # the batches: the same for every chunk of a grid
         n_fit = len(y_fit)
         net.train()
 
         def epoch_batches():  # every member's losses (G,) on one batch, weighted by its segments
-            perm = torch.randperm(n_fit, generator=gen)
+            perm = torch.randperm(n_fit, generator=order)
             for i in range(0, n_fit, bs):
                 idx = perm[i:i + bs]
                 batch = {"ego": x_fit[idx.to(dev)], "y": y_fit[idx.to(dev)]}
@@ -211,7 +210,7 @@ class StackedHead(Head):
                     rows = fit_t[idx]
                     m = mask_all[rows].to(dev)
                     batch["exo"], batch["exo_mask"] = net.prepare_exo(exo_all[rows].to(dev), m), m
-                yield net.loss(batch, cfg.label_smoothing, self._cw), len(idx)
+                yield net.loss(batch, cfg.label_smoothing, self._cw, gen), len(idx)
 
         yield from optimise(opt, total, warmup, epochs, epoch_batches)
 

@@ -41,11 +41,12 @@ class TeacherOptions:
             raise KscliError("alpha, beta and teacher_weight must be >= 0")
 
 
-def seen_views(mask: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+def seen_views(mask: torch.Tensor, p: float, gen: torch.Generator | None) -> torch.Tensor:
     """The exo views (..., V) the teacher sees: the present ones, each dropped with probability
-    `p` while training."""
-    if training and p > 0:
-        return mask & (torch.rand(mask.shape, device=mask.device) >= p)
+    `p` in training, drawn from `gen` (a generator on mask's device; None: evaluation, every
+    present view is seen)."""
+    if gen is not None and p > 0:
+        return mask & (torch.rand(mask.shape, device=mask.device, generator=gen) >= p)
     return mask
 
 

@@ -5,12 +5,16 @@
          rows; whole takes for the context head), or every fit row and `val` with
          select_on='val'. The selection split is never the split that gets reported.
       2. head.prepare: statistics on the fit rows, tensors, the model (G grid members when
-         the head stacks, else 1), under the config's seed.
+         the head stacks, else 1), its initial weights drawn from a generator seeded with the
+         config's seed.
       3. the grid: a stacking head trains all (lr, wd) members in one pass (one chunk); any
-         other head trains them one after another. Before each chunk the training stream is
-         seeded again (seed + TRAIN_STREAM, not the stream the initial weights came from), so
-         every member starts from the same weights and sees the same batches and dropout
-         masks: members differ only by lr / wd.
+         other head trains them one after another. Each chunk gets a new generator for its
+         training draws (dropout, view dropout), on the training device, seeded with
+         seed + TRAIN_STREAM (not the stream the initial weights came from), so every member
+         starts from the same weights and sees the same batches and dropout masks: members
+         differ only by lr / wd. Randomness is passed, never global: torch's global generators
+         are the caller's, and a head that draws from them (a plugin's nn.Linear or
+         F.dropout) is stopped with one line, since its runs would not repeat.
       4. after every epoch each member's top-1 and NLL on the selection split (and its
          teacher's top-1, for heads with an ego + exo teacher) go into the history.
       5. selection: the member with the best selection top-1 after its last epoch; ties go to
@@ -33,8 +37,8 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head
-from kscli.heads.common import (check_selection_val, check_train_labels, log, reseed, seeded,
-                                torch_threads)
+from kscli.heads.common import (check_selection_val, check_train_labels, generator,
+                                global_rng_states, log, torch_threads)
 from kscli.heads.featureset import FeatureSet
 
 
@@ -166,8 +170,10 @@ def train_grid(head: Head, train: FeatureSet, val: FeatureSet | None = None,
     if threads is None and head.small_steps(train, fit_rows, len(chunks[0])):
         threads = 1
     check_memory(head, train, len(chunks[0]), dev)
-    with torch_threads(threads), seeded(cfg.seed, dev), _one_line_when_out_of_memory(head):
+    untouched = _GlobalRngWatch(head, dev)
+    with torch_threads(threads), _one_line_when_out_of_memory(head):
         info = head.prepare(train, fit_rows, select, len(chunks[0]), notes)
+        untouched.check("building its model")
         if info["n_select"] == 0:
             where = "val" if cfg.select_on == "val" else "the holdout of train"
             raise KscliError(f"{where} has no labelled segment with an ego feature to select "
@@ -180,9 +186,10 @@ def train_grid(head: Head, train: FeatureSet, val: FeatureSet | None = None,
         curves = Curves(G, info["epochs"])
         best = None  # (key, snapshot)
         for chunk in chunks:
-            reseed(cfg.seed + TRAIN_STREAM, dev)  # not the stream that drew the initial weights
+            draws = generator(cfg.seed + TRAIN_STREAM, dev)  # not the stream of the initial weights
             t_m = time.perf_counter()
-            for ep, loss in enumerate(head.train_members([grid[g] for g in chunk])):
+            for ep, loss in enumerate(head.train_members([grid[g] for g in chunk], draws)):
+                untouched.check("training")
                 scores = score_members(head)
                 now = time.perf_counter()
                 curves.add(chunk, ep, loss, *scores, now - t_m)
@@ -224,6 +231,21 @@ def train_grid(head: Head, train: FeatureSet, val: FeatureSet | None = None,
     return TrainResult(head=head, selected=selected, grid=curves.grid_rows(grid),
                        history=history, timings=timings, fit_rows=np.asarray(fit_rows),
                        holdout_rows=hold_rows, notes=notes)
+
+
+class _GlobalRngWatch:
+    """Stops a head that draws from torch's global generators (the caller's): its results would
+    not repeat with the same seed, and the caller's random stream would move."""
+
+    def __init__(self, head: Head, dev: torch.device):
+        self.head, self.dev, self.states = head, dev, global_rng_states(dev)
+
+    def check(self, doing: str) -> None:
+        if not all(torch.equal(a, b) for a, b in zip(self.states, global_rng_states(self.dev))):
+            raise KscliError(f"head {self.head.name!r} drew from torch's global random generator while "
+                             f"{doing}, so the same seed would not give the same run: draw from the "
+                             "generators kscli passes (build_model's `generator`; the `gen` of "
+                             "train_members, loss and _logits), e.g. torch.randn(..., generator=gen)")
 
 
 def available_memory(dev: torch.device) -> int | None:
