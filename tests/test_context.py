@@ -169,6 +169,35 @@ def test_training_leaves_global_rng_and_threads_alone(sets):
     assert torch.get_num_threads() == threads
 
 
+def test_attention_dropout_draws_from_the_passed_generator(sets, monkeypatch):
+    """attn_dropout > 0 is applied by hand (SDPA's own would draw from torch's global generator):
+    the same seed gives the same head whatever the global seed, and without the dropout the hand
+    path computes what scaled_dot_product_attention does."""
+    import kscli.heads.context_net as context_net
+
+    train, test = sets
+    small = train.subset(np.flatnonzero(np.isin(train.take, sorted(set(train.take))[:20])))
+    cfg = small_cfg(epochs=2, attn_dropout=0.2)
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        runs.append(predict_context_proba(train_context_head(cfg, small, C, progress=False).head, test))
+    assert np.array_equal(runs[0], runs[1])
+
+    net = context_net.ContextNet(D, C, {**cfg.model_cfg(), "exo_dim": 0},
+                                 generator=torch.Generator().manual_seed(0))
+    blk = net.student.blocks[0]
+    n, B, L = 7, 2, 4
+    x = torch.randn(n, 32, generator=torch.Generator().manual_seed(1))
+    idx = torch.tensor([0, 1, 2, 3, 4, 5, 6])
+    bias = torch.zeros(B, 2, L, L)
+    bias[1, :, :, 3] = float("-inf")  # the second take has 3 tokens
+    by_sdpa = blk(x, idx, (B, L), bias, None)
+    monkeypatch.setattr(context_net, "dropout", lambda t, p, gen, mask_shape=None: t)
+    by_hand = blk(x, idx, (B, L), bias, torch.Generator())
+    torch.testing.assert_close(by_hand, by_sdpa)
+
+
 # ----------------------------------------------------------------------------- inference
 def test_checkpoint_round_trip_gives_identical_probabilities(sets, trained):
     _, test = sets
