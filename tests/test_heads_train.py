@@ -14,7 +14,8 @@ from kscli.heads.metrics import compute_metrics, format_summary
 from kscli.heads.base import config_for, head_class, list_heads, load_head
 from kscli.heads.common import dropout
 from kscli.heads.mlp import MLPHead, MLPNet
-from kscli.heads.stacked import StackedAdamW, class_balance_weights
+from kscli.heads.optim import StackedAdamW
+from kscli.heads.stacked import class_balance_weights
 from kscli.heads.train import stratified_holdout, train_head
 
 C, D, V = 6, 24, 3

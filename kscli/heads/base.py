@@ -7,14 +7,14 @@ only place its defaults live; every field carries a one-line meaning, which is w
 
 What a head does, in the order `kscli.heads.train.train_grid` calls it (one driver for every head):
 
-    split(train, labels, notes)       -> (fit rows, holdout rows): the selection split
-    prepare(train, fit, select, G)    statistics, tensors, the model with G grid members
-    train_members(grid, gen)          one epoch per next(); yields the train loss per member
-    selection_batches()               (student logits (G, b, C), teacher logits or None, y)
-    snapshot(g) / finish(snapshot)    keep grid member g; make it the head's model
-    predict_proba(fs)                 (N, C) for every row of a FeatureSet, from ego alone
-    teacher_proba(fs)                 the ego + exo teacher's (N, C), or None (no teacher)
-    state() / from_state(ckpt)        the checkpoint dict, and back
+    holdout_split(train, labels, notes)  -> (fit rows, holdout rows): the selection split
+    prepare(train, fit, select, G)       statistics, tensors, the model with G grid members
+    train_members(grid, gen)             one epoch per next(); yields the train loss per member
+    selection_batches()                  (student logits (G, b, C), teacher logits or None, y)
+    snapshot(g) / finish(snapshot)       keep grid member g; make it the head's model
+    predict_proba(fs)                    (N, C) for every row of a FeatureSet, from ego alone
+    teacher_proba(fs)                    the ego + exo teacher's (N, C), or None (no teacher)
+    state() / from_state(ckpt)           the checkpoint dict, and back
 
 `stacks = True` heads train the whole lr x wd grid as one module (G members); the others
 train one member after another. See docs/design.md for a worked example of a new head.
@@ -58,6 +58,13 @@ def register_head(cls: type["Head"]) -> type["Head"]:
     cls.Config.head = cls.name
     _HEADS[cls.name] = cls
     return cls
+
+
+def unregister_head(name: str) -> None:
+    """Forget head `name` (a head registered for a while, as tests do); unknown names are refused."""
+    if name not in _HEADS:
+        raise KscliError(f"unknown head {name!r}: nothing to unregister")
+    del _HEADS[name]
 
 
 def _load_heads() -> None:
@@ -194,19 +201,19 @@ class Head:
         return train_grid(self, train, val, progress)
 
     # -- training steps (called by kscli.heads.train.train_grid)
-    def split(self, train, labels: np.ndarray, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def holdout_split(self, train, labels: np.ndarray, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(fit rows, holdout rows) of train: a stratified holdout of the labelled rows."""
         from kscli.heads.train import labelled_rows, stratified_holdout
 
         rows = labelled_rows(train, labels, notes)
-        fit, hold = stratified_holdout(labels[rows], self.cfg.holdout_fraction, self.cfg.seed)
-        if len(hold) == 0:  # every class has a single example: a plain random holdout
+        kept, held = stratified_holdout(labels[rows], self.cfg.holdout_fraction, self.cfg.seed)
+        if len(held) == 0:  # every class has a single example: a plain random holdout
             k = max(1, int(round(self.cfg.holdout_fraction * len(rows))))
-            hold = np.sort(np.random.default_rng(self.cfg.seed).permutation(len(rows))[:k])
-            fit = np.setdiff1d(np.arange(len(rows)), hold)
+            held = np.sort(np.random.default_rng(self.cfg.seed).permutation(len(rows))[:k])
+            kept = np.setdiff1d(np.arange(len(rows)), held)
             notes.append(f"no class has 2 examples, so the holdout ({k} segments) is not "
                          f"stratified and its classes are missing from training")
-        return rows[fit], rows[hold]
+        return rows[kept], rows[held]
 
     def fit_rows(self, train, labels: np.ndarray, notes: list[str]) -> np.ndarray:
         """The rows training uses when selection is on val (no holdout): labelled rows."""

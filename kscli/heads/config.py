@@ -25,15 +25,26 @@ def option(default, help: str, model: bool = False):
     return field(default=default, metadata={"help": help, "model": model})
 
 
+def grid_lrs(*default: float):
+    """The `lrs` option with a head's own default (its meaning written once, here)."""
+    return option(tuple(default), "learning rates of the grid (each x each weight decay)")
+
+
+def grid_weight_decays(*default: float):
+    """The `weight_decays` option with a head's own default (its meaning written once, here)."""
+    return option(tuple(default), "decoupled (AdamW) weight decays of the grid")
+
+
 # ----------------------------------------------------------------------------- config
 @dataclass
 class HeadConfig:
     """What every head's training has: the lr x wd grid, the schedule, the selection rule,
     where it runs. A head's Config subclasses this, adds its own fields and may redeclare a
-    field to change its default."""
+    field to change its default (`lrs` and `weight_decays` with `grid_lrs` /
+    `grid_weight_decays`)."""
 
-    lrs: tuple[float, ...] = option((1e-3,), "learning rates of the grid (each x each weight decay)")
-    weight_decays: tuple[float, ...] = option((0.0,), "decoupled (AdamW) weight decays of the grid")
+    lrs: tuple[float, ...] = grid_lrs(1e-3)
+    weight_decays: tuple[float, ...] = grid_weight_decays(0.0)
     epochs: int | None = option(None, "epochs; none: enough for min_steps optimizer steps, "
                                       "within min_epochs..max_epochs")
     min_epochs: int = option(2, "fewest epochs when epochs is none")

@@ -89,8 +89,10 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, option, register_head
-from kscli.heads.common import (apply_right, feature_stats, generator, mean_over_windows, optimise,
-                                preconditioner)
+from kscli.heads.config import grid_lrs, grid_weight_decays
+from kscli.heads.common import exo_views, generator
+from kscli.heads.optim import decay_groups, optimise
+from kscli.heads.stats import apply_right, feature_stats, preconditioner
 from kscli.heads.context_net import ContextNet
 from kscli.heads.teacher import TeacherOptions
 from kscli.heads.takes import (Takes, augment, ego_present, group_takes,
@@ -101,8 +103,8 @@ from kscli.heads.takes import (Takes, augment, ego_present, group_takes,
 class ContextConfig(TeacherOptions, HeadConfig):
     """Defaults tuned with bench/context.py: ~20,000 segments x 1,024-d x 278 classes, 2 cores."""
 
-    lrs: tuple[float, ...] = option((2e-3, 4e-3), "learning rates of the grid")
-    weight_decays: tuple[float, ...] = option((0.05,), "decoupled (AdamW) weight decays of the grid")
+    lrs: tuple[float, ...] = grid_lrs(2e-3, 4e-3)
+    weight_decays: tuple[float, ...] = grid_weight_decays(0.05)
     min_epochs: int = option(4, "fewest epochs when epochs is none")
     min_steps: int = option(500, "optimizer steps to reach when epochs is none")
     max_epochs: int = option(40, "most epochs when epochs is none (small sets: see the docs)")
@@ -151,7 +153,7 @@ class ContextHead(Head):
     has_teacher = True
 
     # -- the selection split: whole takes
-    def split(self, train, labels, notes):
+    def holdout_split(self, train, labels, notes):
         take = _takes_of(train, labels, notes)
         fit_takes, hold_takes = take_holdout(take, labels, self.cfg.holdout_fraction,
                                              self.cfg.seed)
@@ -215,12 +217,10 @@ class ContextHead(Head):
         bs, _, epochs, total, warmup = self._plan
         net.load_state_dict(self._init)
         net.train()
-        nd = net.no_decay_names()
-        params = list(net.named_parameters())
-        opt = torch.optim.AdamW(
-            [{"params": [p for n, p in params if n not in nd], "weight_decay": wd},
-             {"params": [p for n, p in params if n in nd], "weight_decay": 0.0}],
-            lr=lr, betas=cfg.betas, fused=True)
+        decayed, undecayed = decay_groups(net.named_parameters(), net.no_decay_names())
+        opt = torch.optim.AdamW([{"params": decayed, "weight_decay": wd},
+                                 {"params": undecayed, "weight_decay": 0.0}],
+                                lr=lr, betas=cfg.betas, fused=True)
         rng = np.random.default_rng(cfg.seed)  # the same batches / augmentation per member
         groups = self._fit_groups
 
@@ -304,9 +304,8 @@ def _set_statistics(net: ContextNet, train, ego: torch.Tensor, in_fit: np.ndarra
     traw, _ = time_features(train.start, train.end, groups)
     net.time_mean[:], net.time_std[:] = feature_stats(torch.from_numpy(traw[in_fit]))
     if use_exo:
-        mask = torch.from_numpy(np.asarray(train.exo_mask, dtype=bool))
-        net.exo_mean[:], net.exo_std[:] = feature_stats(
-            mean_over_windows(train.exo, 4), mask & torch.from_numpy(in_fit)[:, None])
+        exo, mask = exo_views(train)
+        net.exo_mean[:], net.exo_std[:] = feature_stats(exo, mask & torch.from_numpy(in_fit)[:, None])
 
 
 @torch.no_grad()

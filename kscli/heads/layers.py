@@ -95,7 +95,7 @@ class StackedNet(nn.Module):
         self.num_classes = int(num_classes)
         self.members = int(members)
         self.cfg = dict(cfg or {})
-        self.no_decay: set[str] = set()
+        self._no_decay: set[str] = set()
         self.register_buffer("ego_mean", torch.zeros(self.in_dim))
         self.register_buffer("ego_std", torch.ones(self.in_dim))
         if self.uses_exo:
@@ -117,7 +117,11 @@ class StackedNet(nn.Module):
         p = nn.Parameter(init.unsqueeze(0).repeat(self.members, *([1] * init.dim())).contiguous())
         self.register_parameter(name, p)
         if not decay:
-            self.no_decay.add(name)
+            self._no_decay.add(name)
+
+    def no_decay_names(self) -> set[str]:
+        """The parameters weight decay leaves alone (registered with decay=False)."""
+        return set(self._no_decay)
 
     def _linear_params(self, prefix: str, d_in: int, d_out: int, std: float | None = 0.02) -> None:
         w = torch.zeros(d_in, d_out) if std is None else trunc_normal((d_in, d_out), std,

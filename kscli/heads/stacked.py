@@ -8,7 +8,7 @@ member exactly its own gradient (members share no parameters); `StackedAdamW` gi
 own lr and weight decay under one schedule (torch's schedulers drive its lr factor).
 
 Preconditioning (`precondition`, on by default): the standardised ego features are multiplied
-by P = c (S_lw + lambda I)^-1/2 (`kscli.heads.common.preconditioner`) for training, and P is
+by P = c (S_lw + lambda I)^-1/2 (`kscli.heads.stats.preconditioner`) for training, and P is
 folded into the net's input weights afterwards, so the saved head reads plain standardised
 features. Backbone features are strongly correlated; AdamW on the raw standardised features
 needs many more epochs (see bench/heads.py).
@@ -25,8 +25,10 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, option
-from kscli.heads.common import (apply_right, as_f32, feature_stats, generator, optimise,
-                                mean_over_windows, preconditioner)
+from kscli.heads.config import grid_lrs, grid_weight_decays
+from kscli.heads.common import as_f32, exo_views, generator
+from kscli.heads.optim import StackedAdamW, optimise
+from kscli.heads.stats import apply_right, feature_stats, preconditioner
 from kscli.heads.layers import StackedNet
 
 
@@ -50,8 +52,8 @@ class NetworkConfig(StackedConfig):
     """What the heads with a hidden network share (mlp, distill, attentive): their grid and how
     long they train (tuned with bench/heads.py: 20,000 x 1,024 x 278 features, 2 CPU cores)."""
 
-    lrs: tuple[float, ...] = option((1e-3, 3e-3), "learning rates of the grid")
-    weight_decays: tuple[float, ...] = option((0.05, 0.5), "decoupled (AdamW) weight decays of the grid")
+    lrs: tuple[float, ...] = grid_lrs(1e-3, 3e-3)
+    weight_decays: tuple[float, ...] = grid_weight_decays(0.05, 0.5)
     min_epochs: int = option(4, "fewest epochs when epochs is none")
     min_steps: int = option(200, "optimizer steps to reach when epochs is none")
 
@@ -79,43 +81,6 @@ def class_balance_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-class StackedAdamW(torch.optim.Optimizer):
-    """AdamW over stacked parameters (G, ...) with a learning rate and a decoupled weight decay
-    per member (G values each); the same update as torch.optim.AdamW, member by member. A param
-    group's `lr` is a factor on every member's lr (1.0 at the start), which is what torch's lr
-    schedulers set. Names in `no_decay` (biases, LayerNorm affines) are not decayed."""
-
-    def __init__(self, named_params, lrs, wds, no_decay=frozenset(), betas=(0.9, 0.999),
-                 eps: float = 1e-8):
-        named = [(n, p) for n, p in named_params if p.requires_grad]
-        groups = [{"params": [p for n, p in named if n not in no_decay], "decay": True},
-                  {"params": [p for n, p in named if n in no_decay], "decay": False}]
-        super().__init__([g for g in groups if g["params"]],
-                         {"lr": 1.0, "betas": tuple(betas), "eps": eps})
-        dev = named[0][1].device
-        self.member_lrs = torch.as_tensor(lrs, dtype=torch.float32, device=dev)
-        self.member_wds = torch.as_tensor(wds, dtype=torch.float32, device=dev)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
-                st["step"] += 1
-                per_member = (-1,) + (1,) * (p.dim() - 1)
-                lr = (self.member_lrs * group["lr"]).view(per_member)
-                if group["decay"]:
-                    p.mul_(1.0 - lr * self.member_wds.view(per_member))
-                g, m, v = p.grad, st["m"], st["v"]
-                m.lerp_(g, 1.0 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-                denom = (v / (1.0 - b2 ** st["step"])).sqrt_().add_(group["eps"])
-                p.addcdiv_(m * (lr / (1.0 - b1 ** st["step"])), denom, value=-1.0)
 
 
 class StackedHead(Head):
@@ -151,7 +116,7 @@ class StackedHead(Head):
         x_fit.sub_(mean).div_(std)
         exo_stats = (None, None)
         if uses_exo:  # raw exo stays where it is (no copy); batches are standardised
-            exo_all, mask_all = pooled_exo(train)
+            exo_all, mask_all = exo_views(train)
             in_fit = torch.zeros(len(mask_all), dtype=torch.bool)
             in_fit[fit_t] = True
             exo_stats = feature_stats(exo_all, mask_all & in_fit[:, None])
@@ -184,7 +149,7 @@ class StackedHead(Head):
             sel = {"x": net.prepare_ego(as_f32(np.asarray(select.ego)[rows]).to(dev)),
                    "y": torch.from_numpy(np.asarray(select.labels, dtype=np.int64)[rows]).to(dev)}
             if self.has_teacher and select.has_exo():
-                exo, mask = pooled_exo(select)
+                exo, mask = exo_views(select)
                 m = mask[rows].to(dev)
                 sel["exo"], sel["exo_mask"] = net.prepare_exo(exo[rows].to(dev), m), m
         return sel
@@ -195,7 +160,7 @@ class StackedHead(Head):
         dev = x_fit.device
         bs, _, epochs, total, warmup = self._plan
         opt = StackedAdamW(list(net.named_parameters()), [lr for lr, _ in grid],
-                           [wd for _, wd in grid], net.no_decay, betas=cfg.betas)
+                           [wd for _, wd in grid], net.no_decay_names(), betas=cfg.betas)
         order = generator(cfg.seed)  # the batches: the same for every chunk of a grid
         n_fit = len(y_fit)
         net.train()
@@ -258,8 +223,3 @@ class StackedHead(Head):
             r = rows[i:i + bs]
             out[r] = logits_fn(as_f32(ego[r]).to(dev), r).softmax(-1).float().cpu().numpy()
         return out
-
-
-def pooled_exo(fs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw exo (N, V, D) float32 (windows averaged) and its mask (N, V) as tensors."""
-    return mean_over_windows(fs.exo, 4), torch.from_numpy(np.asarray(fs.exo_mask, dtype=bool))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from kscli.errors import KscliError
-from kscli.heads.common import mean_over_windows
+from kscli.heads.common import exo_views
 from kscli.heads.featureset import FeatureSet
 
 NUM_TIME_FEATURES = 10
@@ -135,8 +135,7 @@ class Takes:
         self.y = np.asarray(fs.labels, dtype=np.int64)
         self.exo = self.exo_mask = None
         if with_exo and fs.exo is not None and fs.exo_mask is not None:
-            self.exo = mean_over_windows(fs.exo, 4)  # raw (N, V, Dx); pooled + standardised per batch
-            self.exo_mask = torch.from_numpy(np.asarray(fs.exo_mask, dtype=bool))
+            self.exo, self.exo_mask = exo_views(fs)  # raw (N, V, Dx); pooled + standardised per batch
 
     def batch(self, seqs: list[np.ndarray], present: np.ndarray | None = None,
               with_exo: bool = False) -> dict:

@@ -1,7 +1,7 @@
 """The one training driver: every head's lr x weight-decay grid, and the one selection rule.
 
     train_grid(head, train, val)
-      1. check the labels; the selection split: head.split (a stratified holdout of train's
+      1. check the labels; the selection split: head.holdout_split (a stratified holdout of train's
          rows; whole takes for the context head), or every fit row and `val` with
          select_on='val'. The selection split is never the split that gets reported.
       2. head.prepare: statistics on the fit rows, tensors, the model (G grid members when
@@ -113,8 +113,8 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int = 0
             k[i] += 1
     hold = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, k) if n > 0]
     hold = np.sort(np.concatenate(hold)) if hold else np.zeros(0, dtype=np.int64)
-    fit = np.setdiff1d(np.arange(len(labels)), hold)
-    return fit.astype(np.int64), hold.astype(np.int64)
+    kept = np.setdiff1d(np.arange(len(labels)), hold)
+    return kept.astype(np.int64), hold.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -159,7 +159,7 @@ def train_grid(head: Head, train: FeatureSet, val: FeatureSet | None = None,
         check_selection_val(val, train, head.num_classes)
         fit_rows, hold_rows, select = head.fit_rows(train, labels, notes), None, val
     else:
-        fit_rows, hold_rows = head.split(train, labels, notes)
+        fit_rows, hold_rows = head.holdout_split(train, labels, notes)
         select = train.subset(hold_rows)
     grid = cfg.grid()
     G = len(grid)
