@@ -1,6 +1,6 @@
 """What fusing two backbones buys (a script, not a test): python bench/fusion.py [--quick|--full]
 
-`kscli train-head --backbone a,b` trains one head on the concatenation of two stores' features.
+`kscli train-head --store a,b` trains one head on the concatenation of two stores' features.
 This bench measures, through the real pipeline, what that gives over each backbone alone when
 the second backbone adds information (complementary), adds none (null) or repeats it (redundant).
 
@@ -12,7 +12,7 @@ What it runs (the library calls `kscli train-head` makes)
     2. Two real feature stores, `a` and `b`, written with StoreWriter (store.json, parts) for
        every train and val ego clip.
     3. `train_run` (what `kscli train-head` calls) with each head's default config on
-       `--backbone a`, `b` and `a,b`; the head selects its grid member on a part of train;
+       `--store a`, `b` and `a,b`; the head selects its grid member on a part of train;
        the score is val top-1 (every val segment), as the run's metrics.json reports it.
     Per (generator, seed) store `a` is the same in every scenario (trained once); only `b`
     changes.

@@ -15,10 +15,10 @@ trap 'bash "$HERE/bench/slurm_local.sh" stop >/dev/null' EXIT
 
 bash bench/slurm_local.sh start
 "$PY" -m kscli sample --tiny --out "$WORK/download" >/dev/null
-COMMON=(extract --data-root "$WORK/download" --split train --no-progress --batch-size 4)
+COMMON=(extract --backbone tiny-random --data-root "$WORK/download" --split train --no-progress --batch-size 4)
 
 count() {  # count STORE_WORK_DIR: clips in its train store (each read once)
-    "$PY" -m kscli features info --backbone tiny-random --work-dir "$1" --split train --json |
+    "$PY" -m kscli features info --store tiny-random --work-dir "$1" --split train --json |
         "$PY" -c 'import json,sys; print(json.load(sys.stdin)[0]["clips"])'
 }
 "$PY" -m kscli "${COMMON[@]}" --work-dir "$WORK/single" >/dev/null

@@ -70,7 +70,7 @@ ClipsRoot = typer.Option(None, "--clips-root", envvar="KSCLI_CLIPS_ROOT",
                          help="Override: folder the clip names are relative to (.../keystep_benchmark/clips_448p).")
 WorkDir = typer.Option(None, "--work-dir", envvar="KSCLI_WORK_DIR",
                        help="Where kscli writes stores, runs, submissions [default: ./kscli-work].")
-Parts = typer.Option(DEFAULT_PART, "--parts", help="The clips part of the download (keystep_benchmark/<part>).")
+Parts = typer.Option(DEFAULT_PART, "--parts", help="The part of the download holding the clips, as the egoexo downloader's --parts names it: keystep_benchmark/<part>.")
 
 
 def _layout(data_root, annotations_dir, clips_root, work_dir, part=DEFAULT_PART):
@@ -80,10 +80,24 @@ def _layout(data_root, annotations_dir, clips_root, work_dir, part=DEFAULT_PART)
 
 
 def _renamed(old: str, new: str, value, current):
-    """An old spelling still works this release, with one line saying the new one."""
+    """An old spelling still works this release (see CHANGELOG.md), with one line saying the new
+    one. `value`: what the old spelling gave (None: not used); `current`: what the new one gave
+    (None: not given). Both given with different values is refused in one line."""
     if value is None:
         return current
-    typer.echo(f"note: {old} is now {new}; {old} goes in the next release", err=True)
+    if current is not None and _key(current) != _key(value):
+        raise KscliError(f"two values for {new}: {current}, and {value} by {old} (its old spelling); give {new} only")
+    typer.echo(f"note: {old} is now {new}; the old spelling goes in the next release", err=True)
+    return value
+
+
+def _key(value):
+    """What makes two values of one option the same: a folder wherever it is named from, store
+    names without the spaces around their commas."""
+    if isinstance(value, Path):
+        return value.expanduser().resolve()
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",")]
     return value
 
 
@@ -107,7 +121,7 @@ def sample_cmd(out: Optional[Path] = typer.Option(None, "--out", help="Folder to
 
     if out is not None and out_arg is not None and out.resolve() != out_arg.resolve():
         raise KscliError(f"two folders named: {out_arg} and --out {out}; give one")
-    out = out or out_arg  # `kscli sample DIR` keeps working
+    out = _renamed("a positional OUT", "--out", out_arg, out)  # `kscli sample DIR` keeps working
     if out is None:
         raise KscliError("where to? pass --out DIR (a new or empty folder)")
     kw = tiny_sample_kwargs() if tiny else {"short_side": size}
@@ -210,12 +224,16 @@ def extract_cmd(backbone: Optional[str] = typer.Option(None, help="Registered ba
         raise typer.Exit(1)
 
 
-def _stores(named: str | None, work_dir, several: bool = False):
-    """(names, Layout) of the stores a `features` command reads, named by --backbone (`features
-    info NAME` still works). `several`: `a,b` names several and none named means every store
-    there; otherwise one plain name, and none named is one line listing them."""
+def _stores(named: str | None, work_dir, several: bool = False, backbone: str | None = None,
+            positional: str | None = None):
+    """(names, Layout) of the stores a `features` command reads, named by --store (the old
+    spellings `--backbone NAME` and `features info NAME` still work, with a note). `several`:
+    `a,b` names several and none named means every store there; otherwise one plain name, and
+    none named is one line listing them."""
     from kscli.data.layout import Layout
 
+    named = _renamed("--backbone", "--store", backbone, named)
+    named = _renamed("a positional STORE", "--store", positional, named)
     layout = Layout.work_only(work_dir)
     if named is None:
         if several and layout.store_names():
@@ -223,7 +241,7 @@ def _stores(named: str | None, work_dir, several: bool = False):
         names = layout.store_names()
         there = f"stores in {layout.stores_dir}: {', '.join(names)}" if names else \
             f"there is no store in {layout.stores_dir} yet: run `kscli extract --backbone NAME` first"
-        raise KscliError(f"which store? pass --backbone NAME (the backbone, or the --tag it was made with); {there}")
+        raise KscliError(f"which store? pass --store NAME (the backbone, or the --tag it was made with); {there}")
     names = [n.strip() for n in named.split(",")] if several else [named]
     for name in names:
         layout.store_dir(name)  # a plain name
@@ -232,7 +250,8 @@ def _stores(named: str | None, work_dir, several: bool = False):
 
 @features_app.command("info")
 def features_info_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, metavar="[STORE]"),
-                      backbone: Optional[str] = typer.Option(None, help="Store name(s), a or a,b: the backbone, or --tag of extract / import-features [default: every store]."),
+                      store: Optional[str] = typer.Option(None, "--store", help="Store name(s) as written by extract / import-features (the backbone, or its --tag), a or a,b [default: every store]."),
+                      backbone: Optional[str] = typer.Option(None, "--backbone", hidden=True),
                       split: str = typer.Option("train,val,test", help="Comma-separated splits."),
                       as_json: bool = typer.Option(False, "--json", help="Print JSON."),
                       work_dir: Optional[Path] = WorkDir):
@@ -240,7 +259,7 @@ def features_info_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, met
     from kscli.data.layout import parse_splits
     from kscli.extract.store import format_info, store_infos
 
-    names, layout = _stores(backbone or tag, work_dir, several=True)
+    names, layout = _stores(store, work_dir, several=True, backbone=backbone, positional=tag)
     infos = {name: store_infos(layout, name, parse_splits(split)) for name in names}
     typer.echo(json.dumps([i for name in names for i in infos[name]], indent=1) if as_json else
                "\n".join(format_info(infos[name], name) for name in names))
@@ -248,7 +267,8 @@ def features_info_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, met
 
 @features_app.command("verify")
 def features_verify_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, metavar="[STORE]"),
-                        backbone: Optional[str] = typer.Option(None, help="Store name: the backbone, or --tag of extract / import-features."),
+                        store: Optional[str] = typer.Option(None, "--store", help="Store name as written by extract / import-features (the backbone, or its --tag)."),
+                        backbone: Optional[str] = typer.Option(None, "--backbone", hidden=True),
                         split: str = typer.Option("train,val,test", help="Comma-separated splits."),
                         move_aside: bool = typer.Option(False, "--move-aside",
                                                         help="Rename unreadable parts, and parts made otherwise than the store, to *.unreadable-<time> / *.mismatched-<time>, so a rerun of extract recomputes their clips."),
@@ -258,7 +278,7 @@ def features_verify_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, m
     from kscli.data.layout import parse_splits
     from kscli.extract.store import verify_stores
 
-    [tag], layout = _stores(backbone or tag, work_dir)
+    [tag], layout = _stores(store, work_dir, backbone=backbone, positional=tag)
     text, left = verify_stores(layout, tag, parse_splits(split), move_aside=move_aside, progress=progress)
     typer.echo(text)
     if left:
@@ -312,14 +332,14 @@ def _floats(value: str, name: str) -> tuple[float, ...]:
     return out
 
 
-TRAINING_OPTIONS = ("head", "backbone", "epochs", "lrs", "wds", "label_smoothing", "class_balance", "select_on",
+TRAINING_OPTIONS = ("head", "store", "backbone", "epochs", "lrs", "wds", "label_smoothing", "class_balance", "select_on",
                     "seed", "set_")
 
 
 @app.command("train-head")
 def train_head_cmd(ctx: typer.Context,
                    head: str = typer.Option("linear", help="Which head: linear, mlp, distill, attentive, context (see `kscli heads`)."),
-                   backbone: Optional[str] = typer.Option(None, help="Store name(s): a, or a,b to concatenate backbones (required)."),
+                   store: Optional[str] = typer.Option(None, "--store", help="Store name(s) as written by extract / import-features (the backbone, or its --tag): a, or a,b to concatenate their features (required)."),
                    epochs: Optional[int] = typer.Option(None, help="Epochs [default: enough steps for the data size]."),
                    lrs: Optional[str] = typer.Option(None, help="Learning-rate grid, e.g. 1e-3,3e-3 [default: the head's]."),
                    wds: Optional[str] = typer.Option(None, help="Weight-decay grid, e.g. 1e-4,0.05 [default: the head's]."),
@@ -328,10 +348,11 @@ def train_head_cmd(ctx: typer.Context,
                    select_on: str = typer.Option("holdout", help="holdout (a part of train) or val (only when you mean it)."),
                    seed: int = typer.Option(0, help="Random seed (same seed, same result)."),
                    device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N."),
-                   name: Optional[str] = typer.Option(None, help="Run folder name [default: head_backbone_time]."),
+                   name: Optional[str] = typer.Option(None, help="Run folder name [default: head_store_time]."),
                    from_run: Optional[str] = typer.Option(None, "--from", help="Retrain a run exactly as it was trained (its options and stores); only --name, --device and where things are may be given with it."),
                    progress: bool = typer.Option(True, help="Show what is being loaded and trained."),
                    set_: List[str] = typer.Option([], "--set", help="Any other option of the head, key=value (repeatable; `kscli heads --head NAME` lists them)."),
+                   backbone: Optional[str] = typer.Option(None, "--backbone", hidden=True),
                    data_root: Optional[Path] = DataRoot, annotations_dir: Optional[Path] = AnnotationsDir,
                    clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
     """Train a head on cached features (its lr x wd grid), score it on val, save a run."""
@@ -341,6 +362,8 @@ def train_head_cmd(ctx: typer.Context,
     def given(option: str) -> bool:  # on the command line (or from the environment), not a default
         return getattr(ctx.get_parameter_source(option), "name", "DEFAULT") != "DEFAULT"
 
+    if from_run is None:
+        store = _renamed("--backbone", "--store", backbone, store)  # the old spelling, before anything is read
     layout = _layout(data_root, annotations_dir, clips_root, work_dir)
     if from_run is not None:
         extra = [o for o in TRAINING_OPTIONS if given(o)]
@@ -351,16 +374,16 @@ def train_head_cmd(ctx: typer.Context,
         if given("device"):
             cfg.device = device
     else:
-        if backbone is None:
+        if store is None:
             names = layout.store_names()
-            raise KscliError("--backbone: name the store(s) to train on" + (
+            raise KscliError("--store: name the store(s) to train on" + (
                 f" (stores in {layout.stores_dir}: {', '.join(names)})" if names else
                 f"; there is no store in {layout.stores_dir}: run `kscli extract --backbone NAME` first"))
         flags = {"select_on": select_on, "seed": seed, "device": device, "epochs": epochs,
                  "label_smoothing": label_smoothing, "lrs": lrs and _floats(lrs, "--lrs"),
                  "weight_decays": wds and _floats(wds, "--wds"), "class_balance": class_balance or None}
         cfg = config_for(head, sets=set_, **{k: v for k, v in flags.items() if v is not None})
-        tags = parse_tags(backbone)
+        tags = parse_tags(store)
     result = train_run(layout, tags, cfg, name=name, progress=progress)
     typer.echo(result.summary)
 
@@ -432,7 +455,7 @@ def report_cmd(run: str = typer.Argument(..., help="Run folder or name."), work_
 
 
 @app.command("demo")
-def demo_cmd(out: Path = typer.Option(Path("kscli-demo"), "--out", help="Where the sample and the work folder go."),
+def demo_cmd(out: Optional[Path] = typer.Option(None, "--out", help="Where the sample and the work folder go [default: kscli-demo]."),
              seed: int = typer.Option(0, help="Random seed."),
              workers: Optional[int] = typer.Option(None, help="Processes for encoding and decoding [default: cores]."),
              progress: bool = typer.Option(True, help="Show progress bars."),
@@ -440,7 +463,7 @@ def demo_cmd(out: Path = typer.Option(Path("kscli-demo"), "--out", help="Where t
     """Run everything on the embedded sample: sample, check, extract, four heads, a submission."""
     from kscli.demo import run_demo
 
-    run_demo(_renamed("--dir", "--out", folder, out), seed=seed, workers=workers, progress=progress, say=typer.echo)
+    run_demo(_renamed("--dir", "--out", folder, out) or Path("kscli-demo"), seed=seed, workers=workers, progress=progress, say=typer.echo)
 
 
 if __name__ == "__main__":

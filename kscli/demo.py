@@ -104,7 +104,7 @@ def next_steps(layout: Layout, ranked: list[Path]) -> str:
     return "\n".join([
         "next, on the demo's files (these commands read the two variables):",
         f"  export KSCLI_DATA_ROOT={q(Path(layout.data_root).resolve())} KSCLI_WORK_DIR={q(Path(layout.work_dir).resolve())}",
-        f"  kscli features info --backbone {DEMO_BACKBONE}   # what the store holds",
+        f"  kscli features info --store {DEMO_BACKBONE}   # what the store holds",
         f"  kscli report {q(best.resolve())}     # pictures of the best run",
         f"  kscli submit --split val --run {q(best.name)}" + "".join(f" --run {q(o.name)}" for o in others)
         + "   # an ensemble, scored on val",

@@ -127,7 +127,7 @@ def test_train_head_leaves_the_callers_rng_alone(device):
 def test_train_head_cli_trains_on_the_device(sample_root, tmp_path, device):
     work = tmp_path / "work"
     run_kscli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "train,val", "--no-progress")
-    p = run_kscli("train-head", "--backbone", "tiny-random", "--head", "distill", "--data-root", sample_root, "--work-dir", work,
+    p = run_kscli("train-head", "--store", "tiny-random", "--head", "distill", "--data-root", sample_root, "--work-dir", work,
                   "--name", "run", *(["--device", "cpu"] if device == "cpu" else []))
     run = work / "runs" / "run"
     metrics = json.loads((run / "metrics.json").read_text())

@@ -181,8 +181,8 @@ def test_every_help_shows_its_defaults():
 
 @pytest.mark.slow
 def test_one_vocabulary_and_old_spellings_for_one_more_release(sample_root, tmp_path):
-    """--workers, --out, --backbone (a store's name) mean the same in every command; the old
-    spellings still work, each with one line naming the new one."""
+    """--workers, --out, --store mean the same in every command; the old spellings still work,
+    each with one line naming the new one."""
     from conftest import cli
 
     common = ["check-data", "--data-root", sample_root, "--work-dir", tmp_path, "--split", "test", "--no-progress"]
@@ -193,8 +193,11 @@ def test_one_vocabulary_and_old_spellings_for_one_more_release(sample_root, tmp_
     assert "note: --jobs is now --workers" in old.stderr and "note: --report is now --out" in old.stderr
     cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", tmp_path, "--split", "test", "--workers", "0",
         "--no-progress")
-    by_option = cli("features", "info", "--backbone", "tiny-random", "--work-dir", tmp_path, "--json").stdout
-    assert cli("features", "info", "tiny-random", "--work-dir", tmp_path, "--json").stdout == by_option
+    by_option = cli("features", "info", "--store", "tiny-random", "--work-dir", tmp_path, "--json").stdout
+    positional = cli("features", "info", "tiny-random", "--work-dir", tmp_path, "--json")
+    assert positional.stdout == by_option and positional.stderr.startswith("note: a positional STORE is now --store")
+    old_option = cli("features", "info", "--backbone", "tiny-random", "--work-dir", tmp_path, "--json")
+    assert old_option.stdout == by_option and old_option.stderr.startswith("note: --backbone is now --store")
     every = cli("features", "info", "--work-dir", tmp_path, "--json").stdout  # no name: every store there
     assert every == by_option
     empty = cli("features", "info", "--work-dir", tmp_path / "nothing", check=False)
@@ -205,12 +208,41 @@ def test_one_vocabulary_and_old_spellings_for_one_more_release(sample_root, tmp_
     assert "--out" in cli("sample", "--help").stdout and "--out" in cli("demo", "--help").stdout
     made = cli("sample", "--tiny", "--out", tmp_path / "s1")
     assert (tmp_path / "s1" / "annotations").is_dir() and f"--data-root {tmp_path / 's1'}" in made.stdout
-    cli("sample", "--tiny", tmp_path / "s2")  # the positional folder of before
-    assert (tmp_path / "s2" / "annotations").is_dir()
+    before = cli("sample", "--tiny", tmp_path / "s2")  # the positional folder of before
+    assert (tmp_path / "s2" / "annotations").is_dir() and "note: a positional OUT is now --out" in before.stderr
     two = cli("sample", "--tiny", tmp_path / "s3", "--out", tmp_path / "s4", check=False)
     assert two.exit_code == 2 and "two folders named" in two.stderr and not (tmp_path / "s3").exists()
     full = cli("sample", "--tiny", "--out", tmp_path / "s1", check=False)
     assert full.exit_code == 2 and "pass --overwrite" in full.stderr
+
+
+@pytest.mark.parametrize("args", [["train-head", "--store", "tiny-random", "--backbone", "other"],
+                                  ["features", "info", "--store", "tiny-random", "--backbone", "other"],
+                                  ["features", "verify", "--store", "tiny-random", "--backbone", "other"],
+                                  ["features", "info", "other", "--store", "tiny-random"],
+                                  ["check-data", "--workers", "1", "--jobs", "2"],
+                                  ["check-data", "--out", "a.json", "--report", "b.json"],
+                                  ["demo", "--out", "a", "--dir", "b"]])
+def test_an_old_and_a_new_spelling_with_two_values_are_refused(sample_root, tmp_path, monkeypatch, args):
+    """Both spellings of one option with different values: one line, exit 2, nothing done."""
+    from conftest import cli
+
+    monkeypatch.chdir(tmp_path)
+    where = {"train-head": ["--data-root", sample_root, "--work-dir", tmp_path], "features": ["--work-dir", tmp_path],
+             "check-data": ["--data-root", sample_root, "--work-dir", tmp_path], "demo": []}[args[0]]
+    r = cli(*args, *where, check=False)
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "two values for --" in r.stderr and "note:" not in r.stderr, r.stderr
+    assert "give --" in r.stderr and " only" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_from_takes_the_store_from_the_run_in_either_spelling(sample_root, tmp_path):
+    from conftest import cli
+
+    for option in ("--store", "--backbone"):
+        r = cli("train-head", "--from", "some-run", option, "tiny-random", "--data-root", sample_root,
+                "--work-dir", tmp_path, check=False)
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and f"drop {option}" in r.stderr, r.stderr
 
 
 def test_check_data_imports_no_torch():

@@ -47,7 +47,7 @@ def test_extract_cli_all_views_then_resume_skips(sample_root, tmp_path):
     again = cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "train",
                       "--workers", "0", "--no-progress")
     assert f"extracted 0, skipped {len(names and all_clip_names(sample_root, 'train'))}" in again.stdout
-    info = cli("features", "info", "--backbone", "tiny-random", "--work-dir", work, "--split", "train", "--json")
+    info = cli("features", "info", "--store", "tiny-random", "--work-dir", work, "--split", "train", "--json")
     assert json.loads(info.stdout)[0]["clips"] == len(all_clip_names(sample_root, "train"))
     # other sampling settings into the same store: refused with the reason; --overwrite moves it aside
     bad = cli("extract", "--backbone", "tiny-random", "--data-root", sample_root, "--work-dir", work, "--split", "train",

@@ -162,7 +162,7 @@ def test_decoding_only_the_sampled_frames_gives_the_same_store_as_decoding_all(h
 def test_odd_paths_work_through_training_and_submission(hostile):
     data, work, _, _ = hostile
     run_kscli("extract", "--backbone", "tiny-random", "--data-root", data, "--work-dir", work, "--split", "train,test", "--no-progress")
-    p = run_kscli("train-head", "--backbone", "tiny-random", "--head", "linear", "--data-root", data, "--work-dir", work, "--name", "rün 1")
+    p = run_kscli("train-head", "--store", "tiny-random", "--head", "linear", "--data-root", data, "--work-dir", work, "--name", "rün 1")
     assert "top-1" in p.stdout
     s = run_kscli("submit", "--run", "rün 1", "--data-root", data, "--work-dir", work)
     out = next((work / "submissions").glob("test_*.json"))
@@ -211,7 +211,7 @@ def test_a_read_only_work_dir_is_one_line(sample_root, tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert "check its permissions (kscli reads the download and writes under --work-dir" in p.stderr
     assert str(work) in p.stderr
-    t = run_kscli("train-head", "--backbone", "tiny-random", "--head", "linear", "--data-root", sample_root, "--work-dir", work, check=False)
+    t = run_kscli("train-head", "--store", "tiny-random", "--head", "linear", "--data-root", sample_root, "--work-dir", work, check=False)
     assert t.returncode == 2 and t.stderr.count("\n") == 1, t.stderr
 
 
@@ -252,10 +252,10 @@ def test_a_damaged_part_is_named_listed_and_moved_aside_for_a_rerun(sample_root,
     [part] = folder.glob("part-*.h5")
     data = part.read_bytes()
     part.write_bytes(data[: len(data) // 2])  # a part cut by a full disk, a copy, a sync gone wrong
-    info = run_kscli("features", "info", "--backbone", "tiny-random", "--work-dir", work, "--split", "val", check=False)
+    info = run_kscli("features", "info", "--store", "tiny-random", "--work-dir", work, "--split", "val", check=False)
     assert info.returncode == 2 and info.stderr.count("\n") == 1 and part.name in info.stderr
     assert "features verify --move-aside" in info.stderr
-    verify = ["features", "verify", "--backbone", "tiny-random", "--work-dir", work, "--split", "val"]
+    verify = ["features", "verify", "--store", "tiny-random", "--work-dir", work, "--split", "val"]
     v = run_kscli(*verify, check=False)
     assert v.returncode == 1 and f"unreadable: {part.name}" in v.stdout and "0 good part(s), 1 unreadable" in v.stdout
     v = run_kscli(*verify, "--move-aside")

@@ -201,8 +201,8 @@ def test_a_fused_run_on_stores_from_one_pass_trains_evaluates_submits_and_reruns
     fused = "tiny-random,dinov2-small"
     cli("extract", "--backbone", fused, "--weights", f"dinov2-small={models['dinov2-small']}", *where,
         "--workers", "2", "--no-progress")
-    cli("train-head", "--backbone", fused, "--head", "mlp", "--name", "fused", *where, "--no-progress")
-    cli("train-head", "--backbone", "tiny-random", "--head", "linear", "--name", "alone", *where, "--no-progress")
+    cli("train-head", "--store", fused, "--head", "mlp", "--name", "fused", *where, "--no-progress")
+    cli("train-head", "--store", "tiny-random", "--head", "linear", "--name", "alone", *where, "--no-progress")
     run = work / "runs" / "fused"
     config, metrics = (json.loads((run / f).read_text()) for f in ("config.json", "metrics.json"))
     assert sorted(config["stores"]) == ["dinov2-small", "tiny-random"]

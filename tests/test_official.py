@@ -321,7 +321,7 @@ def test_import_features_cli_then_train_head(sample_root, official, tmp_path):
     res = cli("import-features", "--source", "omnivore_video", "--features-dir", folder, "--data-root", sample_root,
               "--work-dir", work, "--split", "train,val", "--no-progress")
     assert "train: imported" in res.stdout and "failed 0" in res.stdout
-    res = cli("train-head", "--head", "linear", "--backbone", "omnivore_video", "--data-root", sample_root,
+    res = cli("train-head", "--head", "linear", "--store", "omnivore_video", "--data-root", sample_root,
               "--work-dir", work, "--name", "omni")
     assert (work / "runs" / "omni" / "metrics.json").is_file() and "top-1" in res.stdout
 
@@ -347,7 +347,7 @@ def test_windows_cut_each_segment_into_spans_for_the_sequence_heads(sample_root,
         np.testing.assert_array_equal(feats[w], np.full(D, np.mean(hit), np.float32))
         np.testing.assert_allclose(times[2 * w:2 * w + 2], [hit[0] * 16 / 30 - seg.start,
                                                              (hit[-1] * 16 + 32) / 30 - seg.start], atol=1e-5)
-    res = cli("train-head", "--head", "context", "--backbone", "omnivore_video-w3", "--data-root", sample_root,
+    res = cli("train-head", "--head", "context", "--store", "omnivore_video-w3", "--data-root", sample_root,
               "--work-dir", work, "--name", "ctx-w3", "--epochs", "2")
     assert "top-1" in res.stdout
     with pytest.raises(KscliError, match="--windows must be at least 1"):

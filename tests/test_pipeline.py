@@ -59,7 +59,7 @@ def test_assembly_counts_missing_ego_and_masks_missing_exo(extracted):
 @pytest.mark.parametrize("head", ["linear", "mlp", "distill", "attentive"])
 def test_each_head_learns_the_sample_far_above_chance(extracted, head):
     _, work, _ = extracted
-    res = cli("train-head", "--backbone", "tiny-random", "--head", head, "--name", f"h-{head}", *args(extracted))
+    res = cli("train-head", "--store", "tiny-random", "--head", head, "--name", f"h-{head}", *args(extracted))
     metrics = json.loads((work / "runs" / f"h-{head}" / "metrics.json").read_text())
     chance = 100 / 6
     assert metrics["val"]["top1"] >= 2.5 * chance, res.stdout
@@ -71,7 +71,7 @@ def test_each_head_learns_the_sample_far_above_chance(extracted, head):
 @pytest.mark.slow
 def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
     data, work, gone = extracted
-    res = cli("train-head", "--backbone", "tiny-random", "--head", "context", "--name", "ctx", *args(extracted))
+    res = cli("train-head", "--store", "tiny-random", "--head", "context", "--name", "ctx", *args(extracted))
     run = work / "runs" / "ctx"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["head"] == "context" and "top-1" in res.stdout
@@ -93,7 +93,7 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
             json.loads((run / "predictions_val.json").read_text())["results"]}
     hits = [pred[n] == y for n, y, r in zip(val_fs.names, val_fs.labels, rows) if r]
     assert teacher["n"] == len(hits) and teacher["student_val_top1"] == pytest.approx(100 * np.mean(hits))
-    no_teacher = cli("train-head", "--backbone", "tiny-random", "--head", "context", "--set", "use_exo=false", "--epochs", "1",
+    no_teacher = cli("train-head", "--store", "tiny-random", "--head", "context", "--set", "use_exo=false", "--epochs", "1",
                      "--name", "ctx-noexo", *args(extracted))
     assert "teacher" not in json.loads((work / "runs" / "ctx-noexo" / "metrics.json").read_text())
     assert "teacher (ego + exo" not in no_teacher.stdout and "without the exo teacher" in no_teacher.stdout
@@ -111,7 +111,7 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
     assert [int(p.argmax()) for p in probs] == [by_name[n] for n in names]
     cli("report", "ctx", "--work-dir", work)
     assert "| teacher val top-1 (ego + exo" in (run / "report.md").read_text()
-    val = cli("train-head", "--backbone", "tiny-random", "--head", "context", "--select-on", "val", "--name", "ctx-val", *args(extracted))
+    val = cli("train-head", "--store", "tiny-random", "--head", "context", "--select-on", "val", "--name", "ctx-val", *args(extracted))
     sel = json.loads((work / "runs" / "ctx-val" / "metrics.json").read_text())["selection"]
     assert sel["on"] == "val" and sel["n_select"] == len(bench.segments("val")), val.stdout
     for bad, msg in ((["--head", "bogus"], "known heads: attentive, context, distill, linear, mlp"),
@@ -120,7 +120,7 @@ def test_context_head_through_the_cli_keeps_segments_without_ego(extracted):
                      (["--head", "mlp", "--set", "hidden=abc"], "hidden takes an integer, e.g. --set hidden=512"),
                      (["--head", "attentive", "--set", "dropout=1.5"], "dropout must be in [0, 1)"),
                      (["--head", "mlp", "--set", "hidden"], "expected key=value")):
-        r = cli("train-head", "--backbone", "tiny-random", *bad, *args(extracted), check=False)
+        r = cli("train-head", "--store", "tiny-random", *bad, *args(extracted), check=False)
         assert r.exit_code == 2 and msg in r.stderr, r.stderr
 
 
@@ -147,8 +147,8 @@ def test_nonfinite_features_count_as_missing_and_metrics_refuse_nan(extracted, t
 
 def test_same_seed_same_predictions_and_checkpoint_round_trip(extracted):
     data, work, _ = extracted
-    cli("train-head", "--backbone", "tiny-random", "--head", "mlp", "--name", "seed-a", "--seed", "3", *args(extracted))
-    cli("train-head", "--backbone", "tiny-random", "--head", "mlp", "--name", "seed-b", "--seed", "3", *args(extracted))
+    cli("train-head", "--store", "tiny-random", "--head", "mlp", "--name", "seed-a", "--seed", "3", *args(extracted))
+    cli("train-head", "--store", "tiny-random", "--head", "mlp", "--name", "seed-b", "--seed", "3", *args(extracted))
     a = json.loads((work / "runs" / "seed-a" / "predictions_val.json").read_text())["results"]
     b = json.loads((work / "runs" / "seed-b" / "predictions_val.json").read_text())["results"]
     assert a == b
@@ -160,13 +160,13 @@ def test_same_seed_same_predictions_and_checkpoint_round_trip(extracted):
     probs = head.predict_proba(fs)
     by_name = {r["ego_segment_name"]: r for r in a}
     assert [int(p.argmax()) for p in probs] == [by_name[n]["label_id"] for n in fs.names]
-    again = cli("train-head", "--backbone", "tiny-random", "--head", "mlp", "--name", "seed-a", *args(extracted), check=False)
+    again = cli("train-head", "--store", "tiny-random", "--head", "mlp", "--name", "seed-a", *args(extracted), check=False)
     assert again.exit_code == 2 and "never overwritten" in again.stderr
 
 
 def test_evaluate_rescores_a_run_and_rejects_bad_files(extracted, tmp_path):
     _, work, _ = extracted
-    cli("train-head", "--backbone", "tiny-random", "--head", "linear", "--name", "ev", *args(extracted))
+    cli("train-head", "--store", "tiny-random", "--head", "linear", "--name", "ev", *args(extracted))
     preds = work / "runs" / "ev" / "predictions_val.json"
     res = cli("evaluate", preds, "--json", *args(extracted))
     assert json.loads(res.stdout)["top1"] == pytest.approx(
@@ -188,8 +188,8 @@ def test_evaluate_rescores_a_run_and_rejects_bad_files(extracted, tmp_path):
 
 def test_submit_covers_every_test_segment_ensembles_and_writes_csv(extracted):
     data, work, gone = extracted
-    cli("train-head", "--backbone", "tiny-random", "--head", "linear", "--name", "s-lin", *args(extracted))
-    cli("train-head", "--backbone", "tiny-random", "--head", "distill", "--name", "s-dis", *args(extracted))
+    cli("train-head", "--store", "tiny-random", "--head", "linear", "--name", "s-lin", *args(extracted))
+    cli("train-head", "--store", "tiny-random", "--head", "distill", "--name", "s-dis", *args(extracted))
     res = cli("submit", "--run", "s-lin", *args(extracted))
     assert "1 segment(s) had no ego feature" in res.stdout and gone["test_ego"] in res.stdout
     out = work / "submissions" / "test_s-lin.json"
@@ -214,7 +214,7 @@ def test_submit_covers_every_test_segment_ensembles_and_writes_csv(extracted):
 
 def test_report_draws_valid_pngs(extracted):
     _, work, _ = extracted
-    cli("train-head", "--backbone", "tiny-random", "--head", "mlp", "--name", "rep", *args(extracted))
+    cli("train-head", "--store", "tiny-random", "--head", "mlp", "--name", "rep", *args(extracted))
     res = cli("report", "rep", "--work-dir", work)
     md = (work / "runs" / "rep" / "report.md").read_text()
     assert "report.md" in res.stdout and "val top-1" in md and "one segment = " in md
@@ -279,7 +279,7 @@ def test_a_new_head_from_the_design_doc_trains_through_the_cli(extracted, tmp_pa
     text = (REPO / "docs" / "design.md").read_text()
     block = text.split("### Adding a head", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert len(block.splitlines()) <= 40
-    printed = "KSCLI_HEADS=lowrank_head kscli train-head --head lowrank --backbone STORE --set rank=8"
+    printed = "KSCLI_HEADS=lowrank_head kscli train-head --head lowrank --store STORE --set rank=8"
     assert f"`{printed}`" in " ".join(text.split())
     (tmp_path / "lowrank_head.py").write_text(block)
     script = shutil.which("kscli", path=os.path.dirname(sys.executable))

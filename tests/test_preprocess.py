@@ -157,7 +157,7 @@ def test_a_weights_folders_processor_config_wins_and_is_recorded(sample_root, tm
     cli(*args)
     cfg = FeatureStore(work / "features" / "dinov2-base" / "test").config["backbone"]
     assert (cfg["resize_mode"], cfg["resize_short"], cfg["interpolation"]) == ("short", 240, "bilinear")
-    info = cli("features", "info", "--backbone", "dinov2-base", "--work-dir", work, "--split", "test")
+    info = cli("features", "info", "--store", "dinov2-base", "--work-dir", work, "--split", "test")
     assert "preprocessing: short side to 240 (bilinear, antialiased), centre crop 224x224" in info.stdout
     full = cli(*args, "--crop", "full", check=False)
     assert full.exit_code == 2 and "backbone.resize_mode is 'short' in the store but 'full' now" in full.stderr

@@ -68,7 +68,7 @@ def test_two_runs_started_together_never_lose_clips(sample_root, tmp_path):
         if code == 2:
             assert err.count("\n") == 1 and "rank 0 of this store is being written by pid" in err
     assert_complete(work, sample_root)
-    info = run_kscli("features", "info", "--backbone", "tiny-random", "--work-dir", work, "--split", "train", "--json")
+    info = run_kscli("features", "info", "--store", "tiny-random", "--work-dir", work, "--split", "train", "--json")
     assert json.loads(info.stdout)[0]["clips"] == len(clip_names(sample_root))
 
 
@@ -198,7 +198,7 @@ def test_readers_during_a_merge_see_every_clip_once(sample_root, reference, tmp_
         time.sleep(0.05)
     names, feats = reference
     before = FeatureStore(store_dir(work))  # indexed now, read after the merge has removed parts
-    info = run_kscli("features", "info", "--backbone", "tiny-random", "--work-dir", work, "--split", "train")
+    info = run_kscli("features", "info", "--store", "tiny-random", "--work-dir", work, "--split", "train")
     assert f": {len(names)} clips " in info.stdout
     assert "being written now: rank r000 by pid" in info.stdout
     (signals / "go").touch()
@@ -234,7 +234,7 @@ def test_torchrun_two_ranks_build_the_store_of_one_process(sample_copy, referenc
     kept = [n for n in names if n not in {j.name for j in broken}]
     assert sorted(store.names) == kept
     np.testing.assert_allclose(store.get(kept), feats[[names.index(n) for n in kept]], rtol=0, atol=1e-5)
-    info = json.loads(run_kscli("features", "info", "--backbone", "tiny-random", "--work-dir", work, "--split", "train",
+    info = json.loads(run_kscli("features", "info", "--store", "tiny-random", "--work-dir", work, "--split", "train",
                                 "--json").stdout)[0]
     assert info["clips"] == len(kept) and info["failures"] == 2 and info["writing"] == {}
 

@@ -19,7 +19,8 @@ from kscli.data.layout import Benchmark, Layout
 from kscli.errors import KscliError
 from kscli.extract.store import FeatureStore
 
-TINY = ("--backbone", "tiny-random")
+TINY = ("--backbone", "tiny-random")  # extract: the backbone
+STORE = ("--store", "tiny-random")  # train-head, features: the store it wrote
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +50,15 @@ def test_no_command_falls_back_to_the_random_backbone(sample_root, tmp_path, wor
     assert "--backbone: name the backbone to extract with" in e
     assert not (tmp_path / "features").exists()
     t = one_line(cli("train-head", "--head", "mlp", "--set", "hidden=1024", *where(sample_root, work), check=False))
-    assert "--backbone: name the store(s) to train on (stores in" in t and "tiny-random" in t
+    assert "--store: name the store(s) to train on (stores in" in t and "tiny-random" in t
 
 
 def test_random_features_say_so_everywhere(sample_root, work, tmp_path):
-    info = cli("features", "info", *TINY, "--work-dir", work, "--split", "test")
+    info = cli("features", "info", *STORE, "--work-dir", work, "--split", "test")
     assert "WARNING: RANDOM FEATURES: made by tiny-random" in info.stdout
     ex = cli("extract", *TINY, *where(sample_root, work), "--split", "test", "--no-progress")
     assert "WARNING: RANDOM FEATURES" in ex.stdout
-    run = cli("train-head", *TINY, "--head", "linear", "--name", "rand", *where(sample_root, work))
+    run = cli("train-head", *STORE, "--head", "linear", "--name", "rand", *where(sample_root, work))
     assert "WARNING: RANDOM FEATURES" in run.stdout
     assert json.loads((work / "runs" / "rand" / "metrics.json").read_text())["random_features"] is True
     sub = cli("submit", "--run", "rand", "--out", tmp_path / "s.json", *where(sample_root, work))
@@ -125,19 +126,41 @@ def test_a_mixed_store_is_reported_and_healed_through_the_cli(sample_root, tmp_p
     cli("extract", *TINY, *base)
     folder = work / "features" / "tiny-random" / "train"
     _make_mixed(folder)
-    info = cli("features", "info", *TINY, "--work-dir", work, "--split", "train")
+    info = cli("features", "info", *STORE, "--work-dir", work, "--split", "train")
     assert "MIXED:" in info.stdout and "were made otherwise than the store" in info.stdout
-    assert "features verify --backbone tiny-random --split train --move-aside" in info.stdout
+    assert "features verify --store tiny-random --split train --move-aside" in info.stdout
     again = one_line(cli("extract", *TINY, *base, check=False))  # never "skipped (already done)"
     assert "mixes features made two ways" in again
-    train = one_line(cli("train-head", *TINY, *where(sample_root, work), check=False))
+    train = one_line(cli("train-head", *STORE, *where(sample_root, work), check=False))
     assert "mixes features made two ways" in train
-    v = cli("features", "verify", *TINY, "--work-dir", work, "--split", "train", check=False)
+    v = cli("features", "verify", *STORE, "--work-dir", work, "--split", "train", check=False)
     assert v.exit_code == 1 and "1 made otherwise" in v.stdout
-    cli("features", "verify", *TINY, "--work-dir", work, "--split", "train", "--move-aside")
+    cli("features", "verify", *STORE, "--work-dir", work, "--split", "train", "--move-aside")
     healed = cli("extract", *TINY, *base)
     assert "failed 0" in healed.stdout
     assert not FeatureStore(folder).check_one_way().mismatched_parts()
+
+
+def test_the_old_backbone_spelling_still_names_a_store_with_one_note(sample_root, work, tmp_path):
+    """--backbone, the old spelling of --store in train-head and features info/verify, still
+    works in 0.2.0 the same as --store, with one line on stderr naming the new spelling."""
+    w = tmp_path / "work"
+    shutil.copytree(work / "features", w / "features")
+    note = "note: --backbone is now --store; the old spelling goes in the next release\n"
+    old = cli("train-head", *TINY, "--head", "linear", "--name", "old", "--no-progress", *where(sample_root, w))
+    assert old.stderr == note and (w / "runs" / "old" / "metrics.json").is_file()
+    assert json.loads((w / "runs" / "old" / "config.json").read_text())["tags"] == ["tiny-random"]
+    new = cli("train-head", *STORE, "--head", "linear", "--name", "new", "--no-progress", *where(sample_root, w))
+    assert new.stderr == "" and "--backbone" not in cli("train-head", "--help").stdout
+    metrics = [json.loads((w / "runs" / n / "metrics.json").read_text()) for n in ("old", "new")]
+    assert metrics[0]["val"] == metrics[1]["val"]
+    info = cli("features", "info", *TINY, "--work-dir", w, "--split", "test", "--json")
+    assert info.stderr == note
+    assert info.stdout == cli("features", "info", *STORE, "--work-dir", w, "--split", "test", "--json").stdout
+    both = cli("features", "info", *STORE, *TINY, "--work-dir", w, "--split", "test", "--json")  # the same store
+    assert both.stderr == note and both.stdout == info.stdout
+    verify = cli("features", "verify", *TINY, "--work-dir", w, "--split", "test", "--no-progress")
+    assert verify.stderr == note and "good part(s)" in verify.stdout
 
 
 # ----------------------------------------------------------------------------- 3. the best run
@@ -145,7 +168,7 @@ def test_submit_ranks_every_run_on_val_scored_now_and_says_so(sample_root, work,
     w = tmp_path / "work"
     shutil.copytree(work / "features", w / "features")
     for name, seed in (("a-same", 1), ("b-same", 1), ("c-other", 2)):
-        cli("train-head", *TINY, "--head", "linear", "--seed", str(seed), "--name", name, *where(sample_root, w))
+        cli("train-head", *STORE, "--head", "linear", "--seed", str(seed), "--name", name, *where(sample_root, w))
     scores = {n: json.loads((w / "runs" / n / "metrics.json").read_text())["val"]["top1"]
               for n in ("a-same", "b-same", "c-other")}
     # a run whose recorded numbers flatter it (stale, or a 1-example holdout): not what is ranked
@@ -171,14 +194,14 @@ def test_submit_ranks_every_run_on_val_scored_now_and_says_so(sample_root, work,
 
 # ----------------------------------------------------------------------------- 4. finite numbers only
 def test_a_diverged_training_stops_with_one_line(sample_root, work):
-    e = one_line(cli("train-head", *TINY, "--head", "mlp", "--lrs", "1e30", "--wds", "0", "--name", "boom",
+    e = one_line(cli("train-head", *STORE, "--head", "mlp", "--lrs", "1e30", "--wds", "0", "--name", "boom",
                      *where(sample_root, work), "--no-progress", check=False))
     assert "training diverged" in e and "try smaller ones" in e
     assert not (work / "runs" / "boom").exists()
 
 
 def test_a_diverged_member_is_left_out_with_a_note(sample_root, work):
-    r = cli("train-head", *TINY, "--head", "linear", "--lrs", "1e-2,1e30", "--name", "half-boom",
+    r = cli("train-head", *STORE, "--head", "linear", "--lrs", "1e-2,1e30", "--name", "half-boom",
             *where(sample_root, work), "--no-progress")
     metrics = json.loads((work / "runs" / "half-boom" / "metrics.json").read_text())
     assert metrics["selection"]["lr"] == 1e-2 and "lr 1e+30 wd 0.0001 diverged" in r.stdout
@@ -188,7 +211,7 @@ def test_a_diverged_member_is_left_out_with_a_note(sample_root, work):
 
 
 def test_evaluate_and_submit_refuse_non_finite_scores(sample_root, work, tmp_path):
-    cli("train-head", *TINY, "--head", "linear", "--name", "fin", *where(sample_root, work))
+    cli("train-head", *STORE, "--head", "linear", "--name", "fin", *where(sample_root, work))
     preds = (work / "runs" / "fin" / "predictions_val.json").read_text()
     bad = tmp_path / "nan.json"
     bad.write_text(preds.replace('"score": ', '"score": NaN, "x": ', 1))
@@ -221,7 +244,7 @@ def test_two_runs_started_in_the_same_second_both_finish(sample_root, work):
     b = reserve_run_dir(layout, None, "linear", ["tiny-random"])
     assert a != b and b.name.startswith(a.name[:len("linear_tiny-random_2")])
     shutil.rmtree(a), shutil.rmtree(b)
-    procs = [subprocess.Popen([sys.executable, "-m", "kscli", "train-head", *TINY, "--head", "linear", "--data-root",
+    procs = [subprocess.Popen([sys.executable, "-m", "kscli", "train-head", *STORE, "--head", "linear", "--data-root",
                                str(sample_root), "--work-dir", str(work), "--no-progress"], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -230,9 +253,9 @@ def test_two_runs_started_in_the_same_second_both_finish(sample_root, work):
     assert len(made) == 2 and all(Path(m).is_dir() for m in made)
 
 
-@pytest.mark.parametrize("args", [["train-head", *TINY, "--name", "../../x"], ["train-head", *TINY, "--name", "/abs/x"],
+@pytest.mark.parametrize("args", [["train-head", *STORE, "--name", "../../x"], ["train-head", *STORE, "--name", "/abs/x"],
                                   ["extract", *TINY, "--tag", "../../../x", "--split", "test"],
-                                  ["train-head", "--backbone", "../features/x"]])
+                                  ["train-head", "--store", "../features/x"]])
 def test_names_never_leave_the_work_dir(sample_root, tmp_path, args):
     work = tmp_path / "a" / "b" / "work"
     before = set(tmp_path.rglob("*"))
@@ -243,12 +266,12 @@ def test_names_never_leave_the_work_dir(sample_root, tmp_path, args):
 
 @pytest.mark.slow
 def test_a_name_in_use_fails_before_training(sample_root, work):
-    cli("train-head", *TINY, "--head", "linear", "--name", "taken", *where(sample_root, work))
-    r = run_kscli("train-head", *TINY, "--head", "mlp", "--name", "taken", *where(sample_root, work), check=False)
+    cli("train-head", *STORE, "--head", "linear", "--name", "taken", *where(sample_root, work))
+    r = run_kscli("train-head", *STORE, "--head", "mlp", "--name", "taken", *where(sample_root, work), check=False)
     assert r.returncode == 2 and "a run of that name exists" in r.stderr and "epoch" not in r.stderr
     (work / "runs" / "killed").mkdir()
     (work / "runs" / "killed" / ".unfinished").write_text('{"pid": 99, "host": "h", "since": "t"}')
-    r = run_kscli("train-head", *TINY, "--name", "killed", *where(sample_root, work), check=False)
+    r = run_kscli("train-head", *STORE, "--name", "killed", *where(sample_root, work), check=False)
     assert "is unfinished (started by pid 99 on h at t): still training, or killed" in r.stderr
 
 
@@ -256,7 +279,7 @@ def test_a_name_in_use_fails_before_training(sample_root, work):
 def test_a_full_disk_while_saving_is_one_line_with_nothing_half_written(sample_root, work):
     def limited():
         resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))
-    p = subprocess.run([sys.executable, "-m", "kscli", "train-head", *TINY, "--head", "mlp", "--name", "full",
+    p = subprocess.run([sys.executable, "-m", "kscli", "train-head", *STORE, "--head", "mlp", "--name", "full",
                         "--data-root", str(sample_root), "--work-dir", str(work), "--no-progress"], cwd=REPO,
                        capture_output=True, text=True, preexec_fn=limited)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
@@ -274,7 +297,7 @@ def test_a_kill_while_saving_the_checkpoint_leaves_no_run(sample_root, work, mon
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pathlib.Path, "write_bytes", dies_half_way)
-    r = cli("train-head", *TINY, "--head", "linear", "--name", "cut", *where(sample_root, work), check=False)
+    r = cli("train-head", *STORE, "--head", "linear", "--name", "cut", *where(sample_root, work), check=False)
     monkeypatch.setattr(pathlib.Path, "write_bytes", real)
     assert r.exit_code == 130 and not (work / "runs" / "cut").exists()
 
@@ -306,7 +329,7 @@ def test_an_extract_that_reads_nothing_exits_non_zero_naming_the_cause(sample_ro
 
 # ----------------------------------------------------------------------------- 7. one line, never a traceback
 def test_damaged_or_hostile_files_are_one_line(sample_root, work, tmp_path):
-    cli("train-head", *TINY, "--head", "linear", "--name", "rep", *where(sample_root, work))
+    cli("train-head", *STORE, "--head", "linear", "--name", "rep", *where(sample_root, work))
     assert "unknown split 'tst'" in one_line(cli("evaluate", work / "runs" / "rep" / "predictions_val.json",
                                                  "--split", "tst", *where(sample_root, work), check=False))
     history = work / "runs" / "rep" / "history.json"
@@ -332,14 +355,14 @@ def test_damaged_or_hostile_files_are_one_line(sample_root, work, tmp_path):
 
 
 def test_a_head_too_big_for_memory_is_one_line(sample_root, work):
-    e = one_line(cli("train-head", *TINY, "--head", "mlp", "--set", "hidden=100000000", *where(sample_root, work),
+    e = one_line(cli("train-head", *STORE, "--head", "mlp", "--set", "hidden=100000000", *where(sample_root, work),
                      check=False))
     assert "these options need about" in e and "GB free; choose smaller sizes" in e
 
 
 # ----------------------------------------------------------------------------- every number reproducible
 def test_a_run_folder_reruns_to_the_same_metrics_and_submissions_say_what_made_them(sample_root, work, tmp_path):
-    cli("train-head", *TINY, "--head", "distill", "--seed", "4", "--lrs", "2e-3", "--set", "hidden=64",
+    cli("train-head", *STORE, "--head", "distill", "--seed", "4", "--lrs", "2e-3", "--set", "hidden=64",
         "--name", "orig", *where(sample_root, work))
     cli("train-head", "--from", "orig", "--name", "again", *where(sample_root, work))
     a, b = (json.loads((work / "runs" / n / "metrics.json").read_text()) for n in ("orig", "again"))
@@ -384,14 +407,14 @@ def test_from_refuses_a_store_that_holds_other_clips_now(sample_root, tmp_path):
     base = [*TINY, *where(sample_root, w), "--workers", "0", "--no-progress"]
     cli("extract", *base, "--split", "train", "--limit", "30")
     cli("extract", *base, "--split", "val")
-    cli("train-head", *TINY, "--head", "linear", "--name", "few", *where(sample_root, w))
+    cli("train-head", *STORE, "--head", "linear", "--name", "few", *where(sample_root, w))
     cli("extract", *base, "--split", "train")  # same settings, more clips
     e = one_line(cli("train-head", "--from", "few", *where(sample_root, w), check=False))
     assert "the store is not what few trained on (other clips" in e
 
 
 def test_evaluate_gives_top5_credit_only_for_listed_classes(sample_root, work, tmp_path):
-    cli("train-head", *TINY, "--head", "linear", "--name", "t5", *where(sample_root, work))
+    cli("train-head", *STORE, "--head", "linear", "--name", "t5", *where(sample_root, work))
     doc = json.loads((work / "runs" / "t5" / "predictions_val.json").read_text())
     for r in doc["results"]:
         r["label_id"], r["top5"] = 5, [{"label_id": 5, "score": 1.0}]
@@ -413,9 +436,9 @@ def test_rows_with_non_finite_features_can_be_recomputed(sample_root, tmp_path):
     part = next(folder.glob("part-*.h5"))
     with h5py.File(part, "r+") as f:
         f["features"][:3] = np.nan
-    v = cli("features", "verify", *TINY, "--work-dir", w, "--split", "val", check=False)
+    v = cli("features", "verify", *STORE, "--work-dir", w, "--split", "val", check=False)
     assert v.exit_code == 1 and "1 non-finite" in v.stdout and "3 of" in v.stdout
-    cli("features", "verify", *TINY, "--work-dir", w, "--split", "val", "--move-aside")
+    cli("features", "verify", *STORE, "--work-dir", w, "--split", "val", "--move-aside")
     again = cli("extract", *base)
     store = FeatureStore(folder)
     assert "extracted" in again.stdout and np.isfinite(store.get(store.names)).all()
@@ -434,16 +457,16 @@ def test_hand_edited_stores_are_one_line(sample_root, tmp_path):
         backup = part.read_bytes()
         with h5py.File(part, "r+") as f:
             spoil(f)
-        for args in (["features", "info", *TINY, "--work-dir", w], ["train-head", *TINY, *where(sample_root, w)]):
+        for args in (["features", "info", *STORE, "--work-dir", w], ["train-head", *STORE, *where(sample_root, w)]):
             e = one_line(cli(*args, check=False))
             assert "unreadable feature part" in e, (name, e)
         part.write_bytes(backup)
     (folder / "store.json").write_text("[1]")
-    assert "not a store.json kscli wrote" in one_line(cli("features", "info", *TINY, "--work-dir", w, check=False))
+    assert "not a store.json kscli wrote" in one_line(cli("features", "info", *STORE, "--work-dir", w, check=False))
 
 
 def test_hand_edited_run_files_and_checkpoints_are_one_line(sample_root, work, tmp_path):
-    cli("train-head", *TINY, "--head", "linear", "--name", "ed", *where(sample_root, work))
+    cli("train-head", *STORE, "--head", "linear", "--name", "ed", *where(sample_root, work))
     run = work / "runs" / "ed"
     for name, edit in (("config.json", lambda d: d["train"].pop("head")), ("config.json", lambda d: d.update(stores=[1]))):
         shutil.copytree(run, tmp_path / "r")

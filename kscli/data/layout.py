@@ -110,7 +110,7 @@ class Layout:
     # Where each stage writes, all under the work folder; names are checked to stay under it.
     def store_dir(self, tag: str) -> Path:
         """A feature store's folder (one subfolder per split): `<work>/features/<tag>`."""
-        return self.stores_dir / check_name(tag, "store name (--backbone / --tag)")
+        return self.stores_dir / check_name(tag, "store name (--store / --tag)")
 
     def features_dir(self, tag: str, split: str) -> Path:
         if split not in SPLITS:
@@ -160,7 +160,7 @@ def check_name(name: str, what: str) -> str:
     bad = next((c for c in ("/", "\\", "\0", ",") if c in name), None)
     if bad is not None or name in (".", "..") or name != name.strip():
         why = ("holds a path separator" if bad in ("/", "\\") else "holds a NUL byte" if bad == "\0"
-               else "holds a comma (commas join store names: --backbone a,b)" if bad == ","
+               else "holds a comma (commas join store names: --store a,b)" if bad == ","
                else "is not a folder name" if name in (".", "..") else "starts or ends with a space")
         raise KscliError(f"{what} {name!r} {why}; kscli keeps stores and runs under --work-dir: give a "
                          "plain name (pass --work-dir to choose where they go)")

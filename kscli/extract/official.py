@@ -11,7 +11,7 @@ of the benchmark's ``start_time`` / ``end_time``. For every clip of a segment (t
 its exo clips), :func:`import_features` averages the windows whose span overlaps the segment
 ``[start, end]`` (a positive overlap; a window that only touches an end does not count) and
 writes that vector into the same store format ``kscli extract`` writes, keyed by the clip name,
-so ``kscli train-head --backbone omnivore_video`` reads it unchanged.
+so ``kscli train-head --store omnivore_video`` reads it unchanged.
 
 - No overlapping window (a segment past the end of the feature file): the window nearest the
   segment's middle is used, and counted in the summary (``nearest``).

@@ -527,7 +527,7 @@ def format_info(infos: list[dict], tag: str) -> str:
             split = Path(info["path"]).name
             lines.append(f"  MIXED: {rows} row(s) in {len(info['mixed'])} part(s) were made otherwise than the store "
                          f"(e.g. {info['mixed'][0]['part']}: {info['mixed'][0]['difference']}); heal it with "
-                         f"`kscli features verify --backbone {tag} --split {split} --move-aside`, then rerun "
+                         f"`kscli features verify --store {tag} --split {split} --move-aside`, then rerun "
                          "`kscli extract` with the store's settings")
         for rank, who in info["writing"].items():
             lines.append(f"  being written now: rank {rank} by {who}")

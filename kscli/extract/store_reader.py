@@ -233,7 +233,7 @@ class FeatureStore:
             name = tag or self.path.parent.name
             raise KscliError(f"{self.path}: this store mixes features made two ways: {rows} row(s) in "
                              f"{len(bad)} part(s) differ from the store ({bad[0][2]}); heal it with "
-                             f"`kscli features verify --backbone {name} --split {self.path.name} --move-aside` "
+                             f"`kscli features verify --store {name} --split {self.path.name} --move-aside` "
                              "(moves those parts aside), then rerun `kscli extract` with the store's "
                              "settings to recompute their clips")
         return self

@@ -64,7 +64,7 @@ def open_stores(bench: Benchmark, tags: list[str], split: str, made_like: dict |
     for tag in tags:
         store = FeatureStore(bench.layout.features_dir(tag, split))
         if not store.exists:
-            raise KscliError(f"{store.path}: no features for split '{split}' of backbone '{tag}'; run "
+            raise KscliError(f"{store.path}: no features for split '{split}' in store '{tag}'; run "
                              f"`kscli extract --backbone {tag} --split {split}` first")
         store.check_one_way(tag)
         if made_like is not None and tag in made_like:

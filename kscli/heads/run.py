@@ -55,13 +55,13 @@ class RunResult:
     summary: str
 
 
-def parse_tags(backbone: str) -> list[str]:
+def parse_tags(stores: str) -> list[str]:
     """`a,b` -> ["a", "b"]: the stores a head reads (joined along the feature axis)."""
-    tags = [t.strip() for t in backbone.split(",") if t.strip()]
+    tags = [t.strip() for t in stores.split(",") if t.strip()]
     if not tags:
-        raise KscliError("--backbone: give a store name, or several joined with commas (a,b)")
+        raise KscliError("--store: give a store name, or several joined with commas (a,b)")
     for t in tags:
-        check_name(t, "--backbone (a store name)")
+        check_name(t, "--store (a store name)")
     return tags
 
 
