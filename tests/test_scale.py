@@ -97,7 +97,7 @@ def test_overwrite_waits_for_no_writer_and_a_moved_lock_file_is_not_trusted(samp
     assert not list(store_dir(work).parent.glob("train.replaced-*"))
     # a writer that opened the lock file just before --overwrite moved the folder aside must not
     # keep a lock on the moved file (it would write beside the new store's writer): it relocks
-    real_open, opened = lock_mod._open, []
+    real_open, opened = lock_mod.open_lock_file, []
 
     def open_then_folder_moves(path, rank):
         fd = real_open(path, rank)
@@ -106,7 +106,7 @@ def test_overwrite_waits_for_no_writer_and_a_moved_lock_file_is_not_trusted(samp
         opened.append(path)
         return fd
 
-    monkeypatch.setattr(lock_mod, "_open", open_then_folder_moves)
+    monkeypatch.setattr(lock_mod, "open_lock_file", open_then_folder_moves)
     with RankLock(store_dir(work), 0) as held:
         assert len(opened) == 2
         assert os.fstat(held.fd).st_ino == os.stat(store_dir(work) / "writer-r000.lock").st_ino

@@ -67,7 +67,9 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _open(path: Path, rank: int) -> int:
+def open_lock_file(path: Path, rank: int) -> int:
+    """The lock file of `rank` opened for reading and writing (made if absent), or one line
+    saying why it cannot be."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:  # 0o666 minus the umask: a group-shared store stays writable by the group
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -92,7 +94,7 @@ class RankLock:
             raise _busy(self.path, rank, f"this process (pid {os.getpid()})")
         deadline = time.monotonic() + wait_s
         while True:
-            fd = _open(self.path, rank)
+            fd = open_lock_file(self.path, rank)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except (BlockingIOError, PermissionError):

@@ -524,12 +524,14 @@ def extract(layout: Layout, cfg: ExtractConfig, progress: bool = True) -> list[S
 
 @dataclass
 class _Target:
-    """One backbone's store in a run: its model, its writer and what it already holds."""
+    """One backbone's store in a run: its model, its writer, what it already holds, and (while
+    clips are being embedded) the thread that writes its parts."""
 
     embedder: _Embedder
     writer: StoreWriter
     store: FeatureStore
     summary: SplitSummary
+    parts: PartWriterThread | None = None
 
 
 def _extract_split(layout: Layout, cfg: ExtractConfig, plan: RunPlan, embedders: list[_Embedder], split: str,
@@ -584,12 +586,11 @@ def _decode_embed_write(targets: list[_Target], todo: list[tuple[ClipJob, tuple[
     bar = tqdm(total=len(todo), desc=f"extract {split} [{s.shard + 1}/{s.num_shards}]", unit="clip",
                disable=not progress, dynamic_ncols=True)
     summaries = [t.summary for t in targets]
-    writers = []
     for t in targets:
         def written(rows: StoreRows, summary: SplitSummary = t.summary) -> None:
             summary.extracted += len(rows.names)
 
-        writers.append(PartWriterThread(t.writer, on_written=written, thread_init=t.embedder.use_device))
+        t.parts = PartWriterThread(t.writer, on_written=written, thread_init=t.embedder.use_device)
     threads = CpuThreads(plan, first.device)
     t0 = time.perf_counter()
     try:
@@ -603,20 +604,20 @@ def _decode_embed_write(targets: list[_Target], todo: list[tuple[ClipJob, tuple[
                         targets[k].summary.failures.append((it["name"], err))
                         targets[k].summary.failed += 1
             t_model = time.perf_counter()
-            for k, (t, parts) in enumerate(zip(targets, writers)):
+            for k, t in enumerate(targets):
                 mine = _views(good, k)
                 if mine:
-                    parts.submit(t.embedder.rows_later(mine))
+                    t.parts.submit(t.embedder.rows_later(mine))
             if good:
                 threads.observe(good, time.perf_counter() - t_model)
             bar.update(len(batch))
             bar.set_postfix(failed=max(x.failed for x in summaries), refresh=False)
-        for parts in writers:
-            parts.close()
+        for t in targets:
+            t.parts.close()
     except BaseException as e:
-        for parts in writers:
+        for t in targets:
             try:
-                parts.close()  # what was computed is written: a rerun resumes after it
+                t.parts.close()  # what was computed is written: a rerun resumes after it
             except Exception:  # noqa: BLE001 - the first error is the one to report
                 pass
         bar.close()
