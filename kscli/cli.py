@@ -101,13 +101,20 @@ def _key(value):
     return value
 
 
-def _echo_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=1, default=str))
+OLD_POSITIONAL = {"allow_extra_args": True}  # a command that still takes its 0.1.0 positional value
 
 
-@app.command("sample")
-def sample_cmd(out: Optional[Path] = typer.Option(None, "--out", help="Folder to write the sample benchmark into."),
-               out_arg: Optional[Path] = typer.Argument(None, hidden=True, metavar="[OUT]"),
+def _old_positional(ctx: typer.Context, what: str) -> str | None:
+    """The one positional value an older spelling gave (`kscli sample DIR`, `features info
+    STORE`), kept out of the usage line; more than one is refused."""
+    if len(ctx.args) > 1:
+        raise KscliError(f"unexpected arguments {' '.join(ctx.args)}; name the {what} with --{'out' if what == 'folder' else 'store'}")
+    return ctx.args[0] if ctx.args else None
+
+
+@app.command("sample", context_settings=OLD_POSITIONAL)
+def sample_cmd(ctx: typer.Context,
+               out: Optional[Path] = typer.Option(None, "--out", help="Folder to write the sample benchmark into."),
                seed: int = typer.Option(0, help="Random seed (same seed, same files)."),
                tiny: bool = typer.Option(False, "--tiny", help="The tiny version the tests use (64 px, seconds)."),
                size: int = typer.Option(448, help="Short side of the clips in pixels (even)."),
@@ -119,6 +126,8 @@ def sample_cmd(out: Optional[Path] = typer.Option(None, "--out", help="Folder to
     from kscli.data.sample import tiny_sample_kwargs, write_sample_benchmark
     from kscli.device import usable_cores
 
+    old = _old_positional(ctx, "folder")
+    out_arg = None if old is None else Path(old)
     if out is not None and out_arg is not None and out.resolve() != out_arg.resolve():
         raise KscliError(f"two folders named: {out_arg} and --out {out}; give one")
     out = _renamed("a positional OUT", "--out", out_arg, out)  # `kscli sample DIR` keeps working
@@ -248,8 +257,8 @@ def _stores(named: str | None, work_dir, several: bool = False, backbone: str | 
     return names, layout
 
 
-@features_app.command("info")
-def features_info_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, metavar="[STORE]"),
+@features_app.command("info", context_settings=OLD_POSITIONAL)
+def features_info_cmd(ctx: typer.Context,
                       store: Optional[str] = typer.Option(None, "--store", help="Store name(s) as written by extract / import-features (the backbone, or its --tag), a or a,b [default: every store]."),
                       backbone: Optional[str] = typer.Option(None, "--backbone", hidden=True),
                       split: str = typer.Option("train,val,test", help="Comma-separated splits."),
@@ -259,14 +268,15 @@ def features_info_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, met
     from kscli.data.layout import parse_splits
     from kscli.extract.store import format_info, store_infos
 
-    names, layout = _stores(store, work_dir, several=True, backbone=backbone, positional=tag)
+    names, layout = _stores(store, work_dir, several=True, backbone=backbone,
+                            positional=_old_positional(ctx, "store"))
     infos = {name: store_infos(layout, name, parse_splits(split)) for name in names}
     typer.echo(json.dumps([i for name in names for i in infos[name]], indent=1) if as_json else
                "\n".join(format_info(infos[name], name) for name in names))
 
 
-@features_app.command("verify")
-def features_verify_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, metavar="[STORE]"),
+@features_app.command("verify", context_settings=OLD_POSITIONAL)
+def features_verify_cmd(ctx: typer.Context,
                         store: Optional[str] = typer.Option(None, "--store", help="Store name as written by extract / import-features (the backbone, or its --tag)."),
                         backbone: Optional[str] = typer.Option(None, "--backbone", hidden=True),
                         split: str = typer.Option("train,val,test", help="Comma-separated splits."),
@@ -278,8 +288,8 @@ def features_verify_cmd(tag: Optional[str] = typer.Argument(None, hidden=True, m
     from kscli.data.layout import parse_splits
     from kscli.extract.store import verify_stores
 
-    [tag], layout = _stores(store, work_dir, backbone=backbone, positional=tag)
-    text, left = verify_stores(layout, tag, parse_splits(split), move_aside=move_aside, progress=progress)
+    [store], layout = _stores(store, work_dir, backbone=backbone, positional=_old_positional(ctx, "store"))
+    text, left = verify_stores(layout, store, parse_splits(split), move_aside=move_aside, progress=progress)
     typer.echo(text)
     if left:
         raise typer.Exit(1)

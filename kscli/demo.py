@@ -14,6 +14,7 @@ from pathlib import Path
 from kscli.data.check import check_data, format_report, write_report
 from kscli.data.layout import Benchmark, Layout
 from kscli.data.sample import write_sample_benchmark
+from kscli.data.segments import SPLITS
 from kscli.device import usable_cores
 from kscli.errors import KscliError
 from kscli.extract.run import ExtractConfig, extract
@@ -50,7 +51,7 @@ def run_demo(root: Path, seed: int = 0, heads: tuple[str, ...] = DEMO_HEADS, wor
         s = write_sample_benchmark(download, seed=seed, workers=workers or usable_cores()[0], **DEMO_SAMPLE)
         say(s.text())
     say("[2/5] check-data")
-    report = check_data(layout, ["train", "val", "test"], progress=progress, min_frames=8)
+    report = check_data(layout, list(SPLITS), progress=progress, min_frames=8)
     write_report(report, layout.reports_dir / "check-data.json")
     say(format_report(report))
     if not report.ok:

@@ -336,6 +336,8 @@ def test_stacked_adamw_matches_torch_adamw_per_member():
             theirs[g].step()
     for g in range(2):
         torch.testing.assert_close(w.detach()[g], refs[g].detach(), rtol=1e-5, atol=1e-6)
+    ours.zero_grad(set_to_none=True)  # the stacked gradient too: backward would add to it
+    assert w.grad is None
 
 
 def test_dropout_mask_is_shared_by_members():

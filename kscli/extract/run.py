@@ -24,15 +24,16 @@ from tqdm import tqdm
 
 import kscli
 from kscli.data.layout import Benchmark, Layout, check_name, parse_splits
+from kscli.data.segments import SPLITS
 from kscli.data.video import DECODE_RULES, DECODER
-from kscli.device import resolve_device, usable_cores
+from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING, BackboneSpec, random_weights, registration
 from kscli.extract.backbones import create_backbone
 from kscli.extract.preprocess import preprocess_clips, resize_clip_uint8
 from kscli.extract.processors import CROPS
 from kscli.extract.sampling import SamplingConfig, decode_samples
-from kscli.extract.shard import ShardPlan, assign_shards, default_workers, resolve_shard
+from kscli.extract.shard import ShardPlan, assign_shards, cores_share, default_workers, resolve_shard
 from kscli.extract.store import (FeatureStore, PartWriterThread, StoreRows, StoreWriter, open_for_writing,
                                  overwrite_stores)
 
@@ -62,7 +63,7 @@ class ExtractConfig:
 
     backbone: str
     weights: str | None = None  # one backbone: a hub id or folder; several: NAME=DIR,NAME=DIR (others: their default)
-    splits: tuple[str, ...] = ("train", "val", "test")
+    splits: tuple[str, ...] = SPLITS
     view: str = "all"
     num_frames: int | None = None  # frames per window; None: the backbone's own
     windows: int = 1
@@ -384,7 +385,7 @@ def plan_run(cfg: ExtractConfig) -> RunPlan:
         workers, why = default_workers(shard)
     # On CPU the decoders hold the cores; a multi-threaded model would spin against them
     # (measured: 0.76 -> 0.93 of the decode-only bound on 2 cores with bench/extract.py).
-    share = max(1, usable_cores()[0] // shard.local_ranks)
+    share = cores_share(shard)
     threads = max(1, share - workers)
     return RunPlan(shard, str(device), "bfloat16" if bf16 else "float32", resize_on, workers, why, threads, share)
 

@@ -114,11 +114,16 @@ def resolve_shard(shard: int | None = None, num_shards: int | None = None, env=N
     return ShardPlan(shard, num_shards, source, local_rank, max(1, local_ranks))
 
 
+def cores_share(plan: ShardPlan, env=None) -> int:
+    """This rank's share of the node's usable cores (the ranks on a node split them), at least 1."""
+    return max(1, usable_cores(env)[0] // plan.local_ranks)
+
+
 def default_workers(plan: ShardPlan, env=None) -> tuple[int, str]:
     """Decoder processes for this rank: its share of the node's usable cores, at least 1, and
     the reason in words for the run summary."""
     cores, what = usable_cores(env)
-    share = max(1, cores // plan.local_ranks)
+    share = cores_share(plan, env)
     what = f"{cores} {what}" if cores > 1 else f"1 {what.replace('cores', 'core', 1)}"
     if plan.local_ranks > 1:
         return share, f"{what} / {plan.local_ranks} ranks on this node"

@@ -8,7 +8,11 @@ only place its defaults live; every field carries a one-line meaning, which is w
 What a head does, in the order `kscli.heads.train.train_grid` calls it (one driver for every head):
 
     holdout_split(train, labels, notes)  -> (fit rows, holdout rows): the selection split
-    prepare(train, fit, select, G)       statistics, tensors, the model with G grid members
+    fit_rows(train, labels, notes)       the rows to fit when selecting on val (no holdout)
+    small_steps(train, fit, G)           True: one CPU thread trains faster than several
+    prepare(train, fit, select, G, notes)
+                                         statistics, tensors, the model with G grid members
+                                         (build_model(model_cfg, generator))
     train_members(grid, gen)             one epoch per next(); yields the train loss per member
     selection_batches()                  (student logits (G, b, C), teacher logits or None, y)
     snapshot(g) / finish(snapshot)       keep grid member g; make it the head's model
@@ -33,7 +37,7 @@ import torch
 
 from kscli.errors import KscliError
 from kscli.heads.common import plain
-from kscli.heads.config import HeadConfig, option  # noqa: F401 - the head API
+from kscli.heads.config import HeadConfig, new_default, option  # noqa: F401 - the head API
 from kscli.heads.teacher import TeacherOptions  # noqa: F401 - the head API
 
 CHECKPOINT_FORMAT = "kscli-head"

@@ -71,7 +71,7 @@ def torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A torch.Generator on `device` seeded with `seed`: every random draw of training comes
     from one passed as an argument, never from torch's global generators (which stay the
     caller's)."""
@@ -121,7 +121,7 @@ def mean_over_windows(a: np.ndarray, seq_ndim: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 
-def exo_views(fs) -> tuple[torch.Tensor, torch.Tensor]:
+def exo_tensors(fs) -> tuple[torch.Tensor, torch.Tensor]:
     """A FeatureSet's raw exo views as tensors: (N, V, Dx) float32, windows averaged, and the
     mask (N, V) of the views that exist. The one place exo becomes a tensor."""
     return mean_over_windows(fs.exo, 4), torch.from_numpy(np.asarray(fs.exo_mask, dtype=bool))

@@ -25,14 +25,12 @@ def option(default, help: str, model: bool = False):
     return field(default=default, metadata={"help": help, "model": model})
 
 
-def grid_lrs(*default: float):
-    """The `lrs` option with a head's own default (its meaning written once, here)."""
-    return option(tuple(default), "learning rates of the grid (each x each weight decay)")
-
-
-def grid_weight_decays(*default: float):
-    """The `weight_decays` option with a head's own default (its meaning written once, here)."""
-    return option(tuple(default), "decoupled (AdamW) weight decays of the grid")
+def new_default(name: str, default):
+    """HeadConfig's option `name` with a head's own default: its meaning (and whether it shapes
+    the network) stay those HeadConfig declares, written once. In a head's Config:
+    `lrs: tuple[float, ...] = new_default("lrs", (5e-3, 1e-2))`."""
+    f = HeadConfig.__dataclass_fields__[name]
+    return option(default, f.metadata["help"], model=f.metadata["model"])
 
 
 # ----------------------------------------------------------------------------- config
@@ -40,11 +38,10 @@ def grid_weight_decays(*default: float):
 class HeadConfig:
     """What every head's training has: the lr x wd grid, the schedule, the selection rule,
     where it runs. A head's Config subclasses this, adds its own fields and may redeclare a
-    field to change its default (`lrs` and `weight_decays` with `grid_lrs` /
-    `grid_weight_decays`)."""
+    field to change its default (with `new_default`, which keeps the field's meaning)."""
 
-    lrs: tuple[float, ...] = grid_lrs(1e-3)
-    weight_decays: tuple[float, ...] = grid_weight_decays(0.0)
+    lrs: tuple[float, ...] = option((1e-3,), "learning rates of the grid (each x each weight decay)")
+    weight_decays: tuple[float, ...] = option((0.0,), "decoupled (AdamW) weight decays of the grid")
     epochs: int | None = option(None, "epochs; none: enough for min_steps optimizer steps, "
                                       "within min_epochs..max_epochs")
     min_epochs: int = option(2, "fewest epochs when epochs is none")

@@ -60,7 +60,8 @@ at least one kept), then a random contiguous crop of `max_len` segments when lon
 `missing_dropout` (a kept segment's ego input replaced by the missing token, its label still
 trained: this is what teaches the missing token). Positions and time features stay those of
 the full take, which is what the model sees at test. AdamW (biases, norms, the learned
-vectors and the position bias not decayed) under torch's warmup + cosine schedulers, label
+vectors and the position bias not decayed; `optim.decay_groups`) under the warmup-cosine
+schedule of `optim.optimise` (torch's LambdaLR), label
 smoothing, gradient clipping. The grid's members train one after another (a transformer over
 padded takes does not stack as cheaply as the single-segment heads); the holdout is whole
 takes of train (`holdout_fraction` of the takes holding labels).
@@ -89,8 +90,8 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, option, register_head
-from kscli.heads.config import grid_lrs, grid_weight_decays
-from kscli.heads.common import exo_views, generator
+from kscli.heads.config import new_default
+from kscli.heads.common import exo_tensors, seeded_generator
 from kscli.heads.optim import decay_groups, optimise
 from kscli.heads.stats import apply_right, feature_stats, preconditioner
 from kscli.heads.context_net import ContextNet
@@ -103,10 +104,10 @@ from kscli.heads.takes import (Takes, augment, ego_present, group_takes,
 class ContextConfig(TeacherOptions, HeadConfig):
     """Defaults tuned with bench/context.py: ~20,000 segments x 1,024-d x 278 classes, 2 cores."""
 
-    lrs: tuple[float, ...] = grid_lrs(2e-3, 4e-3)
-    weight_decays: tuple[float, ...] = grid_weight_decays(0.05)
-    min_epochs: int = option(4, "fewest epochs when epochs is none")
-    min_steps: int = option(500, "optimizer steps to reach when epochs is none")
+    lrs: tuple[float, ...] = new_default("lrs", (2e-3, 4e-3))
+    weight_decays: tuple[float, ...] = new_default("weight_decays", (0.05,))
+    min_epochs: int = new_default("min_epochs", 4)
+    min_steps: int = new_default("min_steps", 500)
     max_epochs: int = option(40, "most epochs when epochs is none (small sets: see the docs)")
     holdout_fraction: float = option(0.1, "share of the takes holding labels held out for "
                                            "selection (whole takes)")
@@ -182,7 +183,7 @@ class ContextHead(Head):
                          "the exo teacher (loss = CE of the student)")
         net = self.build_model({**cfg.model_cfg(),
                                 "exo_dim": int(train.exo.shape[-1]) if use_exo else 0},
-                               generator(cfg.seed))
+                               seeded_generator(cfg.seed))
         ego = as_windows(train.ego)
         present = ego_present(train, ego)
         if not present.all():
@@ -199,7 +200,7 @@ class ContextHead(Head):
         rho, self._P = None, None
         if cfg.precondition > 0:
             rows = torch.from_numpy(np.flatnonzero(in_fit & present)).to(data.x.device)
-            self._P, rho = preconditioner(data.x[rows], cfg.precondition, generator(cfg.seed))
+            self._P, rho = preconditioner(data.x[rows], cfg.precondition, seeded_generator(cfg.seed))
             apply_right(data.x, self._P)
             apply_right(self._sel.x, self._P)
         self._net, self._data, self._use_exo = net, data, use_exo
@@ -304,7 +305,7 @@ def _set_statistics(net: ContextNet, train, ego: torch.Tensor, in_fit: np.ndarra
     traw, _ = time_features(train.start, train.end, groups)
     net.time_mean[:], net.time_std[:] = feature_stats(torch.from_numpy(traw[in_fit]))
     if use_exo:
-        exo, mask = exo_views(train)
+        exo, mask = exo_tensors(train)
         net.exo_mean[:], net.exo_std[:] = feature_stats(exo, mask & torch.from_numpy(in_fit)[:, None])
 
 

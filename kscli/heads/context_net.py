@@ -29,10 +29,10 @@ def linear_layer(d_in: int, d_out: int, generator: torch.Generator, bias: bool =
 class _Block(nn.Module):
     """Pre-LayerNorm transformer block with an additive attention bias."""
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, attn_dropout: float,
+    def __init__(self, d: int, heads: int, ffn: int, p_drop: float, p_attn_drop: float,
                  generator: torch.Generator):
         super().__init__()
-        self.heads, self.dropout, self.attn_dropout = heads, dropout, attn_dropout
+        self.heads, self.p_drop, self.p_attn_drop = heads, p_drop, p_attn_drop
         self.ln1 = nn.LayerNorm(d)
         self.qkv = linear_layer(d, 3 * d, generator)
         self.proj = linear_layer(d, d, generator)
@@ -51,15 +51,15 @@ class _Block(nn.Module):
         qkv = self.qkv(self.ln1(x))
         pad = qkv.new_zeros(B * L, 3 * d).index_copy(0, idx, qkv)
         q, k, v = pad.view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
-        if gen is not None and self.attn_dropout > 0:  # SDPA's own dropout would draw from torch's global generator
+        if gen is not None and self.p_attn_drop > 0:  # SDPA's own dropout would draw from torch's global generator
             w = ((q @ k.transpose(-2, -1)) / math.sqrt(d // H) + bias).softmax(-1)
-            a = dropout(w, self.attn_dropout, gen) @ v
+            a = dropout(w, self.p_attn_drop, gen) @ v
         else:
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         a = a.transpose(1, 2).reshape(B * L, d).index_select(0, idx)
-        x = x + dropout(self.proj(a), self.dropout, gen)
-        h = dropout(F.gelu(self.fc1(self.ln2(x))), self.dropout, gen)
-        return x + dropout(self.fc2(h), self.dropout, gen)
+        x = x + dropout(self.proj(a), self.p_drop, gen)
+        h = dropout(F.gelu(self.fc1(self.ln2(x))), self.p_drop, gen)
+        return x + dropout(self.fc2(h), self.p_drop, gen)
 
 
 class _Encoder(nn.Module):

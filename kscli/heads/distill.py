@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from kscli.heads.base import register_head
-from kscli.heads.config import grid_weight_decays
-from kscli.heads.common import dropout, exo_views
+from kscli.heads.config import new_default
+from kscli.heads.common import dropout, exo_tensors
 from kscli.heads.layers import StackedNet, layer_norm, linear, stacked_cross_entropy, trunc_normal
 from kscli.heads.stacked import HiddenLayerConfig, StackedHead
 from kscli.heads.teacher import TeacherOptions, mean_of_views, seen_views, teacher_loss
@@ -34,7 +34,7 @@ from kscli.heads.teacher import TeacherOptions, mean_of_views, seen_views, teach
 @dataclass
 class DistillConfig(TeacherOptions, HiddenLayerConfig):
     # tuned with bench/heads.py (part 2: privileged information)
-    weight_decays: tuple[float, ...] = grid_weight_decays(0.1)
+    weight_decays: tuple[float, ...] = new_default("weight_decays", (0.1,))
 
 
 class DistillNet(StackedNet):
@@ -110,7 +110,7 @@ class DistillHead(StackedHead):
         """The teacher's (N, C) from ego + exo (rows without an ego feature: the prior)."""
         if not fs.has_exo():
             return None
-        exo, mask = exo_views(fs)
+        exo, mask = exo_tensors(fs)
         net = self.model
         dev = net.ego_mean.device
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from kscli.heads.base import register_head
-from kscli.heads.config import grid_lrs, grid_weight_decays
+from kscli.heads.config import new_default
 from kscli.heads.layers import StackedNet, linear
 from kscli.heads.stacked import StackedConfig, StackedHead
 
@@ -15,8 +15,8 @@ from kscli.heads.stacked import StackedConfig, StackedHead
 @dataclass
 class LinearConfig(StackedConfig):
     # tuned with bench/heads.py (20,000 x 1,024 x 278 synthetic features, 2 CPU cores)
-    lrs: tuple[float, ...] = grid_lrs(5e-3, 1e-2)
-    weight_decays: tuple[float, ...] = grid_weight_decays(1e-4)
+    lrs: tuple[float, ...] = new_default("lrs", (5e-3, 1e-2))
+    weight_decays: tuple[float, ...] = new_default("weight_decays", (1e-4,))
 
 
 class LinearNet(StackedNet):

@@ -2,9 +2,9 @@
 (`StackedAdamW`), which parameters are decayed (`decay_groups`), the warmup-cosine schedule, and
 the one training loop (`optimise`) every head steps through.
 
-`StackedAdamW` is hand-written: torch's AdamW takes one learning rate per parameter group, and
-a stacked parameter (G, ...) holds every member. docs/design.md gives the timings against the
-library's ways (bench/optimizer.py).
+`StackedAdamW` is torch's fused AdamW with one pair of parameter groups per member, over views of
+the stacked parameters (a parameter group holds whole tensors, and a stacked parameter (G, ...)
+holds every member). docs/design.md gives the timings that chose it (bench/optimizer.py).
 """
 
 from __future__ import annotations
@@ -24,42 +24,49 @@ def decay_groups(named_params, no_decay) -> tuple[list, list]:
     return [p for n, p in named if n not in no_decay], [p for n, p in named if n in no_decay]
 
 
-class StackedAdamW(torch.optim.Optimizer):
-    """AdamW over stacked parameters (G, ...) with a learning rate and a decoupled weight decay
-    per member (G values each); the same update as torch.optim.AdamW, member by member. A param
-    group's `lr` is a factor on every member's lr (1.0 at the start), which is what torch's lr
-    schedulers set. Names in `no_decay` (biases, LayerNorm affines) are not decayed."""
+class StackedAdamW(torch.optim.AdamW):
+    """torch's AdamW (fused) over stacked parameters (G, ...), with a learning rate and a
+    decoupled weight decay per member (G values each). Each member's slice of a stacked
+    parameter is a detached view of its storage (a view is a leaf of its own, so a parameter
+    group can hold it): member g's two groups (decayed, and `no_decay` names at weight decay 0)
+    carry lrs[g] and wds[g], torch's schedulers scale every group's lr, and before each step the
+    views' gradients are pointed at the member's slice of the stacked gradient. Nothing is
+    copied: torch updates the views, and so the stacked parameters, in place."""
 
     def __init__(self, named_params, lrs, wds, no_decay=frozenset(), betas=(0.9, 0.999),
                  eps: float = 1e-8):
         decayed, undecayed = decay_groups(named_params, no_decay)
-        groups = [{"params": decayed, "decay": True}, {"params": undecayed, "decay": False}]
-        super().__init__([g for g in groups if g["params"]],
-                         {"lr": 1.0, "betas": tuple(betas), "eps": eps})
-        dev = (decayed + undecayed)[0].device
-        self.member_lrs = torch.as_tensor(lrs, dtype=torch.float32, device=dev)
-        self.member_wds = torch.as_tensor(wds, dtype=torch.float32, device=dev)
+        if not decayed + undecayed:
+            raise ValueError("StackedAdamW: no trainable parameter")
+        if len(lrs) != len(wds):
+            raise ValueError(f"StackedAdamW: {len(lrs)} learning rates but {len(wds)} weight decays")
+        self.stacked = decayed + undecayed
+        self.views = [[p.detach()[g].requires_grad_() for g in range(len(lrs))] for p in self.stacked]
+        k = len(decayed)
+        groups = []
+        for g, (lr, wd) in enumerate(zip(lrs, wds)):
+            groups += [{"params": [v[g] for v in self.views[:k]], "lr": float(lr), "weight_decay": float(wd)},
+                       {"params": [v[g] for v in self.views[k:]], "lr": float(lr), "weight_decay": 0.0}]
+        super().__init__([grp for grp in groups if grp["params"]], betas=tuple(betas), eps=eps, fused=True)
 
-    @torch.no_grad()
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for p in self.stacked:  # backward accumulates into the stacked parameters' gradients
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
     def step(self, closure=None):
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
-                st["step"] += 1
-                per_member = (-1,) + (1,) * (p.dim() - 1)
-                lr = (self.member_lrs * group["lr"]).view(per_member)
-                if group["decay"]:
-                    p.mul_(1.0 - lr * self.member_wds.view(per_member))
-                g, m, v = p.grad, st["m"], st["v"]
-                m.lerp_(g, 1.0 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-                denom = (v / (1.0 - b2 ** st["step"])).sqrt_().add_(group["eps"])
-                p.addcdiv_(m * (lr / (1.0 - b1 ** st["step"])), denom, value=-1.0)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for p, views in zip(self.stacked, self.views):
+            for g, view in enumerate(views):
+                view.grad = None if p.grad is None else p.grad[g]
+        super().step()
+        return loss
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int

@@ -34,6 +34,7 @@ import torch
 
 import kscli
 from kscli.data.layout import Benchmark, Layout, check_name, parse_splits
+from kscli.data.segments import SPLITS
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING
@@ -305,7 +306,7 @@ def rerun_config(layout: Layout, run: str | Path):
                 raise KscliError(f"{layout.features_dir(tag, split)}: the store is not what {run_dir.name} trained "
                                  f"on ({what}: {digest}, now {now}); the rerun would not reproduce it")
     splits = [s for s in annotations if s != "label_mapping"]
-    if not set(splits) <= {"train", "val", "test"}:
+    if not set(splits) <= set(SPLITS):
         raise KscliError(f"{where}: annotation digests for unknown splits {sorted(splits)}; train a new run instead")
     now = annotation_digests(layout, splits)
     changed = [k for k, d in annotations.items() if now.get(k) != d]

@@ -25,8 +25,8 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head, HeadConfig, option
-from kscli.heads.config import grid_lrs, grid_weight_decays
-from kscli.heads.common import as_f32, exo_views, generator
+from kscli.heads.config import new_default
+from kscli.heads.common import as_f32, exo_tensors, seeded_generator
 from kscli.heads.optim import StackedAdamW, optimise
 from kscli.heads.stats import apply_right, feature_stats, preconditioner
 from kscli.heads.layers import StackedNet
@@ -52,10 +52,10 @@ class NetworkConfig(StackedConfig):
     """What the heads with a hidden network share (mlp, distill, attentive): their grid and how
     long they train (tuned with bench/heads.py: 20,000 x 1,024 x 278 features, 2 CPU cores)."""
 
-    lrs: tuple[float, ...] = grid_lrs(1e-3, 3e-3)
-    weight_decays: tuple[float, ...] = grid_weight_decays(0.05, 0.5)
-    min_epochs: int = option(4, "fewest epochs when epochs is none")
-    min_steps: int = option(200, "optimizer steps to reach when epochs is none")
+    lrs: tuple[float, ...] = new_default("lrs", (1e-3, 3e-3))
+    weight_decays: tuple[float, ...] = new_default("weight_decays", (0.05, 0.5))
+    min_epochs: int = new_default("min_epochs", 4)
+    min_steps: int = new_default("min_steps", 200)
 
 
 @dataclass
@@ -81,8 +81,6 @@ def class_balance_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-
-
 class StackedHead(Head):
     """A head whose grid trains as one stacked net. Subclasses set `name`, `description`,
     `Config` (a StackedConfig) and `Net`; nothing else is needed."""
@@ -106,7 +104,7 @@ class StackedHead(Head):
         model_cfg = cfg.model_cfg()
         if uses_exo:
             model_cfg["exo_dim"] = int(train.exo.shape[-1])
-        net = self.build_model(model_cfg, generator(cfg.seed), members)
+        net = self.build_model(model_cfg, seeded_generator(cfg.seed), members)
         # the fit rows: pooled, standardised once with their own statistics, one tensor
         pooled = net.pool_ego(as_f32(train.ego))  # no copy for float32 (N, D) input
         fit_t = torch.from_numpy(np.asarray(fit_rows, dtype=np.int64))
@@ -116,7 +114,7 @@ class StackedHead(Head):
         x_fit.sub_(mean).div_(std)
         exo_stats = (None, None)
         if uses_exo:  # raw exo stays where it is (no copy); batches are standardised
-            exo_all, mask_all = exo_views(train)
+            exo_all, mask_all = exo_tensors(train)
             in_fit = torch.zeros(len(mask_all), dtype=torch.bool)
             in_fit[fit_t] = True
             exo_stats = feature_stats(exo_all, mask_all & in_fit[:, None])
@@ -129,7 +127,7 @@ class StackedHead(Head):
         self._sel = self._selection(net, select, dev)
         rho, self._P = None, None
         if cfg.precondition > 0:
-            self._P, rho = preconditioner(self._fit[0], cfg.precondition, generator(cfg.seed))
+            self._P, rho = preconditioner(self._fit[0], cfg.precondition, seeded_generator(cfg.seed))
             apply_right(self._fit[0], self._P)
             apply_right(self._sel["x"], self._P)
         self._cw = None
@@ -149,7 +147,7 @@ class StackedHead(Head):
             sel = {"x": net.prepare_ego(as_f32(np.asarray(select.ego)[rows]).to(dev)),
                    "y": torch.from_numpy(np.asarray(select.labels, dtype=np.int64)[rows]).to(dev)}
             if self.has_teacher and select.has_exo():
-                exo, mask = exo_views(select)
+                exo, mask = exo_tensors(select)
                 m = mask[rows].to(dev)
                 sel["exo"], sel["exo_mask"] = net.prepare_exo(exo[rows].to(dev), m), m
         return sel
@@ -161,7 +159,7 @@ class StackedHead(Head):
         bs, _, epochs, total, warmup = self._plan
         opt = StackedAdamW(list(net.named_parameters()), [lr for lr, _ in grid],
                            [wd for _, wd in grid], net.no_decay_names(), betas=cfg.betas)
-        order = generator(cfg.seed)  # the batches: the same for every chunk of a grid
+        order = seeded_generator(cfg.seed)  # the batches: the same for every chunk of a grid
         n_fit = len(y_fit)
         net.train()
 

@@ -104,11 +104,10 @@ def resolve_run(layout: Layout, run: str) -> Path:
     """A finished run's folder from its path or its name under the runs folder."""
     p = Path(run)
     if not (p / "checkpoint.pt").is_file():
-        p = layout.runs_dir / run
-        if not (p / "checkpoint.pt").is_file():
+        p = layout.run_dir(run) if p.name == run and run not in (".", "..") else None  # a name
+        if p is None or not (p / "checkpoint.pt").is_file():
             raise KscliError(f"run {run!r}: no checkpoint.pt there or under {layout.runs_dir}; "
                              "see the run folders `kscli train-head` printed")
-        layout.run_dir(run)
     if (p / UNFINISHED).exists():
         raise KscliError(f"{p}: this run is unfinished (still training, or killed: it has {UNFINISHED}); use a "
                          "finished run, or train it again")

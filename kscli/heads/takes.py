@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from kscli.errors import KscliError
-from kscli.heads.common import exo_views
+from kscli.heads.common import as_f32, exo_tensors
 from kscli.heads.featureset import FeatureSet
 
 NUM_TIME_FEATURES = 10
@@ -24,7 +24,7 @@ def as_windows(a: np.ndarray) -> torch.Tensor:
     a = np.asarray(a)
     if a.ndim not in (2, 3):
         raise KscliError(f"ego features must be (N, D) or (N, T, D), got shape {a.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    t = as_f32(a)
     return t.unsqueeze(1) if t.dim() == 2 else t
 
 
@@ -135,7 +135,7 @@ class Takes:
         self.y = np.asarray(fs.labels, dtype=np.int64)
         self.exo = self.exo_mask = None
         if with_exo and fs.exo is not None and fs.exo_mask is not None:
-            self.exo, self.exo_mask = exo_views(fs)  # raw (N, V, Dx); pooled + standardised per batch
+            self.exo, self.exo_mask = exo_tensors(fs)  # raw (N, V, Dx); pooled + standardised per batch
 
     def batch(self, seqs: list[np.ndarray], present: np.ndarray | None = None,
               with_exo: bool = False) -> dict:

@@ -37,7 +37,7 @@ import torch
 from kscli.device import resolve_device
 from kscli.errors import KscliError
 from kscli.heads.base import Head
-from kscli.heads.common import (check_selection_val, check_train_labels, generator,
+from kscli.heads.common import (check_selection_val, check_train_labels, seeded_generator,
                                 global_rng_states, log, torch_threads)
 from kscli.heads.featureset import FeatureSet
 
@@ -148,7 +148,7 @@ def score_members(head: Head) -> tuple[np.ndarray, np.ndarray, np.ndarray | None
 
 # ----------------------------------------------------------------------------- the driver
 def train_grid(head: Head, train: FeatureSet, val: FeatureSet | None = None,
-        progress: bool = True) -> TrainResult:
+               progress: bool = True) -> TrainResult:
     """Train `head` for every (lr, wd) of its grid; keep the best member (see the module doc)."""
     t0 = time.perf_counter()
     cfg = head.cfg
@@ -186,7 +186,7 @@ def train_grid(head: Head, train: FeatureSet, val: FeatureSet | None = None,
         curves = Curves(G, info["epochs"])
         best = None  # (key, snapshot)
         for chunk in chunks:
-            draws = generator(cfg.seed + TRAIN_STREAM, dev)  # not the stream of the initial weights
+            draws = seeded_generator(cfg.seed + TRAIN_STREAM, dev)  # not the stream of the initial weights
             t_m = time.perf_counter()
             for ep, loss in enumerate(head.train_members([grid[g] for g in chunk], draws)):
                 untouched.check("training")
