@@ -367,7 +367,7 @@ def train_head_cmd(ctx: typer.Context,
                    clips_root: Optional[Path] = ClipsRoot, work_dir: Optional[Path] = WorkDir):
     """Train a head on cached features (its lr x wd grid), score it on val, save a run."""
     from kscli.heads.base import config_for
-    from kscli.heads.run import parse_tags, rerun_config, train_run
+    from kscli.heads.run import parse_store_names, rerun_config, train_run
 
     def given(option: str) -> bool:  # on the command line (or from the environment), not a default
         return getattr(ctx.get_parameter_source(option), "name", "DEFAULT") != "DEFAULT"
@@ -380,7 +380,7 @@ def train_head_cmd(ctx: typer.Context,
         if extra:
             raise KscliError(f"--from {from_run}: takes the head, its options and its stores from that run; drop "
                              f"{', '.join('--' + o.rstrip('_').replace('_', '-') for o in extra)}")
-        cfg, tags = rerun_config(layout, from_run)
+        cfg, store_names = rerun_config(layout, from_run)
         if given("device"):
             cfg.device = device
     else:
@@ -393,8 +393,8 @@ def train_head_cmd(ctx: typer.Context,
                  "label_smoothing": label_smoothing, "lrs": lrs and _floats(lrs, "--lrs"),
                  "weight_decays": wds and _floats(wds, "--wds"), "class_balance": class_balance or None}
         cfg = config_for(head, sets=set_, **{k: v for k, v in flags.items() if v is not None})
-        tags = parse_tags(store)
-    result = train_run(layout, tags, cfg, name=name, progress=progress)
+        store_names = parse_store_names(store)
+    result = train_run(layout, store_names, cfg, name=name, progress=progress)
     typer.echo(result.summary)
 
 

@@ -41,6 +41,39 @@ def _setting(value, env: str) -> Path | None:
 
 
 @dataclass(frozen=True)
+class RunFiles:
+    """The files of a run folder (`<work>/runs/<name>`, written by `kscli train-head`; their
+    formats in docs/design.md), named in this one place."""
+
+    folder: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / "checkpoint.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.json"
+
+    @property
+    def predictions_val(self) -> Path:
+        return self.folder / "predictions_val.json"
+
+    @property
+    def history(self) -> Path:
+        return self.folder / "history.json"
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "config.json"
+
+    @property
+    def unfinished(self) -> Path:
+        """Present while the run trains and writes (a killed run keeps it)."""
+        return self.folder / ".unfinished"
+
+
+@dataclass(frozen=True)
 class Layout:
     """Resolved paths of one download and one work folder."""
 

@@ -22,7 +22,7 @@ class Assembly:
     """What went into a FeatureSet and what was left out."""
 
     split: str
-    tags: list[str]
+    store_names: list[str]
     segments: int = 0
     used: int = 0
     missing_ego: list[str] = field(default_factory=list)  # no (finite) ego feature
@@ -30,13 +30,13 @@ class Assembly:
     exo_missing: int = 0  # exo clips named but without (finite) features
     nonfinite: list[str] = field(default_factory=list)  # clips whose stored feature has NaN/inf
     store_configs: dict = field(default_factory=dict)
-    store_digests: dict = field(default_factory=dict)  # tag -> {"config", "rows"} digests of the store read
+    store_digests: dict = field(default_factory=dict)  # store_name -> {"config", "rows"} digests of the store read
     random_features: bool = False  # a store holds features of a randomly initialised test network
     kept_missing: bool = False  # segments without ego are rows (zeros) instead of left out
 
     def line(self) -> str:
         s = (f"{self.split}: {self.used} of {self.segments} segments have ego features "
-             f"({'+'.join(self.tags)})")
+             f"({'+'.join(self.store_names)})")
         if self.missing_ego:
             how = "kept with no ego feature" if self.kept_missing else "left out without ego features"
             s += f"; {len(self.missing_ego)} {how} (e.g. {self.missing_ego[0]})"
@@ -49,26 +49,26 @@ class Assembly:
         return s
 
 
-def store_digest(layout, tag: str, split: str) -> dict | None:
-    """What a run or a submission records of store `tag`'s split: its config digest (how the
+def store_digest(layout, store_name: str, split: str) -> dict | None:
+    """What a run or a submission records of store `store_name`'s split: its config digest (how the
     features were made) and its rows digest (which clips it holds); None without features."""
-    store = FeatureStore(layout.features_dir(tag, split))
+    store = FeatureStore(layout.features_dir(store_name, split))
     return {"config": store.digest, "rows": store.rows_digest} if store.exists else None
 
 
-def open_stores(bench: Benchmark, tags: list[str], split: str, made_like: dict | None = None
+def open_stores(bench: Benchmark, store_names: list[str], split: str, made_like: dict | None = None
                 ) -> list[FeatureStore]:
-    """The stores of `tags` for `split`, each made one way; with `made_like` ({tag: store
+    """The stores of `store_names` for `split`, each made one way; with `made_like` ({store_name: store
     config}, e.g. what a run trained on), each made exactly that way too."""
     stores = []
-    for tag in tags:
-        store = FeatureStore(bench.layout.features_dir(tag, split))
+    for store_name in store_names:
+        store = FeatureStore(bench.layout.features_dir(store_name, split))
         if not store.exists:
-            raise KscliError(f"{store.path}: no features for split '{split}' in store '{tag}'; run "
-                             f"`kscli extract --backbone {tag} --split {split}` first")
-        store.check_one_way(tag)
-        if made_like is not None and tag in made_like:
-            why = identity_difference(made_like[tag], store.config, "in the features the head trained on",
+            raise KscliError(f"{store.path}: no features for split '{split}' in store '{store_name}'; run "
+                             f"`kscli extract --backbone {store_name} --split {split}` first")
+        store.check_one_way(store_name)
+        if made_like is not None and store_name in made_like:
+            why = identity_difference(made_like[store_name], store.config, "in the features the head trained on",
                                       f"in the {split} store")
             if why:
                 raise KscliError(f"{store.path}: these features were made otherwise than those the head "
@@ -77,7 +77,7 @@ def open_stores(bench: Benchmark, tags: list[str], split: str, made_like: dict |
         stores.append(store)
     shapes = {s.feature_shape[:-1] for s in stores}
     if len(shapes) > 1:
-        raise KscliError(f"backbones {', '.join(tags)} store different windows per clip "
+        raise KscliError(f"stores {', '.join(store_names)} hold different windows per clip "
                          f"({sorted(shapes)}); join stores with the same --windows")
     return stores
 
@@ -91,20 +91,20 @@ def _finite_rows(feats: np.ndarray) -> np.ndarray:
     return np.isfinite(feats.reshape(len(feats), -1)).all(1)
 
 
-def load_feature_set(bench: Benchmark, split: str, tags: list[str], with_exo: bool = True,
+def load_feature_set(bench: Benchmark, split: str, store_names: list[str], with_exo: bool = True,
                      keep_missing: bool = False, made_like: dict | None = None
                      ) -> tuple[FeatureSet, Assembly]:
-    """The FeatureSet of one split from the stores `tags` (joined along features).
+    """The FeatureSet of one split from the stores `store_names` (joined along features).
 
     `keep_missing=False` leaves out segments without an ego feature (training, scoring);
     the names left out are in the Assembly. Exo views fill slots in camera order with a mask.
-    `made_like` ({tag: store config}): refuse stores made otherwise (see :func:`open_stores`).
+    `made_like` ({store_name: store config}): refuse stores made otherwise (see :func:`open_stores`).
     """
-    stores = open_stores(bench, tags, split, made_like)
+    stores = open_stores(bench, store_names, split, made_like)
     segments = bench.segments(split)
-    asm = Assembly(split, list(tags), segments=len(segments),
-                   store_configs={t: s.config for t, s in zip(tags, stores)},
-                   store_digests={t: {"config": s.digest, "rows": s.rows_digest} for t, s in zip(tags, stores)},
+    asm = Assembly(split, list(store_names), segments=len(segments),
+                   store_configs={t: s.config for t, s in zip(store_names, stores)},
+                   store_digests={t: {"config": s.digest, "rows": s.rows_digest} for t, s in zip(store_names, stores)},
                    random_features=any(s.random_features for s in stores))
     asm.kept_missing = keep_missing
     has = [all(seg.ego.name in s for s in stores) for seg in segments]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kscli.data.layout import RunFiles
 from kscli.data.segments import CLIP_NAME_RE
 from kscli.errors import KscliError
 from kscli.fileio import atomic_write, read_json, write_text_atomic
@@ -152,14 +153,15 @@ def _history_rows(doc, path: Path, member: int) -> list[dict]:
 def write_report(run_dir: str | Path) -> Path:
     """Draw the run's pictures and write report.md next to them; returns the Markdown path."""
     run_dir = Path(run_dir)
-    metrics_path, preds_path = run_dir / "metrics.json", run_dir / "predictions_val.json"
+    files = RunFiles(run_dir)
+    metrics_path, preds_path = files.metrics, files.predictions_val
     if not metrics_path.is_file():
         raise KscliError(f"{run_dir}: no metrics.json; pass a run folder made by `kscli train-head`")
     if not preds_path.is_file():
         raise KscliError(f"{run_dir}: no predictions_val.json (the run had no val features); extract val and retrain")
     metrics = read_json(metrics_path)
     preds = read_json(preds_path)
-    history_path = run_dir / "history.json"
+    history_path = files.history
     history = read_json(history_path) if history_path.is_file() else {"history": []}
     ckpt = load_checkpoint(run_dir)
     try:

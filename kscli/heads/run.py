@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import kscli
-from kscli.data.layout import Benchmark, Layout, check_name, parse_splits
+from kscli.data.layout import Benchmark, Layout, RunFiles, check_name, parse_splits
 from kscli.data.segments import SPLITS
 from kscli.device import resolve_device
 from kscli.errors import KscliError
@@ -46,7 +46,6 @@ from kscli.heads.metrics import compute_metrics, format_summary
 from kscli.heads.predictions import doc_scores, listed_hits, predictions_doc, read_doc, validate_doc
 from kscli.heads.train import check_memory
 
-UNFINISHED = ".unfinished"  # in a run folder while its run trains and writes
 
 
 @dataclass
@@ -56,18 +55,18 @@ class RunResult:
     summary: str
 
 
-def parse_tags(stores: str) -> list[str]:
+def parse_store_names(stores: str) -> list[str]:
     """`a,b` -> ["a", "b"]: the stores a head reads (joined along the feature axis)."""
-    tags = [t.strip() for t in stores.split(",") if t.strip()]
-    if not tags:
+    store_names = [t.strip() for t in stores.split(",") if t.strip()]
+    if not store_names:
         raise KscliError("--store: give a store name, or several joined with commas (a,b)")
-    for t in tags:
+    for t in store_names:
         check_name(t, "--store (a store name)")
-    return tags
+    return store_names
 
 
 # ----------------------------------------------------------------------------- the run folder
-def reserve_run_dir(layout: Layout, name: str | None, head: str, tags: list[str]) -> Path:
+def reserve_run_dir(layout: Layout, name: str | None, head: str, store_names: list[str]) -> Path:
     """Create the run's folder now, before training, with the `.unfinished` marker in it.
 
     A name given with --name that is taken fails at once (a finished run is never overwritten;
@@ -75,7 +74,7 @@ def reserve_run_dir(layout: Layout, name: str | None, head: str, tags: list[str]
     (two runs started in the same second) gets `-2`, `-3`, ...: both runs finish. Creating the
     folder is also the check that the work folder is writable."""
     explicit = name is not None
-    base = name if explicit else f"{head}_{'+'.join(tags)}_{time.strftime('%Y%m%d-%H%M%S')}"
+    base = name if explicit else f"{head}_{'+'.join(store_names)}_{time.strftime('%Y%m%d-%H%M%S')}"
     layout.runs_dir.mkdir(parents=True, exist_ok=True)
     for k in range(1, 1000):
         path = layout.run_dir(base if k == 1 else f"{base}-{k}")
@@ -86,7 +85,7 @@ def reserve_run_dir(layout: Layout, name: str | None, head: str, tags: list[str]
                 raise KscliError(_taken(path)) from None
             continue
         try:
-            write_json_atomic(path / UNFINISHED, {"pid": os.getpid(), "host": socket.gethostname(),
+            write_json_atomic(RunFiles(path).unfinished, {"pid": os.getpid(), "host": socket.gethostname(),
                                                   "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
@@ -96,9 +95,9 @@ def reserve_run_dir(layout: Layout, name: str | None, head: str, tags: list[str]
 
 
 def _taken(path: Path) -> str:
-    if (path / UNFINISHED).is_file():
+    if RunFiles(path).unfinished.is_file():
         try:
-            who = read_json(path / UNFINISHED)
+            who = read_json(RunFiles(path).unfinished)
             by = f" (started by pid {who.get('pid')} on {who.get('host')} at {who.get('since')})"
         except KscliError:
             by = ""
@@ -108,8 +107,8 @@ def _taken(path: Path) -> str:
 
 
 def is_finished_run(path: Path) -> bool:
-    return (path / "checkpoint.pt").is_file() and (path / "metrics.json").is_file() \
-        and not (path / UNFINISHED).exists()
+    files = RunFiles(path)
+    return files.checkpoint.is_file() and files.metrics.is_file() and not files.unfinished.exists()
 
 
 def check_room(run_dir: Path, head: Head, train, val_segments: int) -> None:
@@ -154,39 +153,39 @@ def teacher_metrics(head: Head, fs, student: np.ndarray, num_classes: int) -> di
 
 
 # ----------------------------------------------------------------------------- training
-def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
+def train_run(layout: Layout, store_names: list[str], cfg, name: str | None = None,
               progress: bool = True) -> RunResult:
     """Train the head `cfg` configures (a head's Config, see kscli.heads.base.config_for) on
-    the train stores of `tags`, score it on val, write the run folder."""
+    the train stores of `store_names`, score it on val, write the run folder."""
     bench = Benchmark(layout)
     num_classes = bench.labels.num_classes
     cls = head_class(cfg.head)
-    tags = parse_tags(",".join(tags))
+    store_names = parse_store_names(",".join(store_names))
     if name is not None:
         layout.run_dir(name)  # a bad name fails before anything is read
-    train_fs, train_asm = load_feature_set(bench, "train", tags, with_exo=True,
+    train_fs, train_asm = load_feature_set(bench, "train", store_names, with_exo=True,
                                            keep_missing=cls.keeps_missing)
-    val_available = all(layout.features_dir(t, "val").is_dir() for t in tags) and \
+    val_available = all(layout.features_dir(t, "val").is_dir() for t in store_names) and \
         layout.annotation_path("val").is_file()
     if cfg.select_on == "val" and not val_available:
         raise KscliError("--select-on val needs val features: run `kscli extract --split val` first")
     val_fs = val_asm = None
     if val_available:  # exo only for a teacher's score; the student never reads it
-        val_fs, val_asm = load_feature_set(bench, "val", tags, with_exo=cls.has_teacher,
+        val_fs, val_asm = load_feature_set(bench, "val", store_names, with_exo=cls.has_teacher,
                                            keep_missing=True, made_like=train_asm.store_configs)
     if progress:
         for asm in (train_asm, val_asm):
             if asm is not None:
                 print(asm.line())
     head = cls(cfg, train_fs.dim, num_classes)
-    run_dir = reserve_run_dir(layout, name, cfg.head, tags)
+    run_dir = reserve_run_dir(layout, name, cfg.head, store_names)
     try:
         check_memory(head, train_fs, len(cfg.grid()) if cls.stacks else 1, resolve_device(cfg.device))
         check_room(run_dir, head, train_fs, len(val_fs) if val_fs is not None else 0)
         result = head.fit(train_fs, val_fs if cfg.select_on == "val" else None, progress)
-        out = _write_run(layout, bench, tags, cfg, cls, head, result, run_dir, train_asm,
+        out = _write_run(layout, bench, store_names, cfg, cls, head, result, run_dir, train_asm,
                          val_fs, val_asm)
-        (run_dir / UNFINISHED).unlink()  # last: from now on the run is finished
+        RunFiles(run_dir).unfinished.unlink()  # last: from now on the run is finished
         if not progress:  # what was left out of the data is part of the result, not of the progress
             left_out = [asm.line() for asm in (train_asm, val_asm)
                         if asm is not None and (asm.missing_ego or asm.nonfinite or asm.exo_missing)]
@@ -201,13 +200,13 @@ def train_run(layout: Layout, tags: list[str], cfg, name: str | None = None,
         raise
 
 
-def _write_run(layout, bench, tags, cfg, cls, head, result, run_dir, train_asm, val_fs,
+def _write_run(layout, bench, store_names, cfg, cls, head, result, run_dir, train_asm, val_fs,
                val_asm) -> RunResult:
     """Score the trained head on val and write the run folder's files."""
     num_classes = bench.labels.num_classes
-    ckpt = {**head.state(), **plain(result.record()), "tags": list(tags),
+    ckpt = {**head.state(), **plain(result.record()), "tags": list(store_names),
             "labels": bench.labels.to_rows(), "backbones": dict(train_asm.store_configs)}
-    metrics = {"head": cfg.head, "backbones": list(tags), "run": run_dir.name, "kscli": kscli.__version__,
+    metrics = {"head": cfg.head, "backbones": list(store_names), "run": run_dir.name, "kscli": kscli.__version__,
                "device": str(resolve_device(cfg.device)),
                "selection": {"on": cfg.select_on, **plain(result.selected)},
                "train_segments_used": train_asm.used,
@@ -226,18 +225,18 @@ def _write_run(layout, bench, tags, cfg, cls, head, result, run_dir, train_asm, 
         doc = predictions_doc(names, probs, "val", labels=val_fs.labels,
                               extra={"run": run_dir.name, "without_ego_feature": missing})
         validate_doc(doc, bench.segments("val"), bench.labels, "val predictions")
-        write_json_atomic(run_dir / "predictions_val.json", doc)
+        write_json_atomic(RunFiles(run_dir).predictions_val, doc)
     ckpt["metrics"] = plain(metrics)
     buf = io.BytesIO()  # serialised in memory: a full disk fails one plain write, cleanly
     torch.save(ckpt, buf)
-    write_bytes_atomic(run_dir / "checkpoint.pt", buf.getvalue())
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    write_json_atomic(run_dir / "history.json", {"history": result.history, "grid": result.grid})
+    write_bytes_atomic(RunFiles(run_dir).checkpoint, buf.getvalue())
+    write_json_atomic(RunFiles(run_dir).metrics, metrics)
+    write_json_atomic(RunFiles(run_dir).history, {"history": result.history, "grid": result.grid})
     stores = {t: {s: d for s, d in (("train", train_asm.store_digests.get(t)),
                                     ("val", val_asm.store_digests.get(t) if val_asm else None)) if d}
-              for t in tags}
-    write_json_atomic(run_dir / "config.json", {
-        "kscli": kscli.__version__, "train": cfg.to_dict(), "tags": list(tags),
+              for t in store_names}
+    write_json_atomic(RunFiles(run_dir).config, {
+        "kscli": kscli.__version__, "train": cfg.to_dict(), "tags": list(store_names),
         "stores": stores, "backbones": ckpt["backbones"],
         "annotations": annotation_digests(layout, ("train", "val") if val_fs is not None else ("train",)),
         "data": {"annotations_dir": str(layout.annotations_dir), "train": train_asm.line(),
@@ -281,23 +280,23 @@ def rerun_config(layout: Layout, run: str | Path):
     from kscli.heads.submit import resolve_run
 
     run_dir = resolve_run(layout, str(run))
-    saved = read_json(run_dir / "config.json", "the run's config")
+    saved = read_json(RunFiles(run_dir).config, "the run's config")
     where = f"{run_dir / 'config.json'}"
     train = saved.get("train") if isinstance(saved, dict) else None
-    tags, stores = (saved.get("tags"), saved.get("stores")) if isinstance(saved, dict) else (None, None)
+    store_names, stores = (saved.get("tags"), saved.get("stores")) if isinstance(saved, dict) else (None, None)
     annotations = saved.get("annotations") if isinstance(saved, dict) else None
     ok = (isinstance(train, dict) and isinstance(train.get("head"), str)
-          and isinstance(tags, list) and tags and all(isinstance(t, str) for t in tags)
+          and isinstance(store_names, list) and store_names and all(isinstance(t, str) for t in store_names)
           and isinstance(stores, dict) and all(isinstance(v, dict) and all(isinstance(d, dict) for d in v.values())
                                                for v in stores.values())
           and isinstance(annotations, dict) and all(isinstance(k, str) for k in annotations))
     if not ok:
-        raise KscliError(f"{where}: not as train-head wrote it (its train options, tags, store digests or "
+        raise KscliError(f"{where}: not as train-head wrote it (its train options, store names, store digests or "
                          "annotation digests are missing or malformed); it cannot be rerun exactly: train a "
                          "new run instead")
     train = dict(train)
     cfg = config_for(train.pop("head"), **train)
-    tags = parse_tags(",".join(tags))
+    store_names = parse_store_names(",".join(store_names))
     for tag, splits in stores.items():
         for split, digest in splits.items():
             now = store_digest(layout, tag, split)
@@ -313,14 +312,14 @@ def rerun_config(layout: Layout, run: str | Path):
     if changed:
         raise KscliError(f"{layout.annotations_dir}: the annotations ({', '.join(changed)}) are not those "
                          f"{run_dir.name} was trained with; pass --data-root of that download")
-    return cfg, tags
+    return cfg, store_names
 
 
 # ----------------------------------------------------------------------------- checkpoints, files
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = RunFiles(path).checkpoint
     if not path.is_file():
         raise KscliError(f"{path}: no checkpoint; pass a run folder made by `kscli train-head`")
     try:

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import kscli
-from kscli.data.layout import Benchmark, Layout
+from kscli.data.layout import Benchmark, Layout, RunFiles
 from kscli.errors import KscliError
 from kscli.extract.backbone_base import RANDOM_FEATURES_WARNING, random_weights
 from kscli.fileio import write_json_atomic
 from kscli.heads.features import store_digest
 from kscli.heads.metrics import compute_metrics
 from kscli.heads.predictions import predictions_doc, validate_doc, write_csv
-from kscli.heads.run import UNFINISHED, evaluate_file, is_finished_run, load_checkpoint, predict_split
+from kscli.heads.run import evaluate_file, is_finished_run, load_checkpoint, predict_split
 
 FORMATS = ("json", "csv")
 
@@ -103,13 +103,13 @@ def find_runs(layout: Layout) -> list[Path]:
 def resolve_run(layout: Layout, run: str) -> Path:
     """A finished run's folder from its path or its name under the runs folder."""
     p = Path(run)
-    if not (p / "checkpoint.pt").is_file():
+    if not RunFiles(p).checkpoint.is_file():
         p = layout.run_dir(run) if p.name == run and run not in (".", "..") else None  # a name
-        if p is None or not (p / "checkpoint.pt").is_file():
+        if p is None or not RunFiles(p).checkpoint.is_file():
             raise KscliError(f"run {run!r}: no checkpoint.pt there or under {layout.runs_dir}; "
                              "see the run folders `kscli train-head` printed")
-    if (p / UNFINISHED).exists():
-        raise KscliError(f"{p}: this run is unfinished (still training, or killed: it has {UNFINISHED}); use a "
+    if RunFiles(p).unfinished.exists():
+        raise KscliError(f"{p}: this run is unfinished (still training, or killed: it has {RunFiles(p).unfinished.name}); use a "
                          "finished run, or train it again")
     return p
 
@@ -184,8 +184,8 @@ def submit(layout: Layout, runs: list[str] | None = None, split: str = "test", f
     return result
 
 
-def _store_digests(layout: Layout, tags, split: str) -> dict:
-    return {t: store_digest(layout, t, split) for t in tags}
+def _store_digests(layout: Layout, store_names, split: str) -> dict:
+    return {t: store_digest(layout, t, split) for t in store_names}
 
 
 def _random(store_config: dict) -> bool:
