@@ -1,50 +1,17 @@
-"""Small pieces every head shares: data checks, checkpoint-safe values, threads, random
-generators and dropout, logging, and exo views as tensors. (The optimisers, the schedule and
-the training loop are in `optim.py`; feature statistics and the preconditioner in `stats.py`.)
+"""Small pieces the heads share: checkpoint-safe values, seeded generators and dropout, and
+features as tensors (exo views, float32). (The training driver's checks are in `train.py`, the
+optimisers, the schedule and the training loop in `optim.py`, feature statistics and the
+preconditioner in `stats.py`.)
 
 Nothing here knows about a particular head.
 """
 
 from __future__ import annotations
 
-import sys
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
-from kscli.device import usable_cores
-from kscli.errors import KscliError
-from kscli.heads.featureset import FeatureSet
 
-
-# ----------------------------------------------------------------------------- checks
-def check_train_labels(train: FeatureSet, num_classes: int) -> np.ndarray:
-    """Validate the train set; its labels as int64 (-1: unlabelled)."""
-    train.validate("train features")
-    labels = np.asarray(train.labels, dtype=np.int64)
-    if labels.size and labels.max() >= num_classes:
-        raise KscliError(f"train labels go up to {labels.max()} but num_classes is {num_classes}")
-    if (labels >= 0).sum() < 2:
-        raise KscliError("train features have fewer than 2 labelled segments: nothing to train")
-    return labels
-
-
-def check_selection_val(val: FeatureSet | None, train: FeatureSet, num_classes: int) -> None:
-    """The checks select_on='val' needs: a labelled val set that matches train."""
-    if val is None:
-        raise KscliError("select_on='val' needs a val feature set")
-    val.validate("val features")
-    vlab = np.asarray(val.labels, dtype=np.int64)
-    if (vlab < 0).all():
-        raise KscliError("select_on='val' but the val features have no labels")
-    if vlab.max() >= num_classes:
-        raise KscliError(f"val labels go up to {vlab.max()} but num_classes is {num_classes}")
-    if val.dim != train.dim:
-        raise KscliError(f"val features are {val.dim}-d but train features are {train.dim}-d")
-
-
-# ----------------------------------------------------------------------------- small helpers
 def plain(obj):
     """JSON-able / torch.load(weights_only=True)-safe: tuples->lists, numpy->python."""
     if isinstance(obj, dict):
@@ -60,31 +27,11 @@ def plain(obj):
     return obj
 
 
-@contextmanager
-def torch_threads(n: int | None):
-    """torch's intra-op threads set to n (None: every core this process may use), restored."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n) if n else usable_cores()[0])
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A torch.Generator on `device` seeded with `seed`: every random draw of training comes
     from one passed as an argument, never from torch's global generators (which stay the
     caller's)."""
     return torch.Generator(device=device).manual_seed(int(seed))
-
-
-def global_rng_states(device: torch.device) -> list[torch.Tensor]:
-    """The states of torch's global generators a head could draw from on `device`: the CPU's,
-    and the GPU's when training on one (to check that training left them alone)."""
-    states = [torch.random.get_rng_state()]
-    if device.type == "cuda":
-        states.append(torch.cuda.get_rng_state(device))
-    return states
 
 
 def dropout(x: torch.Tensor, p: float, gen: torch.Generator | None, mask_shape=None) -> torch.Tensor:
@@ -105,11 +52,6 @@ def dropout(x: torch.Tensor, p: float, gen: torch.Generator | None, mask_shape=N
                           generator=gen)
     keep = words.view(torch.uint8)[:n].view(shape) >= k
     return x * keep.to(x.dtype).mul_(256.0 / (256 - k))
-
-
-def log(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def mean_over_windows(a: np.ndarray, seq_ndim: int) -> torch.Tensor:

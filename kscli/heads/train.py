@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,11 +35,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kscli.device import resolve_device
+from kscli.device import resolve_device, usable_cores
 from kscli.errors import KscliError
 from kscli.heads.base import Head
-from kscli.heads.common import (check_selection_val, check_train_labels, seeded_generator,
-                                global_rng_states, log, torch_threads)
+from kscli.heads.common import seeded_generator
 from kscli.heads.featureset import FeatureSet
 
 
@@ -82,6 +82,57 @@ def train_head(cfg, train: FeatureSet, num_classes: int, val: FeatureSet | None 
     from kscli.heads.base import head_class
 
     return head_class(cfg.head)(cfg, train.dim, num_classes).fit(train, val, progress)
+
+
+# ----------------------------------------------------------------------------- checks and environment
+def check_train_labels(train: FeatureSet, num_classes: int) -> np.ndarray:
+    """Validate the train set; its labels as int64 (-1: unlabelled)."""
+    train.validate("train features")
+    labels = np.asarray(train.labels, dtype=np.int64)
+    if labels.size and labels.max() >= num_classes:
+        raise KscliError(f"train labels go up to {labels.max()} but num_classes is {num_classes}")
+    if (labels >= 0).sum() < 2:
+        raise KscliError("train features have fewer than 2 labelled segments: nothing to train")
+    return labels
+
+
+def check_selection_val(val: FeatureSet | None, train: FeatureSet, num_classes: int) -> None:
+    """The checks select_on='val' needs: a labelled val set that matches train."""
+    if val is None:
+        raise KscliError("select_on='val' needs a val feature set")
+    val.validate("val features")
+    vlab = np.asarray(val.labels, dtype=np.int64)
+    if (vlab < 0).all():
+        raise KscliError("select_on='val' but the val features have no labels")
+    if vlab.max() >= num_classes:
+        raise KscliError(f"val labels go up to {vlab.max()} but num_classes is {num_classes}")
+    if val.dim != train.dim:
+        raise KscliError(f"val features are {val.dim}-d but train features are {train.dim}-d")
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op threads set to n (None: every core this process may use), restored."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n) if n else usable_cores()[0])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def global_rng_states(device: torch.device) -> list[torch.Tensor]:
+    """The states of torch's global generators a head could draw from on `device`: the CPU's,
+    and the GPU's when training on one (to check that training left them alone)."""
+    states = [torch.random.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- selection split
