@@ -93,7 +93,7 @@ from kscli.heads.base import Head, HeadConfig, option, register_head
 from kscli.heads.config import new_default
 from kscli.heads.common import exo_tensors, seeded_generator
 from kscli.heads.optim import decay_groups, optimise
-from kscli.heads.stats import apply_right, feature_stats, preconditioner
+from kscli.heads.stats import feature_stats, precondition_in_place
 from kscli.heads.context_net import ContextNet
 from kscli.heads.teacher import TeacherOptions
 from kscli.heads.takes import (Takes, augment, ego_present, group_takes,
@@ -200,9 +200,8 @@ class ContextHead(Head):
         rho, self._P = None, None
         if cfg.precondition > 0:
             rows = torch.from_numpy(np.flatnonzero(in_fit & present)).to(data.x.device)
-            self._P, rho = preconditioner(data.x[rows], cfg.precondition, seeded_generator(cfg.seed))
-            apply_right(data.x, self._P)
-            apply_right(self._sel.x, self._P)
+            self._P, rho = precondition_in_place(data.x[rows], [data.x, self._sel.x], cfg.precondition,
+                                                 seeded_generator(cfg.seed))
         self._net, self._data, self._use_exo = net, data, use_exo
         self._plan = cfg.schedule(len(self._fit_groups), cfg.batch_takes)
         labelled = data.y >= 0

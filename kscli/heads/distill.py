@@ -21,12 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kscli.heads.base import register_head
 from kscli.heads.config import new_default
 from kscli.heads.common import dropout, exo_tensors
-from kscli.heads.layers import StackedNet, layer_norm, linear, stacked_cross_entropy, trunc_normal
+from kscli.heads.layers import StackedNet, hidden_activation, linear, stacked_cross_entropy, trunc_normal
 from kscli.heads.stacked import HiddenLayerConfig, StackedHead
 from kscli.heads.teacher import TeacherOptions, mean_of_views, seen_views, teacher_loss
 
@@ -60,8 +59,8 @@ class DistillNet(StackedNet):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's student on prepared ego (B, D): hidden (G, B, H), logits (G, B, C)."""
         x = self._drop(x, self.cfg["input_dropout"], gen)
-        h = layer_norm(linear(x, self.s_fc1_w, self.s_fc1_b), self.s_ln1_g, self.s_ln1_b)
-        a = self._drop(F.gelu(h), self.cfg["dropout"], gen)
+        h, a = hidden_activation(linear(x, self.s_fc1_w, self.s_fc1_b), self.s_ln1_g, self.s_ln1_b,
+                                 self.cfg["dropout"], gen)
         return h, linear(a, self.s_fc2_w, self.s_fc2_b)
 
     def pool_exo(self, exo: torch.Tensor, exo_mask: torch.Tensor,
@@ -75,8 +74,7 @@ class DistillNet(StackedNet):
         G = self.members
         pre = linear(self._drop(x, self.cfg["input_dropout"], gen), self.t_fc1_w, self.t_fc1_b)
         pre = pre + torch.bmm(exo_pooled.unsqueeze(0).expand(G, *exo_pooled.shape), self.t_exo_w)
-        h = layer_norm(pre, self.t_ln1_g, self.t_ln1_b)
-        a = self._drop(F.gelu(h), self.cfg["dropout"], gen)
+        h, a = hidden_activation(pre, self.t_ln1_g, self.t_ln1_b, self.cfg["dropout"], gen)
         return h, linear(a, self.t_fc2_w, self.t_fc2_b)
 
     def _logits(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:

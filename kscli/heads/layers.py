@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kscli.errors import KscliError
+from kscli.heads.common import dropout
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -62,6 +63,15 @@ def trunc_normal(shape, std: float, generator: torch.Generator) -> torch.Tensor:
 def layer_norm(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """LayerNorm over the last dim with a per-member affine: weight/bias (G, 1, H)."""
     return F.layer_norm(h, h.shape[-1:]) * weight + bias
+
+
+def hidden_activation(pre: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor, p: float,
+                      gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden layer of mlp and of distill's student and teacher, after its linear map:
+    h = LayerNorm(pre) (per-member affine), then GELU and dropout `p` (one mask shared by the
+    members, drawn from `gen`). Returns (h, the activation the classifier reads)."""
+    h = layer_norm(pre, norm_weight, norm_bias)
+    return h, dropout(F.gelu(h), p, gen, h.shape[-2:])
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from kscli.heads.base import register_head
 from kscli.heads.common import dropout
-from kscli.heads.layers import StackedNet, layer_norm, linear
+from kscli.heads.layers import StackedNet, hidden_activation, linear
 from kscli.heads.stacked import HiddenLayerConfig, StackedHead
 
 
@@ -32,9 +31,9 @@ class MLPNet(StackedNet):
 
     def _logits(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         x = dropout(x, self.cfg["input_dropout"], gen, x.shape[-2:])
-        h = layer_norm(linear(x, self.fc1_w, self.fc1_b), self.ln1_g, self.ln1_b)
-        h = dropout(F.gelu(h), self.cfg["dropout"], gen, h.shape[-2:])
-        return linear(h, self.fc2_w, self.fc2_b)
+        _, a = hidden_activation(linear(x, self.fc1_w, self.fc1_b), self.ln1_g, self.ln1_b,
+                                 self.cfg["dropout"], gen)
+        return linear(a, self.fc2_w, self.fc2_b)
 
 
 @register_head

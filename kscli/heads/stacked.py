@@ -28,7 +28,7 @@ from kscli.heads.base import Head, HeadConfig, option
 from kscli.heads.config import new_default
 from kscli.heads.common import as_f32, exo_tensors, seeded_generator
 from kscli.heads.optim import StackedAdamW, optimise
-from kscli.heads.stats import apply_right, feature_stats, preconditioner
+from kscli.heads.stats import feature_stats, precondition_in_place
 from kscli.heads.layers import StackedNet
 
 
@@ -127,9 +127,8 @@ class StackedHead(Head):
         self._sel = self._selection(net, select, dev)
         rho, self._P = None, None
         if cfg.precondition > 0:
-            self._P, rho = preconditioner(self._fit[0], cfg.precondition, seeded_generator(cfg.seed))
-            apply_right(self._fit[0], self._P)
-            apply_right(self._sel["x"], self._P)
+            self._P, rho = precondition_in_place(self._fit[0], [self._fit[0], self._sel["x"]],
+                                                 cfg.precondition, seeded_generator(cfg.seed))
         self._cw = None
         if cfg.class_balance:
             self._cw = torch.from_numpy(class_balance_weights(labels[fit_rows],

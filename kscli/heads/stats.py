@@ -82,3 +82,15 @@ def apply_right(x: torch.Tensor, P: torch.Tensor, chunk: int = 8192) -> torch.Te
     for i in range(0, len(flat), chunk):
         flat[i:i + chunk] = flat[i:i + chunk] @ P
     return x
+
+
+def precondition_in_place(sample: torch.Tensor, tensors: list[torch.Tensor], shrink: float,
+                          gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    """How a head trains on partially whitened features: P from the fit rows `sample`
+    (:func:`preconditioner`), then every tensor of `tensors` (the fit and the selection
+    features, tensors the head owns) multiplied by P in place. Returns (P, rho); P is folded
+    into the head's input weights when training ends."""
+    P, rho = preconditioner(sample, shrink, gen)
+    for t in tensors:
+        apply_right(t, P)
+    return P, rho
