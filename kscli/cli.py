@@ -241,9 +241,19 @@ def _stores(named: str | None, work_dir, several: bool = False, backbone: str | 
     none named is one line listing them."""
     from kscli.data.layout import Layout
 
+    layout = Layout.work_only(work_dir)
+
+    def plain_names(value: str) -> list[str]:  # each checked before any note is printed
+        names = [n.strip() for n in value.split(",")] if several else [value]
+        for name in names:
+            layout.store_dir(name)
+        return names
+
+    for given in (named, backbone, positional):
+        if given is not None:
+            plain_names(given)
     named = _renamed("--backbone", "--store", backbone, named)
     named = _renamed("a positional STORE", "--store", positional, named)
-    layout = Layout.work_only(work_dir)
     if named is None:
         if several and layout.store_names():
             return layout.store_names(), layout
@@ -251,10 +261,7 @@ def _stores(named: str | None, work_dir, several: bool = False, backbone: str | 
         there = f"stores in {layout.stores_dir}: {', '.join(names)}" if names else \
             f"there is no store in {layout.stores_dir} yet: run `kscli extract --backbone NAME` first"
         raise KscliError(f"which store? pass --store NAME (the backbone, or the --tag it was made with); {there}")
-    names = [n.strip() for n in named.split(",")] if several else [named]
-    for name in names:
-        layout.store_dir(name)  # a plain name
-    return names, layout
+    return plain_names(named), layout
 
 
 @features_app.command("info", context_settings=OLD_POSITIONAL)

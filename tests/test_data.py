@@ -236,6 +236,16 @@ def test_an_old_and_a_new_spelling_with_two_values_are_refused(sample_root, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args", [["features", "info", "/some/where"], ["features", "info", "--backbone", "a/b"],
+                                  ["features", "verify", "x/y"]])
+def test_a_bad_store_name_in_an_old_spelling_is_one_line_without_the_note(tmp_path, args):
+    from conftest import cli
+
+    r = cli(*args, "--work-dir", tmp_path, check=False)
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "note:" not in r.stderr, r.stderr
+    assert "holds a path separator" in r.stderr
+
+
 def test_from_takes_the_store_from_the_run_in_either_spelling(sample_root, tmp_path):
     from conftest import cli
 

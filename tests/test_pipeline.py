@@ -210,6 +210,17 @@ def test_submit_covers_every_test_segment_ensembles_and_writes_csv(extracted):
     cli("evaluate", csv_file, *args(extracted))
     r = cli("submit", "--run", "no-such-run", *args(extracted), check=False)
     assert r.exit_code == 2 and "no-such-run" in r.stderr
+    r = cli("submit", "--run", "", *args(extracted), check=False)  # the option it came from is named
+    assert r.exit_code == 2 and r.stderr.strip() == "error: run (--run): empty; give a plain name such as vjepa2-vitl or my-run"
+    # a run named by a path that has no name of its own ('.', inside the run folder) is still that run
+    here = os.getcwd()
+    os.chdir(work / "runs" / "s-lin")
+    try:
+        dot = cli("submit", "--run", ".", "--split", "val", *args(extracted))
+    finally:
+        os.chdir(here)
+    assert "val_s-lin.json" in dot.stdout
+    assert json.loads((work / "submissions" / "val_s-lin.json").read_text())["runs"] == ["s-lin"]
 
 
 def test_report_draws_valid_pngs(extracted):

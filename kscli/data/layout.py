@@ -154,9 +154,9 @@ class Layout:
     def runs_dir(self) -> Path:
         return self.work_dir / "runs"
 
-    def run_dir(self, name: str) -> Path:
-        """A run's folder: `<work>/runs/<name>`."""
-        return self.runs_dir / check_name(name, "run name (--name)")
+    def run_dir(self, name: str, what: str = "run name (--name)") -> Path:
+        """A run's folder: `<work>/runs/<name>` (`what`: how the name was given, for the error)."""
+        return self.runs_dir / check_name(name, what)
 
     @property
     def submissions_dir(self) -> Path:

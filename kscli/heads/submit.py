@@ -101,17 +101,18 @@ def find_runs(layout: Layout) -> list[Path]:
 
 
 def resolve_run(layout: Layout, run: str) -> Path:
-    """A finished run's folder from its path or its name under the runs folder."""
+    """A finished run's folder (absolute: its name is the run's name) from its path or its name
+    under the runs folder."""
     p = Path(run)
     if not RunFiles(p).checkpoint.is_file():
-        p = layout.run_dir(run) if p.name == run and run not in (".", "..") else None  # a name
+        p = layout.run_dir(run, "run (--run)") if p.name == run and run not in (".", "..") else None  # a name
         if p is None or not RunFiles(p).checkpoint.is_file():
             raise KscliError(f"run {run!r}: no checkpoint.pt there or under {layout.runs_dir}; "
                              "see the run folders `kscli train-head` printed")
     if RunFiles(p).unfinished.exists():
         raise KscliError(f"{p}: this run is unfinished (still training, or killed: it has {RunFiles(p).unfinished.name}); use a "
                          "finished run, or train it again")
-    return p
+    return p.resolve()
 
 
 def _checkpoint_for(run_dir: Path, bench: Benchmark) -> dict:
