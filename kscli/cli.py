@@ -104,11 +104,11 @@ def _key(value):
 OLD_POSITIONAL = {"allow_extra_args": True}  # a command that still takes its 0.1.0 positional value
 
 
-def _old_positional(ctx: typer.Context, what: str) -> str | None:
+def _old_positional(ctx: typer.Context, what: str, option: str) -> str | None:
     """The one positional value an older spelling gave (`kscli sample DIR`, `features info
-    STORE`), kept out of the usage line; more than one is refused."""
+    STORE`), kept out of the usage line; more than one is refused, naming `option`."""
     if len(ctx.args) > 1:
-        raise KscliError(f"unexpected arguments {' '.join(ctx.args)}; name the {what} with --{'out' if what == 'folder' else 'store'}")
+        raise KscliError(f"unexpected arguments {' '.join(ctx.args)}; name the {what} with {option}")
     return ctx.args[0] if ctx.args else None
 
 
@@ -126,7 +126,7 @@ def sample_cmd(ctx: typer.Context,
     from kscli.data.sample import tiny_sample_kwargs, write_sample_benchmark
     from kscli.device import usable_cores
 
-    old = _old_positional(ctx, "folder")
+    old = _old_positional(ctx, "folder", "--out")
     out_arg = None if old is None else Path(old)
     if out is not None and out_arg is not None and out.resolve() != out_arg.resolve():
         raise KscliError(f"two folders named: {out_arg} and --out {out}; give one")
@@ -276,7 +276,7 @@ def features_info_cmd(ctx: typer.Context,
     from kscli.extract.store import format_info, store_infos
 
     names, layout = _stores(store, work_dir, several=True, backbone=backbone,
-                            positional=_old_positional(ctx, "store"))
+                            positional=_old_positional(ctx, "store", "--store"))
     infos = {name: store_infos(layout, name, parse_splits(split)) for name in names}
     typer.echo(json.dumps([i for name in names for i in infos[name]], indent=1) if as_json else
                "\n".join(format_info(infos[name], name) for name in names))
@@ -295,7 +295,7 @@ def features_verify_cmd(ctx: typer.Context,
     from kscli.data.layout import parse_splits
     from kscli.extract.store import verify_stores
 
-    [store], layout = _stores(store, work_dir, backbone=backbone, positional=_old_positional(ctx, "store"))
+    [store], layout = _stores(store, work_dir, backbone=backbone, positional=_old_positional(ctx, "store", "--store"))
     text, left = verify_stores(layout, store, parse_splits(split), move_aside=move_aside, progress=progress)
     typer.echo(text)
     if left:

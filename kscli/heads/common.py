@@ -60,7 +60,7 @@ def mean_over_windows(a: np.ndarray, seq_ndim: int) -> torch.Tensor:
     a = np.asarray(a)
     if a.ndim == seq_ndim:
         return torch.from_numpy(a.astype(np.float32, copy=False).mean(-2, dtype=np.float32))
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return as_f32(a)
 
 
 def exo_tensors(fs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -121,15 +121,6 @@ def torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def global_rng_states(device: torch.device) -> list[torch.Tensor]:
-    """The states of torch's global generators a head could draw from on `device`: the CPU's,
-    and the GPU's when training on one (to check that training left them alone)."""
-    states = [torch.random.get_rng_state()]
-    if device.type == "cuda":
-        states.append(torch.cuda.get_rng_state(device))
-    return states
-
-
 def log(progress: bool, msg: str) -> None:
     if progress:
         print(msg, file=sys.stderr, flush=True)
@@ -289,10 +280,18 @@ class _GlobalRngWatch:
     not repeat with the same seed, and the caller's random stream would move."""
 
     def __init__(self, head: Head, dev: torch.device):
-        self.head, self.dev, self.states = head, dev, global_rng_states(dev)
+        self.head, self.dev = head, dev
+        self.states = self.global_states()
+
+    def global_states(self) -> list[torch.Tensor]:
+        """The CPU's generator state, and the training GPU's when training on one."""
+        states = [torch.random.get_rng_state()]
+        if self.dev.type == "cuda":
+            states.append(torch.cuda.get_rng_state(self.dev))
+        return states
 
     def check(self, doing: str) -> None:
-        if not all(torch.equal(a, b) for a, b in zip(self.states, global_rng_states(self.dev))):
+        if not all(torch.equal(a, b) for a, b in zip(self.states, self.global_states())):
             raise KscliError(f"head {self.head.name!r} drew from torch's global random generator while "
                              f"{doing}, so the same seed would not give the same run: draw from the "
                              "generators kscli passes (build_model's `generator`; the `gen` of "
