@@ -338,6 +338,12 @@ def test_stacked_adamw_matches_torch_adamw_per_member():
         torch.testing.assert_close(w.detach()[g], refs[g].detach(), rtol=1e-5, atol=1e-6)
     ours.zero_grad(set_to_none=True)  # the stacked gradient too: backward would add to it
     assert w.grad is None
+    w.grad = torch.zeros_like(w)
+    assert ours.step(lambda: torch.tensor(3.0)) == 3.0  # torch's contract: the closure's loss
+    with pytest.raises(ValueError, match="2 learning rates but 1 weight decays"):
+        StackedAdamW([("w", w)], lrs, wds[:1])
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        StackedAdamW([("w", w.detach())], lrs, wds)
 
 
 def test_dropout_mask_is_shared_by_members():
