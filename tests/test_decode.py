@@ -89,3 +89,44 @@ def test_the_plan_names_why_it_decodes_everything():
 def test_a_bad_rule_is_refused(clips):
     with pytest.raises(ValueError, match="decode rule must be one of"):
         read_frames(clips["mjpeg"], lambda n: [0], "some")
+
+
+def test_decoding_leaves_no_per_thread_scaler_for_a_forked_worker_to_inherit(clips):
+    """PyAV >= 18.1.1 keeps one swscale context per thread for frame.to_ndarray(format=...); a
+    DataLoader worker forked from a process that used it inherits it with slice threads that do
+    not exist in the child, and freeing it there hung (CI). kscli's decoding uses a scaler of its
+    own per clip, so the per-thread one is never made, and the frames are PyAV's own RGB."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, av.video.frame as f; from kscli.data.video import read_frames\n"
+        f"d = read_frames({str(clips['h264, x264 defaults (B-frames)'])!r}, lambda n: list(range(n)), 'all')\n"
+        "held = getattr(getattr(f, '_thread_local', None), 'reformatter', None)\n"
+        "print(len(d.frames), held is None)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    n, clean = out.stdout.split()
+    assert int(n) > 0 and clean == "True"
+
+
+def test_a_worker_forked_after_the_parent_decoded_decodes_another_size(tmp_path):
+    """The hang itself (PyAV 18.1.1 hung here every time before the fix): the parent converts a
+    frame to RGB as a user's own code may (PyAV's per-thread scaler), then a forked process
+    (as a DataLoader worker is) decodes a clip of another size with kscli."""
+    import subprocess
+    import sys
+
+    small, wide = tmp_path / "small.mp4", tmp_path / "wide.mp4"
+    write_video(small, n=10, w=448, h=448)
+    write_video(wide, n=10, w=800, h=448)
+    probe = (
+        "import av, multiprocessing as mp\n"
+        "from kscli.data.video import read_frames\n"
+        f"with av.open({str(small)!r}) as c:\n"
+        "    [f.to_ndarray(format='rgb24') for f in c.decode(video=0)]\n"
+        "def child():\n"
+        f"    return len(read_frames({str(wide)!r}, lambda n: list(range(n)), 'all').frames)\n"
+        "with mp.get_context('fork').Pool(1) as pool:\n"
+        "    print(pool.apply_async(child).get(timeout=60))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "10", out.stderr[-500:]

@@ -138,7 +138,13 @@ def _decode(cc, demuxed, packets, plan: DecodePlan, wanted: set[int], skip: bool
     frames the decoder produced. Every demuxed packet goes to the decoder (a dropped one may be
     a reference)."""
     import av
+    from av.video.reformatter import VideoReformatter
 
+    # A scaling context of our own for the clip. frame.to_ndarray(format=...) would use PyAV's
+    # per-thread one (PyAV >= 18), which a forked decoder worker inherits from the process that
+    # forked it, with swscale's slice threads that do not exist in the child: freeing it there
+    # blocked forever (seen in CI: a DataLoader worker stuck in pthread_cond_destroy).
+    rgb = VideoReformatter()
     if plan.index_by == "pts":
         ranks = {p: i for i, p in enumerate(sorted(pk.pts for pk in packets))}
         wanted_pts = {p for p, i in ranks.items() if i in wanted}
@@ -150,7 +156,7 @@ def _decode(cc, demuxed, packets, plan: DecodePlan, wanted: set[int], skip: bool
         i = ranks.get(frame.pts, -1) if plan.index_by == "pts" else produced
         produced += 1
         if i in wanted and i not in out:
-            out[i] = frame.to_ndarray(format="rgb24")
+            out[i] = rgb.reformat(frame, format="rgb24").to_ndarray()
 
     try:
         for pk in demuxed:
